@@ -1,0 +1,173 @@
+//! The `Host` trait: everything a filter may ask of the proxy, independent of whether the proxy
+//! is a real Envoy (the ABI module) or the in-process test host (`crate::testing`).
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// Raw bytes as they cross the proxy-wasm ABI.
+pub type Bytes = Vec<u8>;
+
+/// A header or trailer map of the current stream, or of an HTTP callout's response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MapKind {
+    /// Request headers (downstream to upstream).
+    RequestHeaders,
+    /// Request trailers.
+    RequestTrailers,
+    /// Response headers (upstream to downstream).
+    ResponseHeaders,
+    /// Response trailers.
+    ResponseTrailers,
+    /// Headers of an HTTP callout's response (only inside `on_callout_response`).
+    CalloutResponseHeaders,
+    /// Trailers of an HTTP callout's response.
+    CalloutResponseTrailers,
+}
+
+/// A body-like buffer the host holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BufferKind {
+    /// The request body chunk currently being processed.
+    RequestBody,
+    /// The response body chunk currently being processed.
+    ResponseBody,
+    /// The body of an HTTP callout's response.
+    CalloutResponseBody,
+    /// The plugin configuration (`config.configuration` in Envoy).
+    PluginConfiguration,
+    /// The VM configuration (`vm_config.configuration` in Envoy).
+    VmConfiguration,
+}
+
+/// The kind of a host metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Monotonic counter.
+    Counter,
+    /// Gauge that can go up and down.
+    Gauge,
+    /// Histogram of recorded values.
+    Histogram,
+}
+
+/// Why a host call failed. Filters decide on it; the SDK never panics on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HostError {
+    /// The thing asked for does not exist (metric id, property, cluster).
+    NotFound,
+    /// The host refused an argument (for example an unknown callout cluster).
+    BadArgument,
+    /// Shared data changed since it was read: read again and retry.
+    CasMismatch,
+    /// The host does not implement this call.
+    Unimplemented,
+    /// Any other failure, with the host's status.
+    Other(String),
+}
+
+impl fmt::Display for HostError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostError::NotFound => f.write_str("not found"),
+            HostError::BadArgument => f.write_str("bad argument"),
+            HostError::CasMismatch => f.write_str("compare-and-swap mismatch"),
+            HostError::Unimplemented => f.write_str("unimplemented"),
+            HostError::Other(s) => write!(f, "host error: {s}"),
+        }
+    }
+}
+
+impl std::error::Error for HostError {}
+
+/// What a filter may ask of the proxy. Implemented by the real proxy-wasm host (wasm32 only) and
+/// by [`crate::testing::TestHost`]. Every method is total: failures come back as values.
+pub trait Host {
+    /// One header (first value) of a map, as raw bytes; `None` when absent.
+    fn header(&self, map: MapKind, name: &str) -> Option<Bytes>;
+    /// All headers of a map in order, names lowercase as the host keeps them.
+    fn headers(&self, map: MapKind) -> Vec<(String, Bytes)>;
+    /// Replaces every value of `name` with `value`, or removes it when `value` is `None`.
+    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>);
+    /// Appends a value for `name`, keeping existing ones.
+    fn add_header(&self, map: MapKind, name: &str, value: &[u8]);
+    /// Up to `max` bytes of a buffer from `start`; `None` when the buffer is absent.
+    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes>;
+    /// Replaces `size` bytes at `start` of a buffer with `value`.
+    fn set_buffer(
+        &self,
+        kind: BufferKind,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> Result<(), HostError>;
+    /// A property (Envoy attribute) in its wire form; see [`crate::properties`] to decode it.
+    fn property(&self, path: &[&str]) -> Option<Bytes>;
+    /// Sets a filter-state property.
+    fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError>;
+    /// The host's current wall-clock time.
+    fn now(&self) -> SystemTime;
+    /// Asks for `on_tick` every `period` (zero disables). Root context only.
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError>;
+    /// Defines (or finds) a metric by name and returns its id.
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError>;
+    /// Adds `offset` to a counter or gauge.
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError>;
+    /// Sets a gauge, or records a value into a histogram.
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
+    /// Reads a counter or gauge.
+    fn metric(&self, id: u32) -> Result<u64, HostError>;
+    /// Reads shared data (shared by every VM with the same `vm_id`) and its CAS token.
+    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>);
+    /// Writes shared data; with `cas`, fails with [`HostError::CasMismatch`] if it changed.
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError>;
+    /// Starts an HTTP callout to an Envoy cluster; the answer arrives in the root's
+    /// `on_callout_response` with the returned token.
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError>;
+    /// Answers the downstream directly, without going upstream.
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(), HostError>;
+    /// Resumes a request paused by a filter.
+    fn resume_request(&self) -> Result<(), HostError>;
+    /// Resumes a response paused by a filter.
+    fn resume_response(&self) -> Result<(), HostError>;
+
+    /// A header as text (lossy UTF-8: invalid bytes become U+FFFD, which no codec accepts).
+    fn header_str(&self, map: MapKind, name: &str) -> Option<String> {
+        self.header(map, name)
+            .map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+    /// A request header as text.
+    fn request_header(&self, name: &str) -> Option<String> {
+        self.header_str(MapKind::RequestHeaders, name)
+    }
+    /// A response header as text.
+    fn response_header(&self, name: &str) -> Option<String> {
+        self.header_str(MapKind::ResponseHeaders, name)
+    }
+    /// Sets (replaces) a request header.
+    fn set_request_header(&self, name: &str, value: &str) {
+        self.set_header(MapKind::RequestHeaders, name, Some(value.as_bytes()))
+    }
+    /// Sets (replaces) a response header.
+    fn set_response_header(&self, name: &str, value: &str) {
+        self.set_header(MapKind::ResponseHeaders, name, Some(value.as_bytes()))
+    }
+    /// Removes a request header.
+    fn remove_request_header(&self, name: &str) {
+        self.set_header(MapKind::RequestHeaders, name, None)
+    }
+    /// Removes a response header.
+    fn remove_response_header(&self, name: &str) {
+        self.set_header(MapKind::ResponseHeaders, name, None)
+    }
+}

@@ -1,0 +1,332 @@
+//! Metrics: plain counters, gauges and histograms, and labeled families whose series are
+//! defined on first use, cached by label values and capped per family.
+//!
+//! # Naming convention
+//! A series of family `mesh_requests_total` with labels `reporter`, `source_service` is the
+//! Envoy stat `mesh_requests_total;.reporter=source;.source_service=frontend`. Each label is the
+//! segment `;.<label>=<value>`, and [`stats_tags`] renders the `stats_config.stats_tags` whose
+//! regexes cut those segments back out, so Envoy's `/stats/prometheus` shows
+//! `mesh_requests_total{reporter="source",source_service="frontend"}`. Label values are
+//! sanitized: `;`, whitespace and control characters become `_`, empty becomes `unknown`, and
+//! they are cut at [`MAX_LABEL_VALUE_LEN`] bytes.
+
+use std::cell::{Cell, RefCell};
+use std::collections::hash_map::DefaultHasher;
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+
+use crate::host::{Host, MetricKind};
+
+/// Label values longer than this are cut, so a hostile value cannot grow stat names.
+pub const MAX_LABEL_VALUE_LEN: usize = 64;
+
+/// Default cap on distinct series per family.
+pub const DEFAULT_MAX_SERIES: usize = 1000;
+
+/// The value every label takes in a family's overflow series.
+pub const OVERFLOW: &str = "overflow";
+
+/// One metric without labels, defined once (at configure time) and cheap to use after.
+#[derive(Debug)]
+pub struct Metric {
+    id: Option<u32>,
+}
+
+impl Metric {
+    /// Defines a metric. A host failure leaves it inert (logged at warn), never a panic.
+    pub fn define(host: &dyn Host, kind: MetricKind, name: &str) -> Metric {
+        let id = match host.define_metric(kind, name) {
+            Ok(id) => Some(id),
+            Err(e) => {
+                log::warn!("cannot define metric {name}: {e}");
+                None
+            }
+        };
+        Metric { id }
+    }
+    /// Shorthand for a counter.
+    pub fn counter(host: &dyn Host, name: &str) -> Metric {
+        Metric::define(host, MetricKind::Counter, name)
+    }
+    /// Adds one.
+    pub fn inc(&self, host: &dyn Host) {
+        self.add(host, 1);
+    }
+    /// Adds `by` (counters and gauges).
+    pub fn add(&self, host: &dyn Host, by: i64) {
+        if let Some(id) = self.id {
+            let _ = host.increment_metric(id, by);
+        }
+    }
+    /// Sets a gauge or records a histogram value.
+    pub fn record(&self, host: &dyn Host, value: u64) {
+        if let Some(id) = self.id {
+            let _ = host.record_metric(id, value);
+        }
+    }
+    /// The current value (counters and gauges).
+    pub fn get(&self, host: &dyn Host) -> Option<u64> {
+        self.id.and_then(|id| host.metric(id).ok())
+    }
+}
+
+type Bucket = Vec<(Box<[String]>, u32)>;
+
+/// A labeled metric family: declared once with its label names; each distinct tuple of label
+/// values becomes a series, defined on first use and then looked up without allocating.
+#[derive(Debug)]
+pub struct MetricFamily {
+    name: String,
+    kind: MetricKind,
+    labels: Vec<String>,
+    max_series: usize,
+    series: RefCell<HashMap<u64, Bucket>>,
+    count: Cell<usize>,
+    overflow_id: Cell<Option<u32>>,
+    overflowed: RefCell<Option<Metric>>,
+}
+
+impl MetricFamily {
+    /// Declares a family. Label names should be lowercase identifiers.
+    pub fn new(name: &str, kind: MetricKind, labels: &[&str]) -> MetricFamily {
+        MetricFamily {
+            name: name.to_string(),
+            kind,
+            labels: labels.iter().map(|s| s.to_string()).collect(),
+            max_series: DEFAULT_MAX_SERIES,
+            series: RefCell::new(HashMap::new()),
+            count: Cell::new(0),
+            overflow_id: Cell::new(None),
+            overflowed: RefCell::new(None),
+        }
+    }
+    /// Declares a counter family.
+    pub fn counter(name: &str, labels: &[&str]) -> MetricFamily {
+        MetricFamily::new(name, MetricKind::Counter, labels)
+    }
+    /// Declares a gauge family.
+    pub fn gauge(name: &str, labels: &[&str]) -> MetricFamily {
+        MetricFamily::new(name, MetricKind::Gauge, labels)
+    }
+    /// Declares a histogram family.
+    pub fn histogram(name: &str, labels: &[&str]) -> MetricFamily {
+        MetricFamily::new(name, MetricKind::Histogram, labels)
+    }
+    /// Sets the cap on distinct series (at least 1); label sets past it go to the overflow series.
+    pub fn with_max_series(mut self, max: usize) -> MetricFamily {
+        self.max_series = max.max(1);
+        self
+    }
+    /// The family name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// The label names, in order.
+    pub fn labels(&self) -> &[String] {
+        &self.labels
+    }
+    /// Number of distinct series defined so far (not counting overflow).
+    pub fn series_count(&self) -> usize {
+        self.count.get()
+    }
+    /// Name of the counter that counts label sets sent to the overflow series.
+    pub fn overflow_counter_name(&self) -> String {
+        format!("{}_series_overflow_total", self.name)
+    }
+
+    /// The Envoy stat name of the series for `values` (see the module docs for the convention).
+    pub fn series_name(&self, values: &[&str]) -> String {
+        let mut out = self.name.clone();
+        for (label, value) in self.labels.iter().zip(values) {
+            out.push_str(";.");
+            out.push_str(label);
+            out.push('=');
+            push_sanitized(&mut out, value);
+        }
+        out
+    }
+
+    /// The metric id for a tuple of label values, defining the series on first use. Past the
+    /// cap, or when the number of values does not match the labels, the overflow series.
+    pub fn id(&self, host: &dyn Host, values: &[&str]) -> Option<u32> {
+        if values.len() != self.labels.len() {
+            log::debug!(
+                "{}: {} label values for {} labels",
+                self.name,
+                values.len(),
+                self.labels.len()
+            );
+            return self.overflow(host);
+        }
+        let key = hash_values(values);
+        if let Some(bucket) = self.series.borrow().get(&key) {
+            if let Some((_, id)) = bucket.iter().find(|(vals, _)| same(vals, values)) {
+                return Some(*id);
+            }
+        }
+        if self.count.get() >= self.max_series {
+            return self.overflow(host);
+        }
+        let id = host
+            .define_metric(self.kind, &self.series_name(values))
+            .map_err(|e| log::warn!("{}: cannot define series: {e}", self.name))
+            .ok()?;
+        let owned: Box<[String]> = values.iter().map(|v| v.to_string()).collect();
+        self.series
+            .borrow_mut()
+            .entry(key)
+            .or_default()
+            .push((owned, id));
+        self.count.set(self.count.get() + 1);
+        Some(id)
+    }
+
+    fn overflow(&self, host: &dyn Host) -> Option<u32> {
+        {
+            let mut counter = self.overflowed.borrow_mut();
+            counter
+                .get_or_insert_with(|| Metric::counter(host, &self.overflow_counter_name()))
+                .inc(host);
+        }
+        if let Some(id) = self.overflow_id.get() {
+            return Some(id);
+        }
+        let values: Vec<&str> = self.labels.iter().map(|_| OVERFLOW).collect();
+        let id = host
+            .define_metric(self.kind, &self.series_name(&values))
+            .ok()?;
+        self.overflow_id.set(Some(id));
+        Some(id)
+    }
+
+    /// Adds `by` to the series for `values` (counters, gauges).
+    pub fn add(&self, host: &dyn Host, values: &[&str], by: i64) {
+        if let Some(id) = self.id(host, values) {
+            let _ = host.increment_metric(id, by);
+        }
+    }
+    /// Adds one to the series for `values`.
+    pub fn inc(&self, host: &dyn Host, values: &[&str]) {
+        self.add(host, values, 1);
+    }
+    /// Records `value` into the series (histogram) or sets it (gauge).
+    pub fn record(&self, host: &dyn Host, values: &[&str], value: u64) {
+        if let Some(id) = self.id(host, values) {
+            let _ = host.record_metric(id, value);
+        }
+    }
+}
+
+fn same(owned: &[String], values: &[&str]) -> bool {
+    owned.len() == values.len() && owned.iter().zip(values).all(|(a, b)| a == b)
+}
+
+fn hash_values(values: &[&str]) -> u64 {
+    let mut h = DefaultHasher::new();
+    values.hash(&mut h);
+    h.finish()
+}
+
+fn push_sanitized(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push_str("unknown");
+        return;
+    }
+    for (i, c) in value.char_indices() {
+        if i + c.len_utf8() > MAX_LABEL_VALUE_LEN {
+            break;
+        }
+        if c == ';' || c == '=' || c.is_whitespace() || c.is_control() {
+            out.push('_');
+        } else {
+            out.push(c);
+        }
+    }
+}
+
+/// The regex that extracts `label` from a stat name following the convention.
+pub fn tag_regex(label: &str) -> String {
+    format!(r"(;\.{label}=([^;]*))")
+}
+
+/// Renders the `stats_config.stats_tags` entries (YAML, indented for a bootstrap's
+/// `stats_config:` block) for every distinct label of the given families.
+pub fn stats_tags(families: &[&MetricFamily]) -> String {
+    let mut seen: Vec<&str> = Vec::new();
+    let mut out = String::from("stats_tags:\n");
+    for fam in families {
+        for label in &fam.labels {
+            if seen.contains(&label.as_str()) {
+                continue;
+            }
+            seen.push(label);
+            out.push_str(&format!(
+                "- tag_name: {label}\n  regex: '{}'\n",
+                tag_regex(label)
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::testing::TestHost;
+
+    #[test]
+    fn series_defined_once_and_cached() {
+        let host = TestHost::new();
+        let fam = MetricFamily::counter("mesh_requests_total", &["reporter", "source_service"]);
+        fam.inc(&host, &["source", "frontend"]);
+        fam.inc(&host, &["source", "frontend"]);
+        fam.add(&host, &["source", "orders"], 5);
+        assert_eq!(
+            host.counter("mesh_requests_total;.reporter=source;.source_service=frontend"),
+            Some(2)
+        );
+        assert_eq!(
+            host.counter("mesh_requests_total;.reporter=source;.source_service=orders"),
+            Some(5)
+        );
+        assert_eq!(fam.series_count(), 2);
+        assert_eq!(host.defined_metric_count(), 2);
+    }
+
+    #[test]
+    fn cap_sends_excess_to_overflow_and_counts_it() {
+        let host = TestHost::new();
+        let fam = MetricFamily::counter("m", &["a"]).with_max_series(2);
+        for v in ["x", "y", "z", "w", "x"] {
+            fam.inc(&host, &[v]);
+        }
+        assert_eq!(host.counter("m;.a=x"), Some(2));
+        assert_eq!(host.counter("m;.a=overflow"), Some(2));
+        assert_eq!(host.counter("m_series_overflow_total"), Some(2));
+        assert_eq!(host.counter("m;.a=z"), None);
+        // Wrong arity never panics: it is overflow too.
+        fam.inc(&host, &["x", "extra"]);
+        assert_eq!(host.counter("m;.a=overflow"), Some(3));
+    }
+
+    #[test]
+    fn values_are_sanitized_and_bounded() {
+        let fam = MetricFamily::histogram("h", &["a", "b"]);
+        let long = "v".repeat(200);
+        let name = fam.series_name(&["x;.b=evil", &long]);
+        assert!(name.starts_with("h;.a=x_.b_evil;.b=v"), "{name}");
+        assert_eq!(name.matches(";.").count(), 2, "{name}");
+        assert_eq!(name.len(), "h;.a=x_.b_evil;.b=".len() + MAX_LABEL_VALUE_LEN);
+        assert_eq!(fam.series_name(&["", "é"]), "h;.a=unknown;.b=é");
+    }
+
+    #[test]
+    fn stats_tags_render_each_label_once() {
+        let a = MetricFamily::counter("a", &["reporter", "x"]);
+        let b = MetricFamily::histogram("b", &["reporter", "y"]);
+        let yaml = stats_tags(&[&a, &b]);
+        assert_eq!(yaml.matches("tag_name").count(), 3);
+        assert!(yaml.contains(r"regex: '(;\.reporter=([^;]*))'"));
+    }
+}

@@ -1,0 +1,289 @@
+//! Typed accessors for Envoy's attributes. Each decodes the attribute's wire form (string,
+//! int64, uint64, bool, duration, timestamp, string map) into a Rust type, `None` when absent or
+//! malformed, never a panic. The `encode_*` functions produce the same wire forms for tests.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crate::host::Host;
+
+/// Decodes a string attribute (UTF-8; `None` when not UTF-8).
+pub fn decode_string(bytes: &[u8]) -> Option<String> {
+    String::from_utf8(bytes.to_vec()).ok()
+}
+
+/// Decodes an int64 attribute (8 bytes, little endian).
+pub fn decode_i64(bytes: &[u8]) -> Option<i64> {
+    <[u8; 8]>::try_from(bytes).ok().map(i64::from_le_bytes)
+}
+
+/// Decodes a uint64 attribute (8 bytes, little endian).
+pub fn decode_u64(bytes: &[u8]) -> Option<u64> {
+    <[u8; 8]>::try_from(bytes).ok().map(u64::from_le_bytes)
+}
+
+/// Decodes a bool attribute (one byte).
+pub fn decode_bool(bytes: &[u8]) -> Option<bool> {
+    match bytes {
+        [0] => Some(false),
+        [_] => Some(true),
+        _ => None,
+    }
+}
+
+/// Decodes a duration attribute (int64 nanoseconds; negative is malformed).
+pub fn decode_duration(bytes: &[u8]) -> Option<Duration> {
+    let nanos = decode_i64(bytes)?;
+    u64::try_from(nanos).ok().map(Duration::from_nanos)
+}
+
+/// Decodes a timestamp attribute (int64 nanoseconds since the Unix epoch).
+pub fn decode_timestamp(bytes: &[u8]) -> Option<SystemTime> {
+    let nanos = decode_i64(bytes)?;
+    let nanos = u64::try_from(nanos).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_nanos(nanos))
+}
+
+/// Decodes a string map attribute (such as `request.headers`) in the proxy-wasm pairs form:
+/// a u32 count, then each key and value length as u32, then each key and value NUL-terminated.
+pub fn decode_pairs(bytes: &[u8]) -> Option<Vec<(String, String)>> {
+    let u32_at = |at: usize| -> Option<usize> {
+        let raw = bytes.get(at..at.checked_add(4)?)?;
+        Some(u32::from_le_bytes(<[u8; 4]>::try_from(raw).ok()?) as usize)
+    };
+    let count = u32_at(0)?;
+    let mut sizes = Vec::with_capacity(count.min(1024));
+    let mut at = 4usize;
+    for _ in 0..count {
+        sizes.push((u32_at(at)?, u32_at(at.checked_add(4)?)?));
+        at = at.checked_add(8)?;
+    }
+    let mut out = Vec::with_capacity(sizes.len());
+    // Each string is followed by a NUL terminator, which must be there.
+    let mut take = |len: usize| -> Option<String> {
+        let end = at.checked_add(len)?;
+        let s = bytes.get(at..end)?;
+        if *bytes.get(end)? != 0 {
+            return None;
+        }
+        at = end.checked_add(1)?;
+        decode_string(s)
+    };
+    for (k, v) in sizes {
+        let key = take(k)?;
+        let value = take(v)?;
+        out.push((key, value));
+    }
+    Some(out)
+}
+
+/// Encodes an int64 attribute.
+pub fn encode_i64(v: i64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+/// Encodes a uint64 attribute.
+pub fn encode_u64(v: u64) -> Vec<u8> {
+    v.to_le_bytes().to_vec()
+}
+/// Encodes a bool attribute.
+pub fn encode_bool(v: bool) -> Vec<u8> {
+    vec![u8::from(v)]
+}
+/// Encodes a duration attribute.
+pub fn encode_duration(d: Duration) -> Vec<u8> {
+    encode_i64(i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
+}
+/// Encodes a timestamp attribute.
+pub fn encode_timestamp(t: SystemTime) -> Vec<u8> {
+    let nanos = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    encode_i64(i64::try_from(nanos).unwrap_or(i64::MAX))
+}
+/// Encodes a string map attribute in the pairs form.
+pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (k, v) in pairs {
+        out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (k, v) in pairs {
+        out.extend_from_slice(k.as_bytes());
+        out.push(0);
+        out.extend_from_slice(v.as_bytes());
+        out.push(0);
+    }
+    out
+}
+
+/// Reads a string attribute at a dotted path such as `xds.route_name`.
+pub fn string(host: &dyn Host, path: &str) -> Option<String> {
+    host.property(&split(path)).and_then(|b| decode_string(&b))
+}
+/// Reads an int64 attribute.
+pub fn int(host: &dyn Host, path: &str) -> Option<i64> {
+    host.property(&split(path)).and_then(|b| decode_i64(&b))
+}
+/// Reads a uint64 attribute.
+pub fn uint(host: &dyn Host, path: &str) -> Option<u64> {
+    host.property(&split(path)).and_then(|b| decode_u64(&b))
+}
+/// Reads a bool attribute.
+pub fn boolean(host: &dyn Host, path: &str) -> Option<bool> {
+    host.property(&split(path)).and_then(|b| decode_bool(&b))
+}
+/// Reads a duration attribute.
+pub fn duration(host: &dyn Host, path: &str) -> Option<Duration> {
+    host.property(&split(path)).and_then(|b| decode_duration(&b))
+}
+/// Reads a timestamp attribute.
+pub fn timestamp(host: &dyn Host, path: &str) -> Option<SystemTime> {
+    host.property(&split(path)).and_then(|b| decode_timestamp(&b))
+}
+/// Reads a string map attribute.
+pub fn string_map(host: &dyn Host, path: &str) -> Option<Vec<(String, String)>> {
+    host.property(&split(path)).and_then(|b| decode_pairs(&b))
+}
+
+/// Splits a dotted attribute path. Node metadata keys may contain dots, so everything after
+/// `xds.node.metadata.` is one segment.
+pub fn split(path: &str) -> Vec<&str> {
+    const META: &str = "xds.node.metadata.";
+    if let Some(key) = path.strip_prefix(META) {
+        return vec!["xds", "node", "metadata", key];
+    }
+    path.split('.').collect()
+}
+
+macro_rules! accessors {
+    ($($(#[$doc:meta])* $fn_name:ident => $reader:ident($path:literal) -> $ty:ty;)*) => {
+        $(
+            $(#[$doc])*
+            #[doc = concat!("\n\nAttribute `", $path, "`.")]
+            pub fn $fn_name(host: &dyn Host) -> Option<$ty> {
+                $reader(host, $path)
+            }
+        )*
+    };
+}
+
+accessors! {
+    /// The request path with query.
+    request_path => string("request.path") -> String;
+    /// The request method.
+    request_method => string("request.method") -> String;
+    /// The request authority (`:authority` / `Host`).
+    request_host => string("request.host") -> String;
+    /// The request scheme.
+    request_scheme => string("request.scheme") -> String;
+    /// The request protocol (`HTTP/1.1`, `HTTP/2`, ...).
+    request_protocol => string("request.protocol") -> String;
+    /// The request id (`x-request-id`).
+    request_id => string("request.id") -> String;
+    /// Time the first byte of the request arrived.
+    request_time => timestamp("request.time") -> SystemTime;
+    /// Total duration of the request so far.
+    request_duration => duration("request.duration") -> Duration;
+    /// Request body size in bytes.
+    request_size => int("request.size") -> i64;
+    /// Total request size including headers.
+    request_total_size => int("request.total_size") -> i64;
+    /// Response status code.
+    response_code => int("response.code") -> i64;
+    /// Response code details.
+    response_code_details => string("response.code_details") -> String;
+    /// Envoy response flags as a bit set.
+    response_flags => uint("response.flags") -> u64;
+    /// gRPC status of the response.
+    response_grpc_status => int("response.grpc_status") -> i64;
+    /// Response body size.
+    response_size => int("response.size") -> i64;
+    /// Total response size including headers.
+    response_total_size => int("response.total_size") -> i64;
+    /// Downstream peer address (`ip:port`).
+    source_address => string("source.address") -> String;
+    /// Local address of the downstream connection.
+    destination_address => string("destination.address") -> String;
+    /// Upstream host address.
+    upstream_address => string("upstream.address") -> String;
+    /// Whether the downstream connection uses mutual TLS.
+    connection_mtls => boolean("connection.mtls") -> bool;
+    /// URI SAN of the peer certificate.
+    connection_uri_san_peer_certificate => string("connection.uri_san_peer_certificate") -> String;
+    /// Downstream connection id.
+    connection_id => uint("connection.id") -> u64;
+    /// Name of the route that matched.
+    xds_route_name => string("xds.route_name") -> String;
+    /// Upstream cluster of the route.
+    xds_cluster_name => string("xds.cluster_name") -> String;
+    /// Envoy node id.
+    xds_node_id => string("xds.node.id") -> String;
+    /// Envoy node cluster (usually the service name).
+    xds_node_cluster => string("xds.node.cluster") -> String;
+    /// Node locality region.
+    xds_node_region => string("xds.node.locality.region") -> String;
+    /// Node locality zone.
+    xds_node_zone => string("xds.node.locality.zone") -> String;
+    /// The plugin's name (`config.name`).
+    plugin_name => string("plugin_name") -> String;
+    /// The plugin's root id.
+    plugin_root_id => string("plugin_root_id") -> String;
+    /// The plugin's VM id.
+    plugin_vm_id => string("plugin_vm_id") -> String;
+}
+
+/// One key of the node metadata (`xds.node.metadata.<KEY>`), when it is a string.
+pub fn xds_node_metadata(host: &dyn Host, key: &str) -> Option<String> {
+    host.property(&["xds", "node", "metadata", key])
+        .and_then(|b| decode_string(&b))
+}
+
+/// The request headers as a list (`request.headers`).
+pub fn request_headers(host: &dyn Host) -> Option<Vec<(String, String)>> {
+    string_map(host, "request.headers")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scalars_round_trip_and_reject_bad_widths() {
+        assert_eq!(decode_i64(&encode_i64(-5)), Some(-5));
+        assert_eq!(decode_u64(&encode_u64(7)), Some(7));
+        assert_eq!(decode_i64(&[1, 2, 3]), None);
+        assert_eq!(decode_bool(&[1]), Some(true));
+        assert_eq!(decode_bool(&[]), None);
+        assert_eq!(
+            decode_duration(&encode_duration(Duration::from_millis(3))),
+            Some(Duration::from_millis(3))
+        );
+        assert_eq!(decode_duration(&encode_i64(-1)), None);
+        let t = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        assert_eq!(decode_timestamp(&encode_timestamp(t)), Some(t));
+        assert_eq!(decode_string(&[0xff]), None);
+    }
+
+    #[test]
+    fn pairs_round_trip_and_truncation_is_none() {
+        let enc = encode_pairs(&[("a", "1"), ("bb", "")]);
+        assert_eq!(
+            decode_pairs(&enc),
+            Some(vec![("a".into(), "1".into()), ("bb".into(), "".into())])
+        );
+        for cut in 0..enc.len() {
+            assert_eq!(decode_pairs(&enc[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(decode_pairs(&[255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn metadata_keys_keep_dots() {
+        assert_eq!(
+            split("xds.node.metadata.mesh.io/version"),
+            vec!["xds", "node", "metadata", "mesh.io/version"]
+        );
+        assert_eq!(split("request.path"), vec!["request", "path"]);
+    }
+}
