@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action as PwAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
+use proxy_wasm::types::{
+    Action as PwAction, BufferType, ContextType, LogLevel, MapType, MetricType, Status,
+};
 
 use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
 use crate::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
@@ -138,9 +140,12 @@ impl Host for WasmHost {
 
 /// Registers `F` as the root context factory. Called by [`crate::export_filter!`].
 pub fn start<F: RootFilter>() {
-    let level = hostcalls::get_log_level().unwrap_or(LogLevel::Info);
-    proxy_wasm::set_log_level(level);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root::<F> { root: None }) });
+    // Envoy refuses host calls such as get_log_level inside `_initialize`
+    // ("restricted_callback"): start at info, then follow Envoy's level in on_vm_start.
+    proxy_wasm::set_log_level(LogLevel::Info);
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(Root::<F> { root: None })
+    });
 }
 
 struct Root<F: RootFilter> {
@@ -176,6 +181,9 @@ impl<F: RootFilter> Context for Root<F> {
 
 impl<F: RootFilter> RootContext for Root<F> {
     fn on_vm_start(&mut self, _size: usize) -> bool {
+        if let Ok(level) = hostcalls::get_log_level() {
+            proxy_wasm::set_log_level(level);
+        }
         true
     }
 

@@ -122,7 +122,11 @@ pub mod check {
             .bytes()
             .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
             && value.trim() == value;
-        ensure(ok, path, "not a valid header value (visible ASCII, no surrounding spaces)")
+        ensure(
+            ok,
+            path,
+            "not a valid header value (visible ASCII, no surrounding spaces)",
+        )
     }
 }
 

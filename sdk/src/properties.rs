@@ -135,11 +135,13 @@ pub fn boolean(host: &dyn Host, path: &str) -> Option<bool> {
 }
 /// Reads a duration attribute.
 pub fn duration(host: &dyn Host, path: &str) -> Option<Duration> {
-    host.property(&split(path)).and_then(|b| decode_duration(&b))
+    host.property(&split(path))
+        .and_then(|b| decode_duration(&b))
 }
 /// Reads a timestamp attribute.
 pub fn timestamp(host: &dyn Host, path: &str) -> Option<SystemTime> {
-    host.property(&split(path)).and_then(|b| decode_timestamp(&b))
+    host.property(&split(path))
+        .and_then(|b| decode_timestamp(&b))
 }
 /// Reads a string map attribute.
 pub fn string_map(host: &dyn Host, path: &str) -> Option<Vec<(String, String)>> {
@@ -244,6 +246,67 @@ pub fn request_headers(host: &dyn Host) -> Option<Vec<(String, String)>> {
     string_map(host, "request.headers")
 }
 
+/// Envoy's response flags, bit by bit, with their access-log short codes (Envoy's
+/// `StreamInfo::CoreResponseFlag` order).
+pub const RESPONSE_FLAGS: [(u64, &str); 29] = [
+    (1 << 0, "LH"),
+    (1 << 1, "UH"),
+    (1 << 2, "UT"),
+    (1 << 3, "LR"),
+    (1 << 4, "UR"),
+    (1 << 5, "UF"),
+    (1 << 6, "UC"),
+    (1 << 7, "UO"),
+    (1 << 8, "NR"),
+    (1 << 9, "DI"),
+    (1 << 10, "FI"),
+    (1 << 11, "RL"),
+    (1 << 12, "UAEX"),
+    (1 << 13, "RLSE"),
+    (1 << 14, "DC"),
+    (1 << 15, "URX"),
+    (1 << 16, "SI"),
+    (1 << 17, "IH"),
+    (1 << 18, "DPE"),
+    (1 << 19, "UMSDR"),
+    (1 << 20, "RFCF"),
+    (1 << 21, "NFCF"),
+    (1 << 22, "DT"),
+    (1 << 23, "UPE"),
+    (1 << 24, "NC"),
+    (1 << 25, "OM"),
+    (1 << 26, "DF"),
+    (1 << 27, "DO"),
+    (1 << 28, "DR"),
+];
+
+/// Renders a response flags bit set as Envoy's access log does (`UF,URX`), `-` for none.
+/// Unknown bits are shown as hex so nothing is silently lost.
+pub fn response_flags_short(flags: u64) -> String {
+    if flags == 0 {
+        return "-".to_string();
+    }
+    let mut out = String::new();
+    let mut known = 0u64;
+    for (bit, code) in RESPONSE_FLAGS {
+        known |= bit;
+        if flags & bit != 0 {
+            if !out.is_empty() {
+                out.push(',');
+            }
+            out.push_str(code);
+        }
+    }
+    let unknown = flags & !known;
+    if unknown != 0 {
+        if !out.is_empty() {
+            out.push(',');
+        }
+        out.push_str(&format!("0x{unknown:x}"));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,6 +339,13 @@ mod tests {
             assert_eq!(decode_pairs(&enc[..cut]), None, "cut at {cut}");
         }
         assert_eq!(decode_pairs(&[255, 255, 255, 255]), None);
+    }
+
+    #[test]
+    fn response_flags_render_like_the_access_log() {
+        assert_eq!(response_flags_short(0), "-");
+        assert_eq!(response_flags_short((1 << 5) | (1 << 15)), "UF,URX");
+        assert_eq!(response_flags_short(1 << 40), "0x10000000000");
     }
 
     #[test]

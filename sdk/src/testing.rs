@@ -194,7 +194,10 @@ impl TestHost {
     }
     /// Replaces a buffer.
     pub fn set_buffer_bytes(&self, kind: BufferKind, bytes: &[u8]) {
-        self.stream.borrow_mut().buffers.insert(kind, bytes.to_vec());
+        self.stream
+            .borrow_mut()
+            .buffers
+            .insert(kind, bytes.to_vec());
     }
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
@@ -455,7 +458,9 @@ impl Host for TestHost {
         let current = shared.get(key).map(|(_, c)| *c);
         if let (Some(want), Some(have)) = (cas, current) {
             if want != 0 && want != have {
-                self.world.cas_conflicts.set(self.world.cas_conflicts.get() + 1);
+                self.world
+                    .cas_conflicts
+                    .set(self.world.cas_conflicts.get() + 1);
                 return Err(HostError::CasMismatch);
             }
         }
@@ -602,7 +607,8 @@ impl<F: RootFilter> FilterHarness<F> {
         let mut s = self.stream();
         s.request_headers(headers, true);
         s.response_headers(&[(":status", &status.to_string())], true);
-        s.host().set_property_int("response.code", i64::from(status));
+        s.host()
+            .set_property_int("response.code", i64::from(status));
         s.log();
         s
     }
@@ -639,8 +645,7 @@ impl<F: RootFilter> HttpStream<F> {
                 }
             }
         }
-        self.filter
-            .on_request_headers(&self.root, &self.host, eos)
+        self.filter.on_request_headers(&self.root, &self.host, eos)
     }
     /// Delivers a request body chunk.
     pub fn request_body(&mut self, chunk: &[u8], eos: bool) -> Action {
@@ -656,8 +661,7 @@ impl<F: RootFilter> HttpStream<F> {
     /// Delivers response headers (`:status` included as given).
     pub fn response_headers(&mut self, headers: &[(&str, &str)], eos: bool) -> Action {
         self.host.set_map(MapKind::ResponseHeaders, headers);
-        self.filter
-            .on_response_headers(&self.root, &self.host, eos)
+        self.filter.on_response_headers(&self.root, &self.host, eos)
     }
     /// Delivers a response body chunk.
     pub fn response_body(&mut self, chunk: &[u8], eos: bool) -> Action {
@@ -723,15 +727,24 @@ mod tests {
     #[test]
     fn headers_are_case_insensitive_and_set_replaces_all() {
         let h = TestHost::new();
-        h.set_map(MapKind::RequestHeaders, &[("X-A", "1"), ("x-a", "2"), ("b", "3")]);
+        h.set_map(
+            MapKind::RequestHeaders,
+            &[("X-A", "1"), ("x-a", "2"), ("b", "3")],
+        );
         assert_eq!(h.request_header("x-A").as_deref(), Some("1"));
         h.set_request_header("x-a", "9");
         assert_eq!(h.map_values(MapKind::RequestHeaders, "x-a"), vec!["9"]);
         h.add_header(MapKind::RequestHeaders, "x-a", b"10");
-        assert_eq!(h.map_values(MapKind::RequestHeaders, "x-a"), vec!["9", "10"]);
+        assert_eq!(
+            h.map_values(MapKind::RequestHeaders, "x-a"),
+            vec!["9", "10"]
+        );
         h.remove_request_header("x-a");
         assert_eq!(h.request_header("x-a"), None);
-        assert_eq!(h.map(MapKind::RequestHeaders), vec![("b".into(), "3".into())]);
+        assert_eq!(
+            h.map(MapKind::RequestHeaders),
+            vec![("b".into(), "3".into())]
+        );
     }
 
     #[test]
@@ -775,15 +788,25 @@ mod tests {
     fn callouts_time_properties_and_logs() {
         let h = TestHost::new();
         h.fail_callouts_to("nowhere");
-        assert!(h.http_call("nowhere", &[], None, Duration::from_secs(1)).is_err());
+        assert!(h
+            .http_call("nowhere", &[], None, Duration::from_secs(1))
+            .is_err());
         let t = h
-            .http_call("collector", &[(":path", "/x")], Some(b"b"), Duration::from_secs(1))
+            .http_call(
+                "collector",
+                &[(":path", "/x")],
+                Some(b"b"),
+                Duration::from_secs(1),
+            )
             .unwrap();
         assert_eq!(h.callouts()[0].token, t);
         assert_eq!(h.callouts()[0].header(":PATH"), Some("/x"));
         let before = h.now();
         h.advance(Duration::from_secs(3));
-        assert_eq!(h.now().duration_since(before).unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            h.now().duration_since(before).unwrap(),
+            Duration::from_secs(3)
+        );
         h.set_vm_property("xds.node.cluster", "orders");
         let s = h.new_stream();
         s.set_property_int("response.code", 503);

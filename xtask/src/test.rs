@@ -1,0 +1,148 @@
+//! `cargo xtask test`: every check CI runs, in order, failing fast: fmt, clippy (host and
+//! wasm32), unit tests, the wasm build, Envoy config validation, then the integration tests.
+
+use std::process::ExitCode;
+
+use crate::build::{self, WASM_TARGET};
+use crate::{cargo, envoy, run, target_dir, Result};
+
+/// Options of `cargo xtask test`.
+#[derive(Debug, Default)]
+struct Options {
+    envoy_version: Option<String>,
+    skip_integration: bool,
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--envoy" => {
+                let version = args
+                    .next()
+                    .ok_or_else(|| "--envoy needs a version, e.g. --envoy 1.40.0".to_string())?;
+                options.envoy_version = Some(version.clone());
+            }
+            "--skip-integration" => options.skip_integration = true,
+            other => return Err(format!("unknown option for `test`: {other}")),
+        }
+    }
+    Ok(options)
+}
+
+/// Counts the steps and prints the `==> step` headers.
+struct Steps {
+    passed: usize,
+}
+
+impl Steps {
+    fn run<T>(&mut self, name: &str, step: impl FnOnce() -> Result<T>) -> Result<T> {
+        println!("\n==> {name}");
+        let value = step().map_err(|e| format!("step `{name}` failed: {e}"))?;
+        self.passed += 1;
+        Ok(value)
+    }
+}
+
+/// `cargo xtask test [--envoy <version>] [--skip-integration]`. The last line printed is
+/// `xtask test: N passed, M failed`, which CI reads.
+pub fn main(args: &[String]) -> ExitCode {
+    let options = match parse(args) {
+        Ok(options) => options,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut steps = Steps { passed: 0 };
+    let result = run_steps(&options, &mut steps);
+    match result {
+        Ok(()) => {
+            println!("\nxtask test: {} passed, 0 failed", steps.passed);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\nerror: {e}");
+            println!("\nxtask test: {} passed, 1 failed", steps.passed);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
+    if let Some(version) = &options.envoy_version {
+        // Read by the Envoy finder, here and in the integration tests started below.
+        std::env::set_var("MESHWASM_ENVOY_VERSION", version);
+    }
+
+    steps.run("format (cargo fmt --check)", || {
+        run(cargo().args(["fmt", "--all", "--", "--check"]))
+    })?;
+    steps.run("clippy (host)", || {
+        run(cargo().args([
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--",
+            "-D",
+            "warnings",
+        ]))
+    })?;
+    steps.run("clippy (wasm32-wasip1)", || {
+        build::ensure_wasm_target()?;
+        let mut cmd = cargo();
+        cmd.args(["clippy", "--target", WASM_TARGET, "-p", "meshwasm"]);
+        for krate in build::wasm_crates()? {
+            cmd.args(["-p", &krate.package]);
+        }
+        run(cmd.args(["--", "-D", "warnings"]))
+    })?;
+    steps.run("unit tests", || {
+        run(cargo().args(["test", "--workspace", "--exclude", "integration"]))
+    })?;
+    steps.run("build wasm filters", || build::build(true))?;
+    let envoy_bin = steps.run("validate envoy-configs", || {
+        let bin = envoy::find()?;
+        let count = envoy::validate_all(&bin)?;
+        println!("{count} configs valid");
+        Ok(bin)
+    })?;
+    if options.skip_integration {
+        println!("\n==> integration tests: skipped (--skip-integration)");
+        return Ok(());
+    }
+    steps.run("integration tests", || {
+        let filters_dir = std::path::absolute(target_dir().join("filters"))
+            .map_err(|e| format!("no absolute path for target/filters: {e}"))?;
+        println!(
+            "MESHWASM_FILTERS_DIR={} ENVOY_BIN={}",
+            filters_dir.display(),
+            envoy_bin.display()
+        );
+        run(cargo()
+            .args(["test", "-p", "integration", "--", "--test-threads", "2"])
+            .env("MESHWASM_FILTERS_DIR", &filters_dir)
+            .env("ENVOY_BIN", &envoy_bin))
+    })?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() -> Result<()> {
+        let options = parse(&args(&["--envoy", "1.39.1", "--skip-integration"]))?;
+        assert_eq!(options.envoy_version.as_deref(), Some("1.39.1"));
+        assert!(options.skip_integration);
+        assert!(parse(&args(&["--envoy"])).is_err());
+        assert!(parse(&args(&["--fast"])).is_err());
+        Ok(())
+    }
+}
