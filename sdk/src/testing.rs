@@ -647,6 +647,11 @@ impl<F: RootFilter> HttpStream<F> {
         }
         self.filter.on_request_headers(&self.root, &self.host, eos)
     }
+    /// Delivers request headers with raw byte values (non-UTF-8 and other hostile input).
+    pub fn request_headers_bytes(&mut self, headers: &[(&str, &[u8])], eos: bool) -> Action {
+        self.host.set_map_bytes(MapKind::RequestHeaders, headers);
+        self.filter.on_request_headers(&self.root, &self.host, eos)
+    }
     /// Delivers a request body chunk.
     pub fn request_body(&mut self, chunk: &[u8], eos: bool) -> Action {
         self.host.set_buffer_bytes(BufferKind::RequestBody, chunk);

@@ -1,0 +1,178 @@
+//! The per-worker span buffer and its export: spans wait in a bounded buffer and leave in
+//! batches from the root context's tick, one HTTP callout per batch to the collector cluster.
+//! A collector that is down, slow or failing costs dropped spans (counted), never memory.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, SystemTime};
+
+use meshwasm::filter::CalloutResponse;
+use meshwasm::host::Host;
+use meshwasm::metrics::{Metric, MetricFamily};
+use meshwasm::trace::export::{otlp_json, zipkin_json, Span};
+
+use crate::config::{ExportConfig, ExportFormat};
+
+/// Why spans left the buffer, as the `outcome` label of `meshwasm_trace_spans_total`.
+pub mod outcome {
+    /// Accepted into the buffer.
+    pub const BUFFERED: &str = "buffered";
+    /// The collector answered 2xx.
+    pub const EXPORTED: &str = "exported";
+    /// Dropped: the buffer was full.
+    pub const BUFFER_FULL: &str = "dropped_buffer_full";
+    /// Dropped: the collector answered an error status.
+    pub const COLLECTOR_ERROR: &str = "dropped_collector_error";
+    /// Dropped: no answer (reset, timeout, no healthy host).
+    pub const UNREACHABLE: &str = "dropped_collector_unreachable";
+    /// Dropped: Envoy refused the callout (unknown cluster).
+    pub const DISPATCH: &str = "dropped_dispatch_failed";
+}
+
+/// Buffer and in-flight export requests of one worker.
+pub struct Exporter {
+    cfg: ExportConfig,
+    service: String,
+    authority: String,
+    path: String,
+    buffer: RefCell<VecDeque<Span>>,
+    in_flight: RefCell<HashMap<u32, usize>>,
+    last_flush: Cell<Option<SystemTime>>,
+    spans: MetricFamily,
+    buffered: Metric,
+}
+
+impl Exporter {
+    /// Sets up the exporter for `service` (metrics defined here, once).
+    pub fn new(cfg: ExportConfig, service: &str, host: &dyn Host) -> Exporter {
+        let authority = cfg.authority.clone().unwrap_or_else(|| cfg.cluster.clone());
+        let path = cfg.path.clone().unwrap_or_else(|| {
+            match cfg.format {
+                ExportFormat::Zipkin => "/api/v2/spans",
+                ExportFormat::Otlp => "/v1/traces",
+            }
+            .to_string()
+        });
+        Exporter {
+            service: service.to_string(),
+            authority,
+            path,
+            buffer: RefCell::new(VecDeque::new()),
+            in_flight: RefCell::new(HashMap::new()),
+            last_flush: Cell::new(None),
+            spans: MetricFamily::counter("meshwasm_trace_spans_total", &["outcome"]),
+            buffered: Metric::define(
+                host,
+                meshwasm::host::MetricKind::Gauge,
+                "meshwasm_trace_buffered_spans",
+            ),
+            cfg,
+        }
+    }
+
+    /// How often the root should tick: often enough to notice a full batch quickly.
+    pub fn tick_period(&self) -> Duration {
+        Duration::from_millis(self.cfg.flush_interval_ms.min(100))
+    }
+
+    /// Buffers a finished span, or drops it (counted) when the buffer is full.
+    pub fn push(&self, host: &dyn Host, span: Span) {
+        let mut buf = self.buffer.borrow_mut();
+        if buf.len() >= self.cfg.max_buffered_spans {
+            self.spans.inc(host, &[outcome::BUFFER_FULL]);
+            return;
+        }
+        buf.push_back(span);
+        self.spans.inc(host, &[outcome::BUFFERED]);
+        self.buffered.record(host, buf.len() as u64);
+    }
+
+    /// Spans waiting.
+    pub fn buffered(&self) -> usize {
+        self.buffer.borrow().len()
+    }
+
+    /// Export requests in flight.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.borrow().len()
+    }
+
+    /// Sends full batches, and a partial one when the flush interval has passed, while fewer
+    /// than `max_in_flight` requests are out.
+    pub fn on_tick(&self, host: &dyn Host) {
+        let now = host.now();
+        let Some(last) = self.last_flush.get() else {
+            // The first tick starts the flush interval.
+            self.last_flush.set(Some(now));
+            return;
+        };
+        let interval_due = now
+            .duration_since(last)
+            .map(|d| d >= Duration::from_millis(self.cfg.flush_interval_ms))
+            .unwrap_or(true);
+        loop {
+            let len = self.buffered();
+            if len == 0 || self.in_flight() >= self.cfg.max_in_flight {
+                break;
+            }
+            if len < self.cfg.batch_size && !interval_due {
+                break;
+            }
+            self.send_batch(host);
+            self.last_flush.set(Some(now));
+            if len < self.cfg.batch_size {
+                break;
+            }
+        }
+        if interval_due && self.buffered() == 0 {
+            self.last_flush.set(Some(now));
+        }
+    }
+
+    fn send_batch(&self, host: &dyn Host) {
+        let batch: Vec<Span> = {
+            let mut buf = self.buffer.borrow_mut();
+            let n = buf.len().min(self.cfg.batch_size);
+            buf.drain(..n).collect()
+        };
+        self.buffered.record(host, self.buffered() as u64);
+        let body = match self.cfg.format {
+            ExportFormat::Zipkin => zipkin_json(&batch),
+            ExportFormat::Otlp => otlp_json(&batch, &self.service),
+        };
+        let headers = [
+            (":method", "POST"),
+            (":path", self.path.as_str()),
+            (":authority", self.authority.as_str()),
+            ("content-type", "application/json"),
+        ];
+        let timeout = Duration::from_millis(self.cfg.timeout_ms);
+        match host.http_call(&self.cfg.cluster, &headers, Some(body.as_bytes()), timeout) {
+            Ok(token) => {
+                self.in_flight.borrow_mut().insert(token, batch.len());
+            }
+            Err(e) => {
+                log::debug!("trace export to {} refused: {e}", self.cfg.cluster);
+                self.spans
+                    .add(host, &[outcome::DISPATCH], batch.len() as i64);
+            }
+        }
+    }
+
+    /// Accounts for a collector answer. Returns false when the token was not ours.
+    pub fn on_callout_response(&self, host: &dyn Host, response: &CalloutResponse) -> bool {
+        let Some(n) = self.in_flight.borrow_mut().remove(&response.token) else {
+            return false;
+        };
+        let result = match response.status {
+            Some(s) if (200..300).contains(&s) => outcome::EXPORTED,
+            Some(s) => {
+                log::debug!("trace collector answered {s}; {n} spans dropped");
+                outcome::COLLECTOR_ERROR
+            }
+            None => outcome::UNREACHABLE,
+        };
+        self.spans.add(host, &[result], n as i64);
+        true
+    }
+}

@@ -1,0 +1,341 @@
+//! Trace header propagation: reads W3C, B3 multi and B3 single context, validates it strictly,
+//! creates a child span per hop, writes every configured format consistently, samples, passes
+//! W3C baggage within limits, and exports sampled spans (Zipkin v2 or OTLP/HTTP JSON).
+
+pub mod config;
+pub mod exporter;
+pub mod propagation;
+
+use std::cell::RefCell;
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use meshwasm::prelude::*;
+use meshwasm::trace::b3::Sampling;
+use meshwasm::trace::baggage::Baggage;
+use meshwasm::trace::export::{Endpoint, Span, SpanKind};
+use meshwasm::trace::{sample_by_trace_id, IdGenerator, SpanId, TraceId};
+
+use config::{Config, Direction, Format};
+use exporter::Exporter;
+use propagation::{extract, inject, Outgoing};
+
+/// Longest span name, in bytes.
+const MAX_NAME: usize = 128;
+
+/// The root: configuration, id generator, metrics and the span exporter of one worker.
+pub struct TracePropagation {
+    cfg: Config,
+    service: String,
+    ids: RefCell<IdGenerator>,
+    requests: MetricFamily,
+    invalid: MetricFamily,
+    exporter: Option<Exporter>,
+}
+
+/// Per-request state: the span this hop created.
+pub struct TraceRequest {
+    span: Option<HopSpan>,
+}
+
+struct HopSpan {
+    trace_id: TraceId,
+    trace_id_64bit: bool,
+    span_id: SpanId,
+    parent: Option<SpanId>,
+    sampled: bool,
+    start: SystemTime,
+    method: String,
+    path: String,
+    request_id: Option<String>,
+}
+
+fn format_label(f: Option<Format>) -> &'static str {
+    match f {
+        Some(Format::W3c) => "w3c",
+        Some(Format::B3) => "b3",
+        Some(Format::B3Single) => "b3-single",
+        None => "none",
+    }
+}
+
+fn micros(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl TracePropagation {
+    fn count_invalid(&self, host: &dyn Host, reason: &str) {
+        self.invalid.inc(host, &[reason]);
+    }
+
+    fn request_id(&self, host: &dyn Host) -> Option<String> {
+        if let Some(id) = host.request_header("x-request-id") {
+            return Some(id);
+        }
+        if !self.cfg.set_request_id {
+            return None;
+        }
+        // A version 4 UUID from the worker's generator (RFC 9562 layout).
+        let mut ids = self.ids.borrow_mut();
+        let (a, b) = (ids.next_u64(), ids.next_u64());
+        let a = (a & !0xf000) | 0x4000;
+        let b = (b & !(0xc << 60)) | (0x8 << 60);
+        let id = format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xffff,
+            b >> 48,
+            b & 0xffff_ffff_ffff
+        );
+        host.set_request_header("x-request-id", &id);
+        Some(id)
+    }
+
+    fn enforce_baggage(&self, host: &dyn Host) {
+        let Some(value) = host.request_header("baggage") else {
+            return;
+        };
+        let reason = if value.len() > self.cfg.baggage_max_bytes {
+            Some("baggage_too_large")
+        } else {
+            match Baggage::parse(&value) {
+                Ok(b) if b.len() > self.cfg.baggage_max_members => Some("baggage_too_many_members"),
+                Ok(_) => None,
+                Err(e) => Some(e.reason()),
+            }
+        };
+        if let Some(reason) = reason {
+            host.remove_request_header("baggage");
+            self.count_invalid(host, reason);
+        }
+    }
+}
+
+impl RootFilter for TracePropagation {
+    type Config = Config;
+    type Http = TraceRequest;
+    const NAME: &'static str = "trace_propagation";
+
+    fn configure(cfg: Config, host: &dyn Host) -> Result<Self, ConfigError> {
+        cfg.validate()?;
+        let service = cfg
+            .service_name
+            .clone()
+            .or_else(|| properties::xds_node_cluster(host).filter(|s| !s.is_empty()))
+            .unwrap_or_else(|| "unknown".to_string());
+        let seed = RandomState::new().hash_one(micros(host.now())) ^ micros(host.now());
+        let exporter = cfg.export.clone().map(|e| Exporter::new(e, &service, host));
+        Ok(TracePropagation {
+            service,
+            ids: RefCell::new(IdGenerator::new(seed)),
+            requests: MetricFamily::counter(
+                "meshwasm_trace_requests_total",
+                &["direction", "context", "sampled"],
+            ),
+            invalid: MetricFamily::counter("meshwasm_trace_invalid_headers_total", &["reason"]),
+            exporter,
+            cfg,
+        })
+    }
+
+    fn tick_period(&self) -> Option<std::time::Duration> {
+        self.exporter.as_ref().map(Exporter::tick_period)
+    }
+
+    fn on_tick(&self, host: &dyn Host) {
+        if let Some(e) = &self.exporter {
+            e.on_tick(host);
+        }
+    }
+
+    fn on_callout_response(&self, host: &dyn Host, response: CalloutResponse) {
+        if let Some(e) = &self.exporter {
+            e.on_callout_response(host, &response);
+        }
+    }
+
+    fn new_http(&self, _host: &dyn Host) -> TraceRequest {
+        TraceRequest { span: None }
+    }
+}
+
+impl HttpFilter for TraceRequest {
+    type Root = TracePropagation;
+
+    fn on_request_headers(
+        &mut self,
+        root: &TracePropagation,
+        host: &dyn Host,
+        _eos: bool,
+    ) -> Action {
+        let ex = extract(host, &root.cfg.extract);
+        for e in &ex.errors {
+            root.count_invalid(host, e.reason());
+        }
+        let span_id = root.ids.borrow_mut().span_id();
+        let (trace_id, trace_id_64bit, parent, sampling, tracestate, random, format) =
+            match ex.context {
+                Some(c) => (
+                    c.trace_id,
+                    c.trace_id_64bit,
+                    Some(c.parent),
+                    c.sampling,
+                    c.tracestate,
+                    c.random,
+                    Some(c.format),
+                ),
+                None => (
+                    root.ids.borrow_mut().trace_id(),
+                    false,
+                    None,
+                    ex.sampling_only.unwrap_or(Sampling::Defer),
+                    None,
+                    true,
+                    None,
+                ),
+            };
+        let debug = sampling == Sampling::Debug;
+        let sampled = match sampling {
+            Sampling::Accept | Sampling::Debug => true,
+            Sampling::Deny => false,
+            Sampling::Defer => sample_by_trace_id(trace_id, root.cfg.sampling_rate),
+        };
+        let out = Outgoing {
+            trace_id,
+            trace_id_64bit,
+            span_id,
+            parent,
+            sampled,
+            debug,
+            random,
+            tracestate,
+        };
+        inject(host, &out, &root.cfg.propagate);
+        root.enforce_baggage(host);
+        let request_id = root.request_id(host);
+        let direction = match root.cfg.direction {
+            Direction::Outbound => "outbound",
+            Direction::Inbound => "inbound",
+        };
+        root.requests.inc(
+            host,
+            &[
+                direction,
+                format_label(format),
+                if sampled { "true" } else { "false" },
+            ],
+        );
+        let (method, path) = if sampled && root.exporter.is_some() {
+            (
+                host.request_header(":method").unwrap_or_default(),
+                host.request_header(":path").unwrap_or_default(),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        self.span = Some(HopSpan {
+            trace_id,
+            trace_id_64bit,
+            span_id,
+            parent,
+            sampled,
+            start: host.now(),
+            method,
+            path,
+            request_id,
+        });
+        Action::Continue
+    }
+
+    fn on_response_headers(
+        &mut self,
+        root: &TracePropagation,
+        host: &dyn Host,
+        _eos: bool,
+    ) -> Action {
+        if let (Some(name), Some(span)) = (&root.cfg.response_trace_header, &self.span) {
+            host.set_response_header(name, &span.trace_id.to_hex());
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self, root: &TracePropagation, host: &dyn Host) {
+        let (Some(exporter), Some(hop)) = (&root.exporter, self.span.take()) else {
+            return;
+        };
+        if !hop.sampled {
+            return;
+        }
+        exporter.push(host, build_span(root, host, hop));
+    }
+}
+
+fn build_span(root: &TracePropagation, host: &dyn Host, hop: HopSpan) -> Span {
+    let status = properties::response_code(host).unwrap_or(0);
+    let flags = properties::response_flags(host).unwrap_or(0);
+    let duration_us = match properties::request_duration(host) {
+        Some(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        None => micros(host.now()).saturating_sub(micros(hop.start)),
+    };
+    let path_only = hop.path.split('?').next().unwrap_or_default();
+    let mut name = format!("{} {}", hop.method, path_only);
+    if name.len() > MAX_NAME {
+        let mut cut = MAX_NAME;
+        while !name.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        name.truncate(cut);
+    }
+    let (kind, remote_addr) = match root.cfg.direction {
+        Direction::Outbound => (SpanKind::Client, properties::upstream_address(host)),
+        Direction::Inbound => (SpanKind::Server, properties::source_address(host)),
+    };
+    let mut tags = vec![
+        ("component".to_string(), "proxy".to_string()),
+        ("http.method".to_string(), hop.method.clone()),
+        ("http.path".to_string(), path_only.to_string()),
+        ("http.status_code".to_string(), status.to_string()),
+        (
+            "response_flags".to_string(),
+            properties::response_flags_short(flags),
+        ),
+    ];
+    if let Some(c) = properties::xds_cluster_name(host) {
+        tags.push(("upstream_cluster".to_string(), c));
+    }
+    if let Some(r) = properties::xds_route_name(host) {
+        tags.push(("route_name".to_string(), r));
+    }
+    if let Some(id) = &hop.request_id {
+        tags.push(("guid:x-request-id".to_string(), id.clone()));
+    }
+    Span {
+        trace_id: hop.trace_id,
+        trace_id_64bit: hop.trace_id_64bit,
+        span_id: hop.span_id,
+        parent_id: hop.parent,
+        name,
+        kind,
+        start_us: micros(hop.start),
+        duration_us,
+        local: Endpoint {
+            service: Some(root.service.clone()),
+            address: properties::destination_address(host),
+        },
+        remote: Endpoint {
+            service: None,
+            address: remote_addr,
+        },
+        error: status == 0 || status >= 500,
+        tags,
+    }
+}
+
+meshwasm::export_filter!(TracePropagation);
+
+#[cfg(test)]
+mod tests;

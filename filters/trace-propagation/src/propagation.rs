@@ -1,0 +1,227 @@
+//! Reading the incoming trace context from request headers in the configured precedence, and
+//! writing the child context in every configured format, consistently.
+
+use meshwasm::host::Host;
+use meshwasm::trace::b3::{self, B3Single, Sampling, B3};
+use meshwasm::trace::w3c::{parse_traceparent, TraceParent, TraceState};
+use meshwasm::trace::{SpanId, TraceError, TraceId};
+
+use crate::config::Format;
+
+/// Every header this filter reads and rewrites.
+pub const TRACE_HEADERS: [&str; 8] = [
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// A valid incoming context.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Incoming {
+    /// Trace id.
+    pub trace_id: TraceId,
+    /// The trace id came as a 64-bit B3 id.
+    pub trace_id_64bit: bool,
+    /// The caller's span id (the parent of ours).
+    pub parent: SpanId,
+    /// The caller's sampling decision, if it made one.
+    pub sampling: Sampling,
+    /// W3C `tracestate`, when valid.
+    pub tracestate: Option<TraceState>,
+    /// The caller's W3C Level 2 random flag.
+    pub random: bool,
+    /// Which format it came in.
+    pub format: Format,
+}
+
+/// What the request carried.
+#[derive(Debug, Default)]
+pub struct Extracted {
+    /// The first valid context in precedence order.
+    pub context: Option<Incoming>,
+    /// A sampling decision without ids (B3 `0`/`1`/`d`, or `x-b3-sampled` alone).
+    pub sampling_only: Option<Sampling>,
+    /// Every invalid header seen, for counting.
+    pub errors: Vec<TraceError>,
+    /// Whether any trace header was present at all.
+    pub any_present: bool,
+}
+
+fn defined(s: Sampling) -> Option<Sampling> {
+    (s != Sampling::Defer).then_some(s)
+}
+
+/// Reads the incoming context. Invalid headers are recorded and skipped, so a lower-precedence
+/// valid format still wins over starting a new trace.
+pub fn extract(host: &dyn Host, precedence: &[Format]) -> Extracted {
+    let mut out = Extracted::default();
+    for format in precedence {
+        match format {
+            Format::W3c => {
+                let Some(tp) = host.request_header("traceparent") else {
+                    continue;
+                };
+                out.any_present = true;
+                match parse_traceparent(&tp) {
+                    Ok(p) => {
+                        let tracestate = match host.request_header("tracestate") {
+                            Some(ts) => match TraceState::parse(&ts) {
+                                Ok(ts) if !ts.is_empty() => Some(ts),
+                                Ok(_) => None,
+                                Err(e) => {
+                                    out.errors.push(e);
+                                    None
+                                }
+                            },
+                            None => None,
+                        };
+                        out.context = Some(Incoming {
+                            trace_id: p.trace_id,
+                            trace_id_64bit: false,
+                            parent: p.parent_id,
+                            sampling: if p.sampled() {
+                                Sampling::Accept
+                            } else {
+                                Sampling::Deny
+                            },
+                            tracestate,
+                            random: p.random(),
+                            format: Format::W3c,
+                        });
+                        return out;
+                    }
+                    Err(e) => out.errors.push(e),
+                }
+            }
+            Format::B3Single => {
+                let Some(v) = host.request_header("b3") else {
+                    continue;
+                };
+                out.any_present = true;
+                match b3::parse_single(&v) {
+                    Ok(B3Single::Context(b)) => {
+                        out.context = Some(from_b3(&b, Format::B3Single));
+                        return out;
+                    }
+                    Ok(B3Single::SamplingOnly(s)) => {
+                        out.sampling_only = out.sampling_only.or(defined(s));
+                    }
+                    Err(e) => out.errors.push(e),
+                }
+            }
+            Format::B3 => {
+                let trace = host.request_header("x-b3-traceid");
+                let span = host.request_header("x-b3-spanid");
+                let parent = host.request_header("x-b3-parentspanid");
+                let sampled = host.request_header("x-b3-sampled");
+                let flags = host.request_header("x-b3-flags");
+                if trace.is_none() && span.is_none() && sampled.is_none() && flags.is_none() {
+                    continue;
+                }
+                out.any_present = true;
+                match b3::parse_multi(
+                    trace.as_deref(),
+                    span.as_deref(),
+                    parent.as_deref(),
+                    sampled.as_deref(),
+                    flags.as_deref(),
+                ) {
+                    Ok(Some(b)) => {
+                        out.context = Some(from_b3(&b, Format::B3));
+                        return out;
+                    }
+                    Ok(None) => {
+                        match b3::parse_multi_sampling(sampled.as_deref(), flags.as_deref()) {
+                            Ok(s) => out.sampling_only = out.sampling_only.or(defined(s)),
+                            Err(e) => out.errors.push(e),
+                        }
+                    }
+                    Err(e) => out.errors.push(e),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn from_b3(b: &B3, format: Format) -> Incoming {
+    Incoming {
+        trace_id: b.trace_id,
+        trace_id_64bit: b.trace_id_64bit,
+        parent: b.span_id,
+        sampling: b.sampling,
+        tracestate: None,
+        random: false,
+        format,
+    }
+}
+
+/// The context this hop sends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Trace id.
+    pub trace_id: TraceId,
+    /// Keep B3 output at 64 bits.
+    pub trace_id_64bit: bool,
+    /// Our new span id.
+    pub span_id: SpanId,
+    /// The caller's span id.
+    pub parent: Option<SpanId>,
+    /// Sampled?
+    pub sampled: bool,
+    /// B3 debug (forces sampling downstream too).
+    pub debug: bool,
+    /// W3C Level 2 random flag.
+    pub random: bool,
+    /// `tracestate` passed on.
+    pub tracestate: Option<TraceState>,
+}
+
+/// Replaces every trace header of the request with the outgoing context in `formats`.
+pub fn inject(host: &dyn Host, out: &Outgoing, formats: &[Format]) {
+    for h in TRACE_HEADERS {
+        host.remove_request_header(h);
+    }
+    let sampling = if out.debug {
+        Sampling::Debug
+    } else if out.sampled {
+        Sampling::Accept
+    } else {
+        Sampling::Deny
+    };
+    let b3 = B3 {
+        trace_id: out.trace_id,
+        trace_id_64bit: out.trace_id_64bit,
+        span_id: out.span_id,
+        parent_span_id: out.parent,
+        sampling,
+    };
+    for format in formats {
+        match format {
+            Format::W3c => {
+                let flags = u8::from(out.sampled) | if out.random { 0x02 } else { 0 };
+                let tp = TraceParent {
+                    version: 0,
+                    trace_id: out.trace_id,
+                    parent_id: out.span_id,
+                    flags,
+                };
+                host.set_request_header("traceparent", &tp.to_header());
+                if let Some(ts) = &out.tracestate {
+                    host.set_request_header("tracestate", &ts.to_header());
+                }
+            }
+            Format::B3 => {
+                for (name, value) in b3::multi_headers(&b3) {
+                    host.set_request_header(name, &value);
+                }
+            }
+            Format::B3Single => host.set_request_header("b3", &b3::format_single(&b3)),
+        }
+    }
+}
