@@ -31,11 +31,14 @@ const COPIED: [&str; 10] = [
     "baggage",
 ];
 
+/// Request headers of every request the app received, in order.
+type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
+
 /// The app between the two sidecars: copies the trace headers of each inbound request onto
 /// its outbound call to sidecar B, and records the headers it received.
 struct App {
     port: u16,
-    seen: Arc<Mutex<Vec<Vec<(String, String)>>>>,
+    seen: Seen,
     stop: Arc<AtomicBool>,
 }
 
@@ -67,7 +70,7 @@ impl Drop for App {
     }
 }
 
-fn serve(conn: TcpStream, next_hop: u16, seen: Arc<Mutex<Vec<Vec<(String, String)>>>>) {
+fn serve(conn: TcpStream, next_hop: u16, seen: Seen) {
     let mut reader = BufReader::new(conn.try_clone().unwrap());
     loop {
         let mut line = String::new();

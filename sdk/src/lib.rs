@@ -52,9 +52,12 @@
 pub mod config;
 pub mod filter;
 pub mod host;
+pub mod identity;
+pub mod matching;
 pub mod metrics;
 pub mod properties;
 pub mod testing;
+pub mod trace;
 
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]

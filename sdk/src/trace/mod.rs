@@ -1,0 +1,327 @@
+//! Trace context codecs: pure parsers and formatters for the propagation headers a sidecar
+//! sees, with no host calls, so they run natively and in wasm32 alike.
+//!
+//! - [`w3c`]: `traceparent` and `tracestate` (W3C Trace Context Level 1, and the Level 2
+//!   `random` trace flag).
+//! - [`b3`]: the `x-b3-*` multiple headers and the `b3` single header (openzipkin
+//!   b3-propagation).
+//! - [`baggage`]: the `baggage` header (W3C Baggage).
+//! - [`ids`]: trace and span ids, an id generator, and trace-id-ratio sampling.
+//!
+//! Every parser returns `Result<_, TraceError>`; [`TraceError::reason`] is a stable
+//! snake_case string meant for a metric label. Parsers check lengths before they allocate, and
+//! never panic on any input.
+//!
+//! Header values are taken as the proxy hands them over. Leading and trailing optional
+//! whitespace (space and horizontal tab, RFC 9110 section 5.5) is not part of an HTTP field
+//! value, so every parser here ignores it; whitespace anywhere else is held to each format's
+//! grammar.
+
+use std::fmt;
+
+pub mod b3;
+pub mod baggage;
+pub mod export;
+pub mod ids;
+pub mod w3c;
+
+pub use b3::{B3Single, Sampling, B3};
+pub use baggage::Baggage;
+pub use ids::{sample_by_trace_id, IdGenerator, SpanId, TraceId};
+pub use w3c::{parse_traceparent, TraceParent, TraceState};
+
+/// Why a trace header value was rejected. Each variant is one distinct reason; see
+/// [`TraceError::reason`] for the metric label of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TraceError {
+    /// `traceparent` has the wrong length for its version (55 characters for version `00`,
+    /// at least 55 for a later version), or is longer than
+    /// [`w3c::MAX_TRACEPARENT_LEN`].
+    TraceparentLength,
+    /// `traceparent` does not start with two lowercase hex digits and a `-`, or its version is
+    /// the forbidden `ff`.
+    TraceparentVersion,
+    /// `traceparent`'s trace id or parent id is not lowercase hex of the right width, or a `-`
+    /// delimiter is missing.
+    TraceparentFormat,
+    /// `traceparent`'s trace id is all zeros.
+    TraceparentZeroTraceId,
+    /// `traceparent`'s parent id is all zeros.
+    TraceparentZeroParentId,
+    /// `traceparent`'s trace flags are not two lowercase hex digits.
+    TraceparentFlags,
+    /// `tracestate` has more than 32 list members.
+    TracestateTooManyMembers,
+    /// A `tracestate` key does not match the simple-key or multi-tenant-key grammar.
+    TracestateKey,
+    /// A `tracestate` value is missing (no `=`), empty, longer than 256 characters, or holds a
+    /// character outside printable ASCII, or a `,` or `=`.
+    TracestateValue,
+    /// A `tracestate` key appears twice.
+    TracestateDuplicateKey,
+    /// `tracestate` is longer than [`w3c::MAX_TRACESTATE_LEN`].
+    TracestateTooLong,
+    /// A B3 trace id is not 16 or 32 lowercase hex digits, is zero, or is missing while a span
+    /// id is present.
+    B3TraceId,
+    /// A B3 span id is not 16 lowercase hex digits, is zero, or is missing while a trace id is
+    /// present.
+    B3SpanId,
+    /// A B3 parent span id is not 16 lowercase hex digits, or is zero.
+    B3ParentSpanId,
+    /// A B3 sampling state is not one of the accepted spellings.
+    B3Sampled,
+    /// `x-b3-flags` is anything but `1`.
+    B3Flags,
+    /// The `b3` single header is empty, too long, or has the wrong number of fields.
+    B3SingleFormat,
+    /// `baggage` is longer than [`baggage::MAX_BAGGAGE_BYTES`].
+    BaggageTooLong,
+    /// `baggage` has more than [`baggage::MAX_BAGGAGE_MEMBERS`] list members.
+    BaggageTooManyMembers,
+    /// A `baggage` list member has no `=` between its key and value.
+    BaggageFormat,
+    /// A `baggage` key is empty or not an RFC 9110 token.
+    BaggageKey,
+    /// A `baggage` value holds a character outside the baggage-octet set.
+    BaggageValue,
+    /// A `baggage` property is not `key` or `key=value` with a token key and baggage-octet
+    /// value.
+    BaggageProperty,
+    /// A header value is not valid UTF-8 (see [`header_str`]).
+    NotUtf8,
+}
+
+impl TraceError {
+    /// Every variant, in declaration order (for tests and for pre-registering metric series).
+    pub const ALL: [TraceError; 24] = [
+        TraceError::TraceparentLength,
+        TraceError::TraceparentVersion,
+        TraceError::TraceparentFormat,
+        TraceError::TraceparentZeroTraceId,
+        TraceError::TraceparentZeroParentId,
+        TraceError::TraceparentFlags,
+        TraceError::TracestateTooManyMembers,
+        TraceError::TracestateKey,
+        TraceError::TracestateValue,
+        TraceError::TracestateDuplicateKey,
+        TraceError::TracestateTooLong,
+        TraceError::B3TraceId,
+        TraceError::B3SpanId,
+        TraceError::B3ParentSpanId,
+        TraceError::B3Sampled,
+        TraceError::B3Flags,
+        TraceError::B3SingleFormat,
+        TraceError::BaggageTooLong,
+        TraceError::BaggageTooManyMembers,
+        TraceError::BaggageFormat,
+        TraceError::BaggageKey,
+        TraceError::BaggageValue,
+        TraceError::BaggageProperty,
+        TraceError::NotUtf8,
+    ];
+
+    /// A stable snake_case name for the reason, for metric labels and logs,
+    /// e.g. `"traceparent_length"`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            TraceError::TraceparentLength => "traceparent_length",
+            TraceError::TraceparentVersion => "traceparent_version",
+            TraceError::TraceparentFormat => "traceparent_format",
+            TraceError::TraceparentZeroTraceId => "traceparent_zero_trace_id",
+            TraceError::TraceparentZeroParentId => "traceparent_zero_parent_id",
+            TraceError::TraceparentFlags => "traceparent_flags",
+            TraceError::TracestateTooManyMembers => "tracestate_too_many_members",
+            TraceError::TracestateKey => "tracestate_key",
+            TraceError::TracestateValue => "tracestate_value",
+            TraceError::TracestateDuplicateKey => "tracestate_duplicate_key",
+            TraceError::TracestateTooLong => "tracestate_too_long",
+            TraceError::B3TraceId => "b3_trace_id",
+            TraceError::B3SpanId => "b3_span_id",
+            TraceError::B3ParentSpanId => "b3_parent_span_id",
+            TraceError::B3Sampled => "b3_sampled",
+            TraceError::B3Flags => "b3_flags",
+            TraceError::B3SingleFormat => "b3_single_format",
+            TraceError::BaggageTooLong => "baggage_too_long",
+            TraceError::BaggageTooManyMembers => "baggage_too_many_members",
+            TraceError::BaggageFormat => "baggage_format",
+            TraceError::BaggageKey => "baggage_key",
+            TraceError::BaggageValue => "baggage_value",
+            TraceError::BaggageProperty => "baggage_property",
+            TraceError::NotUtf8 => "not_utf8",
+        }
+    }
+
+    /// A sentence for humans (logs, test failures).
+    fn describe(&self) -> &'static str {
+        match self {
+            TraceError::TraceparentLength => "traceparent has the wrong length for its version",
+            TraceError::TraceparentVersion => {
+                "traceparent version is not two lowercase hex digits other than ff"
+            }
+            TraceError::TraceparentFormat => "traceparent trace id or parent id is malformed",
+            TraceError::TraceparentZeroTraceId => "traceparent trace id is all zeros",
+            TraceError::TraceparentZeroParentId => "traceparent parent id is all zeros",
+            TraceError::TraceparentFlags => {
+                "traceparent trace flags are not two lowercase hex digits"
+            }
+            TraceError::TracestateTooManyMembers => "tracestate has more than 32 list members",
+            TraceError::TracestateKey => "tracestate key is malformed",
+            TraceError::TracestateValue => "tracestate value is malformed",
+            TraceError::TracestateDuplicateKey => "tracestate has a duplicate key",
+            TraceError::TracestateTooLong => "tracestate is too long",
+            TraceError::B3TraceId => "b3 trace id is missing or malformed",
+            TraceError::B3SpanId => "b3 span id is missing or malformed",
+            TraceError::B3ParentSpanId => "b3 parent span id is malformed",
+            TraceError::B3Sampled => "b3 sampling state is malformed",
+            TraceError::B3Flags => "x-b3-flags is not 1",
+            TraceError::B3SingleFormat => "b3 single header is malformed",
+            TraceError::BaggageTooLong => "baggage is too long",
+            TraceError::BaggageTooManyMembers => "baggage has too many list members",
+            TraceError::BaggageFormat => "baggage list member has no `=`",
+            TraceError::BaggageKey => "baggage key is not a token",
+            TraceError::BaggageValue => "baggage value has a character outside baggage-octet",
+            TraceError::BaggageProperty => "baggage property is malformed",
+            TraceError::NotUtf8 => "header value is not UTF-8",
+        }
+    }
+}
+
+impl fmt::Display for TraceError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.describe(), self.reason())
+    }
+}
+
+impl std::error::Error for TraceError {}
+
+/// A header value received as bytes, as text: [`TraceError::NotUtf8`] unless it is UTF-8.
+/// Every format here is ASCII, so a value that is not UTF-8 is invalid for all of them.
+pub fn header_str(bytes: &[u8]) -> Result<&str, TraceError> {
+    std::str::from_utf8(bytes).map_err(|_| TraceError::NotUtf8)
+}
+
+/// `value` without leading and trailing optional whitespace (SP and HTAB).
+pub(crate) fn trim_ows(value: &str) -> &str {
+    value.trim_matches(|c| c == ' ' || c == '\t')
+}
+
+/// Whether `b` is a lowercase hex digit (`0-9`, `a-f`).
+pub(crate) fn is_lower_hex(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+}
+
+/// Parses lowercase hex of at most 32 digits into a `u128`; `None` on any other character, on
+/// an empty input, or on more than 32 digits.
+pub(crate) fn parse_lower_hex(s: &[u8]) -> Option<u128> {
+    if s.is_empty() || s.len() > 32 {
+        return None;
+    }
+    let mut value: u128 = 0;
+    for &b in s {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'a'..=b'f' => b - b'a' + 10,
+            _ => return None,
+        };
+        value = (value << 4) | u128::from(digit);
+    }
+    Some(value)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::collections::HashSet;
+
+    #[test]
+    fn reasons_are_unique_snake_case() {
+        let mut seen = HashSet::new();
+        for e in TraceError::ALL {
+            let r = e.reason();
+            assert!(seen.insert(r), "duplicate reason {r}");
+            assert!(
+                r.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{r}"
+            );
+            assert!(e.to_string().ends_with(&format!("({r})")), "{e}");
+        }
+        assert_eq!(TraceError::TraceparentLength.reason(), "traceparent_length");
+    }
+
+    #[test]
+    fn header_str_rejects_invalid_utf8() {
+        assert_eq!(header_str(b"abc"), Ok("abc"));
+        assert_eq!(header_str(&[0x61, 0xff, 0x62]), Err(TraceError::NotUtf8));
+    }
+
+    /// Random strings over the characters these formats care about, plus multi-byte UTF-8,
+    /// through every parser: errors are fine, panics are not, and whatever parses re-encodes
+    /// to something that parses again.
+    #[test]
+    fn parsers_never_panic_on_generated_input() {
+        const ALPHABET: [&str; 24] = [
+            "0",
+            "1",
+            "a",
+            "f",
+            "d",
+            "z",
+            "A",
+            "-",
+            ",",
+            "=",
+            ";",
+            "@",
+            "%",
+            " ",
+            "\t",
+            "\"",
+            "é",
+            "€",
+            "4bf92f3577b34da6",
+            "00f067aa0ba902b7",
+            "00-",
+            "%2",
+            "true",
+            "*",
+        ];
+        let mut g = IdGenerator::new(2024);
+        for _ in 0..20_000 {
+            let len = (g.next_u64() % 40) as usize;
+            let s: String = (0..len)
+                .filter_map(|_| ALPHABET.get((g.next_u64() % ALPHABET.len() as u64) as usize))
+                .copied()
+                .collect();
+            if let Ok(p) = parse_traceparent(&s) {
+                assert!(parse_traceparent(&p.to_header()).is_ok(), "{s:?}");
+            }
+            if let Ok(t) = TraceState::parse(&s) {
+                assert_eq!(TraceState::parse(&t.to_header()).as_ref(), Ok(&t), "{s:?}");
+            }
+            if let Ok(b) = Baggage::parse(&s) {
+                assert_eq!(Baggage::parse(&b.to_header()).map(|x| x.len()), Ok(b.len()));
+            }
+            if let Ok(B3Single::Context(b)) = b3::parse_single(&s) {
+                assert!(b3::parse_single(&b3::format_single(&b)).is_ok(), "{s:?}");
+            }
+            let _ = b3::parse_multi(Some(&s), Some(&s), Some(&s), Some(&s), Some(&s));
+            let _ = b3::parse_multi_sampling(Some(&s), Some(&s));
+            let _ = TraceId::from_hex(&s);
+            let _ = SpanId::from_hex(&s);
+        }
+    }
+
+    #[test]
+    fn hex_helpers() {
+        assert_eq!(parse_lower_hex(b"ff"), Some(255));
+        assert_eq!(parse_lower_hex(b"FF"), None);
+        assert_eq!(parse_lower_hex(b""), None);
+        assert_eq!(parse_lower_hex(&[b'f'; 33]), None);
+        assert_eq!(parse_lower_hex(&[b'f'; 32]), Some(u128::MAX));
+        assert_eq!(trim_ows(" \t x \t"), "x");
+        assert!(is_lower_hex(b'a') && !is_lower_hex(b'g') && !is_lower_hex(b'A'));
+    }
+}
