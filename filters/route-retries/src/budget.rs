@@ -1,0 +1,466 @@
+//! The retry budget per destination cluster: a sliding window of per-second buckets (requests,
+//! retries) kept in one proxy-wasm shared-data key per cluster, so every Envoy worker counts
+//! against the same budget, updated with compare-and-swap.
+//!
+//! Allowed retries in the window = `ratio * requests_in_window + min_retries_per_second *
+//! window_seconds`. A request reserves its retries up front (the filter cannot know how many
+//! Envoy will perform), and the reservation is settled when the response reports the real
+//! attempt count. A CAS that keeps failing is retried [`MAX_CAS_TRIES`] times, then the request
+//! is denied its retries (fail closed: under that much contention retrying is the wrong bet).
+//! The very first write of a cluster's key has no CAS token to compare (the key does not exist
+//! yet), so two workers racing on it can lose one request's counts once; every later write is
+//! compare-and-swap.
+
+use std::time::UNIX_EPOCH;
+
+use meshwasm::host::{Host, HostError};
+
+/// How many read-modify-write rounds a budget update may take before giving up.
+pub const MAX_CAS_TRIES: u32 = 8;
+
+/// Largest window accepted by configuration (it bounds the shared-data value size).
+pub const MAX_WINDOW_SECONDS: u32 = 60;
+
+const VERSION: u8 = 1;
+const HEADER_LEN: usize = 1 + 1 + 8;
+
+/// The budget's parameters (validated by the configuration).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetParams {
+    /// Retries may add this fraction of the requests in the window.
+    pub ratio: f64,
+    /// Plus this many retries per second of window, always.
+    pub min_retries_per_second: u32,
+    /// Window length in seconds (1..=[`MAX_WINDOW_SECONDS`]).
+    pub window_seconds: u32,
+}
+
+impl BudgetParams {
+    /// Retries allowed in a window holding `requests` requests.
+    pub fn allowed(&self, requests: u64) -> u64 {
+        let floor = u64::from(self.min_retries_per_second) * u64::from(self.window_seconds);
+        // Float to int saturates and maps NaN to 0; `ratio` is finite and non-negative anyway.
+        let share = (self.ratio * requests as f64).floor() as u64;
+        floor.saturating_add(share)
+    }
+}
+
+/// Per-second counts.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bucket {
+    /// Requests that started in this second.
+    pub requests: u32,
+    /// Retries reserved (and, after settling, performed) by those requests.
+    pub retries: u32,
+}
+
+/// The sliding window as stored in shared data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Window {
+    /// The Unix second of the newest bucket.
+    pub newest: u64,
+    /// One bucket per second, indexed by `second % len`.
+    pub buckets: Vec<Bucket>,
+}
+
+impl Window {
+    /// An empty window of `seconds` buckets ending at `now`.
+    pub fn new(seconds: u32, now: u64) -> Window {
+        Window {
+            newest: now,
+            buckets: vec![Bucket::default(); seconds.max(1) as usize],
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.buckets.len() as u64
+    }
+
+    fn slot(&self, second: u64) -> usize {
+        (second % self.len().max(1)) as usize
+    }
+
+    /// Moves the window forward to `now`, clearing the buckets of the seconds that left it.
+    /// A `now` behind the newest bucket (another worker's clock ran ahead) changes nothing.
+    pub fn roll(&mut self, now: u64) {
+        if now <= self.newest {
+            return;
+        }
+        let gap = now - self.newest;
+        if gap >= self.len() {
+            self.buckets.iter_mut().for_each(|b| *b = Bucket::default());
+        } else {
+            for s in self.newest + 1..=now {
+                let i = self.slot(s);
+                if let Some(b) = self.buckets.get_mut(i) {
+                    *b = Bucket::default();
+                }
+            }
+        }
+        self.newest = now;
+    }
+
+    /// Requests and retries in the window.
+    pub fn totals(&self) -> (u64, u64) {
+        self.buckets.iter().fold((0, 0), |(q, r), b| {
+            (q + u64::from(b.requests), r + u64::from(b.retries))
+        })
+    }
+
+    /// The bucket of `second` if it is still inside the window.
+    pub fn bucket_mut(&mut self, second: u64) -> Option<&mut Bucket> {
+        if second > self.newest || self.newest - second >= self.len() {
+            return None;
+        }
+        let i = self.slot(second);
+        self.buckets.get_mut(i)
+    }
+
+    /// The compact wire form: version, bucket count, newest second, then (requests, retries)
+    /// per bucket, little endian.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(HEADER_LEN + 8 * self.buckets.len());
+        out.push(VERSION);
+        out.push(u8::try_from(self.buckets.len()).unwrap_or(u8::MAX));
+        out.extend_from_slice(&self.newest.to_le_bytes());
+        for b in &self.buckets {
+            out.extend_from_slice(&b.requests.to_le_bytes());
+            out.extend_from_slice(&b.retries.to_le_bytes());
+        }
+        out
+    }
+
+    /// Decodes [`Window::encode`]'s form; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Window> {
+        let (&version, rest) = bytes.split_first()?;
+        let (&count, rest) = rest.split_first()?;
+        if version != VERSION || count == 0 {
+            return None;
+        }
+        let newest = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+        let body = rest.get(8..)?;
+        if body.len() != 8 * usize::from(count) {
+            return None;
+        }
+        let u32_at = |c: &[u8], at: usize| -> Option<u32> {
+            Some(u32::from_le_bytes(c.get(at..at + 4)?.try_into().ok()?))
+        };
+        let buckets = body
+            .chunks_exact(8)
+            .map(|c| {
+                Some(Bucket {
+                    requests: u32_at(c, 0)?,
+                    retries: u32_at(c, 4)?,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        Some(Window { newest, buckets })
+    }
+
+    /// Records one request wanting `wanted` retries at `now` and returns how many it may make.
+    pub fn admit(&mut self, params: &BudgetParams, now: u64, wanted: u32) -> u32 {
+        self.roll(now);
+        let (requests, retries) = self.totals();
+        let allowed = params.allowed(requests + 1);
+        let remaining = allowed.saturating_sub(retries);
+        let granted = u32::try_from(remaining.min(u64::from(wanted))).unwrap_or(wanted);
+        let at = self.newest;
+        if let Some(b) = self.bucket_mut(at) {
+            b.requests = b.requests.saturating_add(1);
+            b.retries = b.retries.saturating_add(granted);
+        }
+        granted
+    }
+
+    /// Corrects the retries recorded at `second` by `delta` (negative: a refund of unused
+    /// reservations). Nothing happens once that second has left the window.
+    pub fn settle(&mut self, now: u64, second: u64, delta: i64) {
+        self.roll(now);
+        if let Some(b) = self.bucket_mut(second) {
+            let magnitude = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
+            b.retries = if delta < 0 {
+                b.retries.saturating_sub(magnitude)
+            } else {
+                b.retries.saturating_add(magnitude)
+            };
+        }
+    }
+}
+
+/// The result of asking the budget for retries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Retries the request may make (at most what it wanted).
+    pub granted: u32,
+    /// The Unix second the request was recorded in (for settling).
+    pub second: u64,
+    /// The shared-data update did not go through within [`MAX_CAS_TRIES`]: nothing was
+    /// recorded and nothing granted.
+    pub contended: bool,
+}
+
+/// The shared-data key of `cluster`'s budget.
+pub fn key(cluster: &str) -> String {
+    format!("meshwasm.route_retries.budget.{cluster}")
+}
+
+/// The host's clock in Unix seconds.
+pub fn now_seconds(host: &dyn Host) -> u64 {
+    host.now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Read-modify-write of one cluster's window with compare-and-swap, at most
+/// [`MAX_CAS_TRIES`] rounds. `update` may run several times; it must only depend on the window.
+/// Returns the value of the round that was written, or `None` when every round lost the race
+/// (or the host refused the write).
+fn update<T>(
+    host: &dyn Host,
+    params: &BudgetParams,
+    cluster: &str,
+    now: u64,
+    mut change: impl FnMut(&mut Window) -> T,
+) -> Option<T> {
+    let key = key(cluster);
+    for _ in 0..MAX_CAS_TRIES {
+        let (bytes, cas) = host.shared_data(&key);
+        let mut window = bytes
+            .as_deref()
+            .and_then(Window::decode)
+            .filter(|w| w.buckets.len() == params.window_seconds as usize)
+            .unwrap_or_else(|| Window::new(params.window_seconds, now));
+        let out = change(&mut window);
+        match host.set_shared_data(&key, &window.encode(), cas) {
+            Ok(()) => return Some(out),
+            Err(HostError::CasMismatch) => continue,
+            Err(e) => {
+                log::warn!("route_retries: budget for {cluster} not updated: {e}");
+                return None;
+            }
+        }
+    }
+    None
+}
+
+/// Records a request to `cluster` wanting `wanted` retries and reserves what the budget allows.
+pub fn admit(host: &dyn Host, params: &BudgetParams, cluster: &str, wanted: u32) -> Admission {
+    let now = now_seconds(host);
+    match update(host, params, cluster, now, |w| {
+        (w.admit(params, now, wanted), w.newest)
+    }) {
+        Some((granted, second)) => Admission {
+            granted,
+            second,
+            contended: false,
+        },
+        None => Admission {
+            granted: 0,
+            second: now,
+            contended: true,
+        },
+    }
+}
+
+/// Replaces a reservation of `reserved` retries made at `second` by the `actual` count.
+/// Returns false when the update did not go through.
+pub fn settle(
+    host: &dyn Host,
+    params: &BudgetParams,
+    cluster: &str,
+    second: u64,
+    reserved: u32,
+    actual: u32,
+) -> bool {
+    let delta = i64::from(actual) - i64::from(reserved);
+    if delta == 0 {
+        return true;
+    }
+    let now = now_seconds(host);
+    update(host, params, cluster, now, |w| w.settle(now, second, delta)).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use meshwasm::testing::TestHost;
+    use std::time::Duration;
+
+    const P: BudgetParams = BudgetParams {
+        ratio: 0.2,
+        min_retries_per_second: 1,
+        window_seconds: 10,
+    };
+
+    #[test]
+    fn encoding_round_trips_and_rejects_garbage() {
+        let mut w = Window::new(3, 100);
+        w.admit(&P, 100, 2);
+        let enc = w.encode();
+        assert_eq!(enc.len(), 10 + 3 * 8);
+        assert_eq!(Window::decode(&enc), Some(w));
+        for cut in 0..enc.len() {
+            assert_eq!(Window::decode(&enc[..cut]), None);
+        }
+        assert_eq!(
+            Window::decode(&[2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+            None
+        );
+        assert_eq!(Window::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0, 0]), None);
+    }
+
+    #[test]
+    fn floor_then_ratio() {
+        // Floor: 1/s * 10 s = 10 retries with no traffic; each request adds 0.2.
+        let mut w = Window::new(10, 0);
+        assert_eq!(w.admit(&P, 0, 3), 3);
+        assert_eq!(w.admit(&P, 0, 3), 3);
+        assert_eq!(w.admit(&P, 0, 3), 3);
+        // 3 requests + this one: floor(0.8) + 10 = 10 allowed, 9 used.
+        assert_eq!(w.admit(&P, 0, 3), 1);
+        // 5 requests: floor(1.0) + 10 = 11.
+        assert_eq!(w.admit(&P, 0, 3), 1);
+        assert_eq!(w.admit(&P, 0, 3), 0);
+        assert_eq!(w.totals(), (6, 11));
+        // Requests that want no retries still earn budget: 11 requests make 12.
+        for _ in 0..4 {
+            assert_eq!(w.admit(&P, 0, 0), 0);
+        }
+        assert_eq!(w.admit(&P, 0, 5), 1);
+    }
+
+    #[test]
+    fn window_slides_and_forgets() {
+        let mut w = Window::new(10, 0);
+        assert_eq!(w.admit(&P, 0, 10), 10);
+        assert_eq!(w.admit(&P, 5, 10), 0);
+        // At second 10, second 0 has left the window.
+        assert_eq!(w.admit(&P, 10, 10), 10);
+        assert_eq!(w.totals(), (2, 10));
+        // A long silence clears everything.
+        w.roll(1_000);
+        assert_eq!(w.totals(), (0, 0));
+        // A clock behind the newest bucket is treated as the newest second.
+        assert_eq!(w.admit(&P, 990, 1), 1);
+        assert_eq!(w.totals(), (1, 1));
+    }
+
+    #[test]
+    fn settle_refunds_and_charges_within_the_window_only() {
+        let mut w = Window::new(10, 0);
+        w.admit(&P, 0, 3);
+        w.settle(0, 0, -2);
+        assert_eq!(w.totals(), (1, 1));
+        w.settle(3, 0, 4);
+        assert_eq!(w.totals(), (1, 5));
+        w.settle(3, 0, -100);
+        assert_eq!(w.totals(), (1, 0));
+        w.settle(10, 0, 5);
+        assert_eq!(w.totals(), (0, 0), "second 0 left the window");
+    }
+
+    #[test]
+    fn workers_share_one_budget() {
+        let w1 = TestHost::new();
+        let w2 = w1.new_worker();
+        let w3 = w1.new_worker();
+        let workers = [&w1, &w2, &w3];
+        let mut granted = 0;
+        for i in 0..300 {
+            let a = admit(workers[i % 3], &P, "orders", 2);
+            assert!(!a.contended);
+            granted += a.granted;
+        }
+        // 10 floor + floor(0.2 * 300) = 70, whichever worker asked.
+        assert_eq!(granted, 70);
+        // Another cluster has its own budget.
+        assert_eq!(admit(&w2, &P, "users", 2).granted, 2);
+        // Refunds free budget for everyone.
+        assert!(settle(&w1, &P, "orders", now_seconds(&w1), 2, 0));
+        assert_eq!(admit(&w3, &P, "orders", 5).granted, 2);
+        // Ten seconds later the window is fresh.
+        w1.advance(Duration::from_secs(10));
+        assert_eq!(admit(&w2, &P, "orders", 5).granted, 5);
+    }
+
+    /// A host whose shared-data writes keep losing the race for the first `losses` rounds.
+    struct Racing {
+        inner: TestHost,
+        losses: std::cell::Cell<u32>,
+    }
+
+    impl Racing {
+        fn lose(&self) -> bool {
+            let l = self.losses.get();
+            if l > 0 {
+                self.losses.set(l - 1);
+                // Another worker writes in between, bumping the CAS.
+                let (v, _) = self.inner.shared_data(&key("c"));
+                self.inner.poke_shared(&key("c"), &v.unwrap_or_default());
+                return true;
+            }
+            false
+        }
+    }
+
+    macro_rules! delegate {
+        ($($name:ident($($arg:ident: $ty:ty),*) -> $ret:ty;)*) => {
+            $(fn $name(&self, $($arg: $ty),*) -> $ret { self.inner.$name($($arg),*) })*
+        };
+    }
+
+    impl Host for Racing {
+        delegate! {
+            header(map: meshwasm::host::MapKind, name: &str) -> Option<Vec<u8>>;
+            headers(map: meshwasm::host::MapKind) -> Vec<(String, Vec<u8>)>;
+            set_header(map: meshwasm::host::MapKind, name: &str, value: Option<&[u8]>) -> ();
+            add_header(map: meshwasm::host::MapKind, name: &str, value: &[u8]) -> ();
+            buffer(kind: meshwasm::host::BufferKind, start: usize, max: usize) -> Option<Vec<u8>>;
+            set_buffer(kind: meshwasm::host::BufferKind, start: usize, size: usize, value: &[u8]) -> Result<(), HostError>;
+            property(path: &[&str]) -> Option<Vec<u8>>;
+            set_property(path: &[&str], value: Option<&[u8]>) -> Result<(), HostError>;
+            now() -> std::time::SystemTime;
+            set_tick_period(period: Duration) -> Result<(), HostError>;
+            define_metric(kind: meshwasm::host::MetricKind, name: &str) -> Result<u32, HostError>;
+            increment_metric(id: u32, offset: i64) -> Result<(), HostError>;
+            record_metric(id: u32, value: u64) -> Result<(), HostError>;
+            metric(id: u32) -> Result<u64, HostError>;
+            shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>);
+            http_call(cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout: Duration) -> Result<u32, HostError>;
+            send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<(), HostError>;
+            resume_request() -> Result<(), HostError>;
+            resume_response() -> Result<(), HostError>;
+        }
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), HostError> {
+            // After a poke the CAS is stale, so the test host refuses this write.
+            self.lose();
+            self.inner.set_shared_data(key, value, cas)
+        }
+    }
+
+    #[test]
+    fn cas_conflicts_are_retried_then_fail_closed() {
+        let host = Racing {
+            inner: TestHost::new(),
+            losses: std::cell::Cell::new(0),
+        };
+        // Create the key so that later writes carry a CAS.
+        assert_eq!(admit(&host, &P, "c", 1).granted, 1);
+        host.losses.set(MAX_CAS_TRIES - 1);
+        let a = admit(&host, &P, "c", 1);
+        assert_eq!((a.granted, a.contended), (1, false));
+        assert_eq!(host.inner.cas_conflicts(), MAX_CAS_TRIES - 1);
+        host.losses.set(MAX_CAS_TRIES);
+        let a = admit(&host, &P, "c", 1);
+        assert_eq!((a.granted, a.contended), (0, true));
+        let w = Window::decode(&host.inner.shared(&key("c")).unwrap()).unwrap();
+        assert_eq!(w.totals(), (2, 2), "the contended request recorded nothing");
+    }
+}

@@ -1,0 +1,160 @@
+//! The filter's configuration: ordered rules (match + policy, first match wins), the default
+//! policy and the retry budget, parsed with serde and validated into [`Rules`] once per
+//! configuration, with errors that name the field path.
+
+use meshwasm::config::{check, ConfigError};
+use meshwasm::matching::{MatchSpec, Matcher};
+
+use crate::budget::{BudgetParams, MAX_WINDOW_SECONDS};
+use crate::policy::{Policy, PolicyConfig};
+
+/// The plugin configuration.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Ordered rules; the first whose `match` holds decides.
+    #[serde(default)]
+    pub rules: Vec<RuleConfig>,
+    /// The policy of requests no rule matches (default: no retries).
+    #[serde(default)]
+    pub default: PolicyConfig,
+    /// The retry budget per destination cluster.
+    #[serde(default)]
+    pub budget: BudgetConfig,
+}
+
+/// One rule.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    /// The rule's name, the `rule` label of its metrics (default `rule-<index>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Which requests the rule applies to (default: all).
+    #[serde(rename = "match", default)]
+    pub matching: MatchSpec,
+    /// What to do with them.
+    pub policy: PolicyConfig,
+    /// Keep the client's retry-control headers instead of removing them (default false).
+    #[serde(default)]
+    pub trust_client_headers: bool,
+}
+
+/// The budget as written in configuration.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetConfig {
+    /// Retries may add this fraction of the requests in the window (default 0.2).
+    #[serde(default = "default_ratio")]
+    pub ratio: f64,
+    /// Plus this many retries per second, always (default 10).
+    #[serde(default = "default_min_rps")]
+    pub min_retries_per_second: u32,
+    /// The sliding window, seconds (default 10).
+    #[serde(default = "default_window")]
+    pub window_seconds: u32,
+}
+
+fn default_ratio() -> f64 {
+    0.2
+}
+fn default_min_rps() -> u32 {
+    10
+}
+fn default_window() -> u32 {
+    10
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            ratio: default_ratio(),
+            min_retries_per_second: default_min_rps(),
+            window_seconds: default_window(),
+        }
+    }
+}
+
+/// The label of requests that no rule matched.
+pub const DEFAULT_RULE: &str = "default";
+
+/// A validated rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Metric label.
+    pub name: String,
+    /// Compiled match.
+    pub matcher: Matcher,
+    /// Compiled policy.
+    pub policy: Policy,
+    /// Whether the client's retry headers are kept.
+    pub trust_client_headers: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug)]
+pub struct Rules {
+    /// Ordered rules.
+    pub rules: Vec<Rule>,
+    /// The rule applied when none matches (named [`DEFAULT_RULE`], matches everything).
+    pub default: Rule,
+    /// Budget parameters.
+    pub budget: BudgetParams,
+}
+
+impl Config {
+    /// Validates everything serde could not.
+    pub fn compile(self) -> Result<Rules, ConfigError> {
+        let mut rules = Vec::with_capacity(self.rules.len());
+        for (i, r) in self.rules.iter().enumerate() {
+            let at = format!("rules[{i}]");
+            let name = r.name.clone().unwrap_or_else(|| format!("rule-{i}"));
+            check::non_empty(&name, format!("{at}.name"))?;
+            let taken = name == DEFAULT_RULE || rules.iter().any(|x: &Rule| x.name == name);
+            check::ensure(
+                !taken,
+                format!("{at}.name"),
+                &format!("`{name}` is already used"),
+            )?;
+            rules.push(Rule {
+                name,
+                matcher: r.matching.compile(&format!("{at}.match"))?,
+                policy: r.policy.compile(&format!("{at}.policy"))?,
+                trust_client_headers: r.trust_client_headers,
+            });
+        }
+        let default = Rule {
+            name: DEFAULT_RULE.to_string(),
+            matcher: Matcher::any(),
+            policy: self.default.compile("default")?,
+            trust_client_headers: false,
+        };
+        let b = &self.budget;
+        check::ensure(
+            b.ratio.is_finite() && (0.0..=100.0).contains(&b.ratio),
+            "budget.ratio",
+            &format!("{} is out of range, expected 0 to 100", b.ratio),
+        )?;
+        check::in_range(
+            b.min_retries_per_second,
+            0,
+            1_000_000,
+            "budget.min_retries_per_second",
+        )?;
+        check::in_range(
+            b.window_seconds,
+            1,
+            MAX_WINDOW_SECONDS,
+            "budget.window_seconds",
+        )?;
+        Ok(Rules {
+            rules,
+            default,
+            budget: BudgetParams {
+                ratio: b.ratio,
+                min_retries_per_second: b.min_retries_per_second,
+                window_seconds: b.window_seconds,
+            },
+        })
+    }
+}

@@ -1,0 +1,255 @@
+//! The route-retries filter: picks a retry policy per request (ordered rules, first match wins,
+//! then the default), removes the client's retry-control headers unless the rule trusts them,
+//! asks the cluster's retry budget how many retries the request may make, and writes the policy
+//! as the request headers Envoy's router carries out. On the response it reads the attempt count
+//! Envoy reports to count real retries and settle the budget.
+
+pub mod budget;
+pub mod config;
+pub mod policy;
+
+use meshwasm::matching::{Attributes, HostAttributes};
+use meshwasm::prelude::*;
+
+use crate::budget::BudgetParams;
+use crate::config::{Config, Rule, Rules};
+use crate::policy::{CONTROL_HEADERS, MAX_RETRIES_HEADER};
+
+/// The response header with the number of attempts Envoy made (needs
+/// `include_attempt_count_in_response: true` on the route's virtual host).
+pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
+
+/// Budget key of requests whose upstream cluster Envoy does not report.
+pub const UNKNOWN_CLUSTER: &str = "unknown";
+
+/// Metric names.
+pub mod names {
+    /// Requests seen, by rule.
+    pub const REQUESTS: &str = "meshwasm_retry_requests_total";
+    /// Requests that were retried at least once, by rule.
+    pub const REQUESTS_RETRIED: &str = "meshwasm_retry_requests_retried_total";
+    /// Retries performed (attempts - 1), by rule.
+    pub const RETRIES: &str = "meshwasm_retry_retries_total";
+    /// Requests that wanted retries and got none from the budget, by rule.
+    pub const BUDGET_DENIED: &str = "meshwasm_retry_budget_denied_total";
+    /// Requests granted fewer retries than they wanted (but some), by rule.
+    pub const BUDGET_CLAMPED: &str = "meshwasm_retry_budget_clamped_total";
+    /// Client retry-control headers removed, by rule.
+    pub const CLIENT_HEADERS_STRIPPED: &str = "meshwasm_retry_client_headers_stripped_total";
+    /// Budget updates given up after every compare-and-swap round lost (fail closed).
+    pub const BUDGET_CONTENDED: &str = "meshwasm_retry_budget_contended_total";
+    /// Responses without a usable `x-envoy-attempt-count` (the route config lacks it).
+    pub const ATTEMPT_COUNT_MISSING: &str = "meshwasm_retry_attempt_count_missing_total";
+}
+
+/// The root: validated rules, budget parameters and metric families.
+pub struct RouteRetries {
+    rules: Rules,
+    requests: MetricFamily,
+    retried: MetricFamily,
+    retries: MetricFamily,
+    denied: MetricFamily,
+    clamped: MetricFamily,
+    stripped: MetricFamily,
+    contended: Metric,
+    attempt_count_missing: Metric,
+}
+
+/// What one request decided, kept for its response.
+#[derive(Debug, Default)]
+pub struct RouteRetriesRequest {
+    /// Index of the matched rule; `None` for the default.
+    rule: Option<usize>,
+    /// Retries granted by the budget.
+    granted: u32,
+    /// The budget the request was counted in, and the second it was recorded at.
+    budget: Option<(String, u64)>,
+    /// The response was accounted.
+    settled: bool,
+}
+
+impl RouteRetries {
+    /// The rule at `index`, the default for `None` (or an index that does not exist).
+    fn rule(&self, index: Option<usize>) -> &Rule {
+        index
+            .and_then(|i| self.rules.rules.get(i))
+            .unwrap_or(&self.rules.default)
+    }
+
+    /// The first rule matching the request.
+    pub fn select(&self, attrs: &dyn Attributes) -> Option<usize> {
+        self.rules
+            .rules
+            .iter()
+            .position(|r| r.matcher.matches(attrs))
+    }
+
+    /// The budget parameters.
+    pub fn budget(&self) -> &BudgetParams {
+        &self.rules.budget
+    }
+
+    /// Every labeled family, for rendering `stats_tags`.
+    pub fn families(&self) -> [&MetricFamily; 6] {
+        [
+            &self.requests,
+            &self.retried,
+            &self.retries,
+            &self.denied,
+            &self.clamped,
+            &self.stripped,
+        ]
+    }
+}
+
+impl RootFilter for RouteRetries {
+    type Config = Config;
+    type Http = RouteRetriesRequest;
+    const NAME: &'static str = "route_retries";
+
+    fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
+        let rules = config.compile()?;
+        let fam = |name: &str| MetricFamily::counter(name, &["rule"]);
+        let root = RouteRetries {
+            rules,
+            requests: fam(names::REQUESTS),
+            retried: fam(names::REQUESTS_RETRIED),
+            retries: fam(names::RETRIES),
+            denied: fam(names::BUDGET_DENIED),
+            clamped: fam(names::BUDGET_CLAMPED),
+            stripped: fam(names::CLIENT_HEADERS_STRIPPED),
+            contended: Metric::counter(host, names::BUDGET_CONTENDED),
+            attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
+        };
+        // Define every rule's series now, so they exist (at 0) before the first request.
+        let labels: Vec<String> = root
+            .rules
+            .rules
+            .iter()
+            .map(|r| r.name.clone())
+            .chain([root.rules.default.name.clone()])
+            .collect();
+        for fam in root.families() {
+            for label in &labels {
+                let _ = fam.id(host, &[label.as_str()]);
+            }
+        }
+        Ok(root)
+    }
+
+    fn new_http(&self, _host: &dyn Host) -> RouteRetriesRequest {
+        RouteRetriesRequest::default()
+    }
+}
+
+impl HttpFilter for RouteRetriesRequest {
+    type Root = RouteRetries;
+
+    fn on_request_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
+        let attrs = HostAttributes::new(host);
+        self.rule = root.select(&attrs);
+        let rule = root.rule(self.rule);
+        let label = [rule.name.as_str()];
+        root.requests.inc(host, &label);
+
+        // The client's retry-control headers: removed unless trusted. A trusted client's
+        // values stay, except that the budget still caps its retry count.
+        let mut client_max: Option<u32> = None;
+        let mut client_sent = [false; CONTROL_HEADERS.len()];
+        let mut stripped = 0i64;
+        for (sent, name) in client_sent.iter_mut().zip(CONTROL_HEADERS) {
+            let Some(value) = host.request_header(name) else {
+                continue;
+            };
+            if rule.trust_client_headers {
+                *sent = true;
+                if name == MAX_RETRIES_HEADER {
+                    client_max = value.trim().parse().ok();
+                }
+            } else {
+                host.remove_request_header(name);
+                stripped += 1;
+            }
+        }
+        if stripped > 0 {
+            root.stripped.add(host, &label, stripped);
+        }
+
+        let policy = &rule.policy;
+        let method = attrs.method();
+        let wanted = if policy.retries_method(method.as_deref()) {
+            client_max
+                .map(|n| n.min(policy::MAX_RETRIES))
+                .unwrap_or(policy.num_retries)
+        } else {
+            0
+        };
+
+        // Every request counts toward its cluster's budget; retries are reserved up front.
+        let cluster = attrs
+            .cluster_name()
+            .unwrap_or_else(|| UNKNOWN_CLUSTER.to_string());
+        let admission = budget::admit(host, root.budget(), &cluster, wanted);
+        if admission.contended {
+            root.contended.inc(host);
+        } else {
+            self.budget = Some((cluster, admission.second));
+        }
+        self.granted = admission.granted;
+        if wanted > 0 && admission.granted == 0 {
+            root.denied.inc(host, &label);
+        } else if admission.granted < wanted {
+            root.clamped.inc(host, &label);
+        }
+
+        let deadline = policy::deadline_ms(
+            host.request_header("grpc-timeout").as_deref(),
+            host.request_header("x-envoy-expected-rq-timeout-ms")
+                .as_deref(),
+        );
+        for (name, value) in policy.headers(admission.granted, deadline) {
+            let trusted_value = CONTROL_HEADERS
+                .iter()
+                .zip(client_sent)
+                .any(|(n, sent)| sent && *n == name);
+            if trusted_value && name != MAX_RETRIES_HEADER {
+                continue;
+            }
+            host.set_request_header(name, &value);
+        }
+        Action::Continue
+    }
+
+    fn on_response_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
+        if self.settled {
+            return Action::Continue;
+        }
+        self.settled = true;
+        let label = [root.rule(self.rule).name.as_str()];
+        let attempts = host
+            .response_header(ATTEMPT_COUNT)
+            .and_then(|v| v.trim().parse::<u32>().ok())
+            .filter(|n| *n >= 1);
+        let Some(attempts) = attempts else {
+            // Without the count the reservation stands: the budget errs on the safe side.
+            root.attempt_count_missing.inc(host);
+            return Action::Continue;
+        };
+        let retries = attempts - 1;
+        if retries > 0 {
+            root.retried.inc(host, &label);
+            root.retries.add(host, &label, i64::from(retries));
+        }
+        if let Some((cluster, second)) = &self.budget {
+            if !budget::settle(host, root.budget(), cluster, *second, self.granted, retries) {
+                root.contended.inc(host);
+            }
+        }
+        Action::Continue
+    }
+}
+
+meshwasm::export_filter!(RouteRetries);
+
+#[cfg(test)]
+mod tests;
