@@ -1,0 +1,144 @@
+//! The filter's configuration: which side of the request this sidecar reports, the local
+//! identity, the peer header and its signing key, and which labels the metrics carry.
+
+use meshwasm::identity::{IdentityConfig, SigningKey, DEFAULT_PEER_HEADER};
+use meshwasm::prelude::*;
+
+use crate::labels::{Label, DEFAULT_LABELS};
+
+/// Which side of a request this sidecar reports (the `reporter` label).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reporter {
+    /// The caller's sidecar (outbound): sends its identity on the request, learns the
+    /// destination from the response.
+    Source,
+    /// The callee's sidecar (inbound): learns the source from the request, answers with its
+    /// identity on the response.
+    Destination,
+}
+
+impl Reporter {
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reporter::Source => "source",
+            Reporter::Destination => "destination",
+        }
+    }
+}
+
+/// Default allowed difference between a signed header's timestamp and this sidecar's clock.
+pub const DEFAULT_MAX_SKEW_SECONDS: u64 = 60;
+
+/// The plugin configuration as written in Envoy's `configuration` (JSON).
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Which side this sidecar reports. Required.
+    pub reporter: Reporter,
+    /// Identity fields that win over environment variables and the Envoy node.
+    #[serde(default)]
+    pub identity: IdentityConfig,
+    /// Name of the peer identity header (request and response).
+    #[serde(default = "default_peer_header")]
+    pub peer_header: String,
+    /// Shared mesh key (`hex:...` or `base64:...`, 16 to 64 bytes): sign our header, and
+    /// believe only peer headers signed with it.
+    #[serde(default)]
+    pub signing_key: Option<String>,
+    /// Allowed clock difference for signed headers, in seconds.
+    #[serde(default = "default_skew")]
+    pub max_skew_seconds: u64,
+    /// Default labels to leave out (e.g. `route`).
+    #[serde(default)]
+    pub drop_labels: Vec<String>,
+    /// Optional labels to add (e.g. `source_instance`).
+    #[serde(default)]
+    pub add_labels: Vec<String>,
+    /// Cap on distinct series per metric; the excess goes to the `overflow` series.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+fn default_peer_header() -> String {
+    DEFAULT_PEER_HEADER.to_string()
+}
+fn default_skew() -> u64 {
+    DEFAULT_MAX_SKEW_SECONDS
+}
+fn default_max_series() -> usize {
+    meshwasm::metrics::DEFAULT_MAX_SERIES
+}
+
+/// A configuration after the checks serde cannot express.
+#[derive(Debug)]
+pub struct Validated {
+    /// Which side this sidecar reports.
+    pub reporter: Reporter,
+    /// The identity fields set in the configuration.
+    pub identity: IdentityConfig,
+    /// The peer header name.
+    pub peer_header: String,
+    /// The signing key, when configured.
+    pub key: Option<SigningKey>,
+    /// Allowed skew, seconds.
+    pub max_skew_seconds: u64,
+    /// The labels every metric carries, in order.
+    pub labels: Vec<Label>,
+    /// Cap on series per metric.
+    pub max_series: usize,
+}
+
+impl Config {
+    /// Checks the fields and resolves the label list.
+    pub fn validate(self) -> Result<Validated, ConfigError> {
+        self.identity.validate("identity")?;
+        check::header_name(&self.peer_header, "peer_header")?;
+        let key = match &self.signing_key {
+            Some(text) => {
+                Some(SigningKey::parse(text).map_err(|e| ConfigError::new("signing_key", e))?)
+            }
+            None => None,
+        };
+        check::in_range(self.max_skew_seconds, 1, 86_400, "max_skew_seconds")?;
+        check::in_range(self.max_series, 1, 100_000, "max_series")?;
+        let mut labels: Vec<Label> = DEFAULT_LABELS.to_vec();
+        for (i, name) in self.drop_labels.iter().enumerate() {
+            let path = format!("drop_labels[{i}]");
+            let label = Label::parse(name).map_err(|e| ConfigError::new(path.as_str(), e))?;
+            let Some(pos) = labels.iter().position(|l| *l == label) else {
+                return Err(ConfigError::new(
+                    path,
+                    format!("`{name}` is not a default label or is dropped twice"),
+                ));
+            };
+            labels.remove(pos);
+        }
+        for (i, name) in self.add_labels.iter().enumerate() {
+            let path = format!("add_labels[{i}]");
+            let label = Label::parse(name).map_err(|e| ConfigError::new(path.as_str(), e))?;
+            if labels.contains(&label) {
+                return Err(ConfigError::new(
+                    path,
+                    format!("`{name}` is already a label"),
+                ));
+            }
+            labels.push(label);
+        }
+        check::ensure(
+            !labels.is_empty(),
+            "drop_labels",
+            "at least one label must remain",
+        )?;
+        Ok(Validated {
+            reporter: self.reporter,
+            identity: self.identity,
+            peer_header: self.peer_header,
+            key,
+            max_skew_seconds: self.max_skew_seconds,
+            labels,
+            max_series: self.max_series,
+        })
+    }
+}

@@ -1,0 +1,332 @@
+//! Service-identity metrics: request counts, latency and size histograms labeled by who called
+//! whom, with the peer's identity learned from a compact (optionally HMAC-signed) header that
+//! each sidecar adds for the other side and removes before its app or client sees it.
+
+pub mod config;
+pub mod labels;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::UNIX_EPOCH;
+
+use meshwasm::identity::{self, Identity, NodeInfo, PeerError, SigningKey};
+use meshwasm::prelude::*;
+
+use config::{Config, Reporter};
+use labels::{Label, Observed};
+
+/// Requests, by every configured label.
+pub const REQUESTS: &str = "mesh_requests_total";
+/// Request duration histogram (milliseconds).
+pub const DURATION: &str = "mesh_request_duration_milliseconds";
+/// Request size histogram (bytes, headers included).
+pub const REQUEST_BYTES: &str = "mesh_request_bytes";
+/// Response size histogram (bytes, headers included).
+pub const RESPONSE_BYTES: &str = "mesh_response_bytes";
+/// Peer headers not believed, by `reporter` and `reason`.
+pub const REJECTED: &str = "mesh_peer_identity_rejected_total";
+
+/// How many verified peer headers a worker remembers (exact header bytes), so a busy peer's
+/// header is checked once per second rather than once per request.
+const PEER_CACHE: usize = 32;
+
+/// The root: resolved identity, peer header settings and the metric families of one worker.
+pub struct ServiceMetrics {
+    reporter: Reporter,
+    local: Identity,
+    peer_header: String,
+    key: Option<SigningKey>,
+    max_skew: u64,
+    labels: Vec<Label>,
+    requests: MetricFamily,
+    duration: MetricFamily,
+    request_bytes: MetricFamily,
+    response_bytes: MetricFamily,
+    rejected: MetricFamily,
+    /// Our header for the current second: (unix seconds, value).
+    own_header: RefCell<(u64, String)>,
+    /// Recently believed peer headers.
+    believed: RefCell<Vec<Believed>>,
+}
+
+/// A peer header that passed the checks: its exact bytes, timestamp and identity.
+type Believed = (Vec<u8>, u64, Rc<Identity>);
+
+/// What one request learned about its peer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Peer {
+    /// No peer header arrived.
+    Missing,
+    /// A header that passed the checks.
+    Known(Rc<Identity>),
+    /// A header that did not: reported as `unknown` (and counted by reason).
+    Rejected(PeerError),
+}
+
+/// Per-request state.
+pub struct MetricsRequest {
+    peer: Peer,
+    grpc: bool,
+}
+
+impl MetricsRequest {
+    /// What this request learned about its peer so far.
+    pub fn peer(&self) -> &Peer {
+        &self.peer
+    }
+}
+
+fn now_secs(host: &dyn Host) -> u64 {
+    host.now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The metric families for a label list (also used to render the `stats_tags`).
+pub fn families(labels: &[Label], max_series: usize) -> [MetricFamily; 4] {
+    let names: Vec<&str> = labels.iter().map(|l| l.name()).collect();
+    [
+        MetricFamily::counter(REQUESTS, &names),
+        MetricFamily::histogram(DURATION, &names),
+        MetricFamily::histogram(REQUEST_BYTES, &names),
+        MetricFamily::histogram(RESPONSE_BYTES, &names),
+    ]
+    .map(|f| f.with_max_series(max_series))
+}
+
+/// The rejected-peer counter family.
+pub fn rejected_family() -> MetricFamily {
+    MetricFamily::counter(REJECTED, &["reporter", "reason"])
+}
+
+impl ServiceMetrics {
+    /// Builds the root with an explicit environment lookup (the VM's environment variables in
+    /// Envoy; a fake in tests).
+    pub fn build(
+        config: Config,
+        host: &dyn Host,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Self, ConfigError> {
+        let cfg = config.validate()?;
+        let (local, origins) = identity::resolve(&cfg.identity, env, &NodeInfo::from_host(host));
+        let described: Vec<String> = origins
+            .iter()
+            .map(|(field, origin)| format!("{field}={} ({origin:?})", local.field(field)))
+            .collect();
+        log::info!(
+            "service_metrics: reporter={} identity {}",
+            cfg.reporter.as_str(),
+            described.join(" ")
+        );
+        let [requests, duration, request_bytes, response_bytes] =
+            families(&cfg.labels, cfg.max_series);
+        let rejected = rejected_family();
+        // Every reason exists (at 0) from the start, so alerts can rely on the series.
+        for reason in PeerError::ALL {
+            let _ = rejected.id(host, &[cfg.reporter.as_str(), reason.reason()]);
+        }
+        Ok(ServiceMetrics {
+            reporter: cfg.reporter,
+            local,
+            peer_header: cfg.peer_header,
+            key: cfg.key,
+            max_skew: cfg.max_skew_seconds,
+            labels: cfg.labels,
+            requests,
+            duration,
+            request_bytes,
+            response_bytes,
+            rejected,
+            own_header: RefCell::new((u64::MAX, String::new())),
+            believed: RefCell::new(Vec::new()),
+        })
+    }
+
+    /// The resolved local identity.
+    pub fn local(&self) -> &Identity {
+        &self.local
+    }
+
+    /// The labels every metric carries, in order.
+    pub fn labels(&self) -> &[Label] {
+        &self.labels
+    }
+
+    /// Sets our identity header on `map`, re-encoding (and re-signing) once per second.
+    fn put_own_header(&self, host: &dyn Host, map: MapKind) {
+        let now = now_secs(host);
+        let mut cached = self.own_header.borrow_mut();
+        if cached.0 != now {
+            *cached = (now, identity::encode(&self.local, now, self.key.as_ref()));
+        }
+        host.set_header(map, &self.peer_header, Some(cached.1.as_bytes()));
+    }
+
+    /// Reads and removes the peer header from `map`, and decides whether to believe it.
+    fn take_peer(&self, host: &dyn Host, map: MapKind) -> Peer {
+        let Some(value) = host.header(map, &self.peer_header) else {
+            return Peer::Missing;
+        };
+        host.set_header(map, &self.peer_header, None);
+        let peer = self.check(host, &value);
+        if let Peer::Rejected(reason) = &peer {
+            log::debug!("service_metrics: peer header rejected: {reason}");
+            self.rejected
+                .inc(host, &[self.reporter.as_str(), reason.reason()]);
+        }
+        peer
+    }
+
+    fn check(&self, host: &dyn Host, value: &[u8]) -> Peer {
+        let now = now_secs(host);
+        let hit = self
+            .believed
+            .borrow()
+            .iter()
+            .find(|(v, _, _)| v.as_slice() == value)
+            .map(|(_, ts, id)| (*ts, Rc::clone(id)));
+        if let Some((ts, id)) = hit {
+            if self.key.is_some() && now.abs_diff(ts) > self.max_skew {
+                return Peer::Rejected(PeerError::Expired);
+            }
+            return Peer::Known(id);
+        }
+        match identity::verify_header(value, self.key.as_ref(), now, self.max_skew) {
+            Ok(header) => {
+                let id = Rc::new(header.identity);
+                let mut believed = self.believed.borrow_mut();
+                if believed.len() >= PEER_CACHE {
+                    believed.remove(0);
+                }
+                believed.push((value.to_vec(), header.timestamp, Rc::clone(&id)));
+                Peer::Known(id)
+            }
+            Err(e) => Peer::Rejected(e),
+        }
+    }
+
+    /// Records one finished request.
+    fn record(&self, host: &dyn Host, request: &MetricsRequest) {
+        let unknown = Identity::unknown();
+        let fallback;
+        let (source, destination): (&Identity, &Identity) = match (self.reporter, &request.peer) {
+            (Reporter::Destination, Peer::Known(peer)) => (peer, &self.local),
+            (Reporter::Destination, _) => (&unknown, &self.local),
+            (Reporter::Source, Peer::Known(peer)) => (&self.local, peer),
+            (Reporter::Source, Peer::Rejected(_)) => (&self.local, &unknown),
+            (Reporter::Source, Peer::Missing) => {
+                // No sidecar answered for the destination: name it after the upstream cluster,
+                // else the authority.
+                let service = properties::xds_cluster_name(host)
+                    .filter(|s| !s.is_empty())
+                    .or_else(|| properties::request_host(host))
+                    .unwrap_or_default();
+                fallback = Identity {
+                    service,
+                    ..Identity::default()
+                };
+                (&self.local, &fallback)
+            }
+        };
+        let route = properties::xds_route_name(host).unwrap_or_default();
+        let protocol = properties::request_protocol(host).unwrap_or_default();
+        let code = properties::response_code(host).unwrap_or(0).to_string();
+        let grpc = if request.grpc {
+            properties::response_grpc_status(host)
+                .map(|g| g.to_string())
+                .unwrap_or_else(|| "-".to_string())
+        } else {
+            "-".to_string()
+        };
+        let flags = properties::response_flags(host)
+            .map(properties::response_flags_short)
+            .unwrap_or_else(|| "-".to_string());
+        let observed = Observed {
+            reporter: self.reporter.as_str(),
+            source,
+            destination,
+            route: &route,
+            protocol: &protocol,
+            code: &code,
+            grpc: &grpc,
+            flags: &flags,
+        };
+        let values: Vec<&str> = self.labels.iter().map(|l| l.value(&observed)).collect();
+        self.requests.inc(host, &values);
+        if let Some(d) = properties::request_duration(host) {
+            let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+            self.duration.record(host, &values, ms);
+        }
+        let size = |total: Option<i64>, body: Option<i64>| {
+            total
+                .or(body)
+                .and_then(|n| u64::try_from(n).ok())
+                .unwrap_or(0)
+        };
+        let req = size(
+            properties::request_total_size(host),
+            properties::request_size(host),
+        );
+        let resp = size(
+            properties::response_total_size(host),
+            properties::response_size(host),
+        );
+        self.request_bytes.record(host, &values, req);
+        self.response_bytes.record(host, &values, resp);
+    }
+}
+
+impl RootFilter for ServiceMetrics {
+    type Config = Config;
+    type Http = MetricsRequest;
+    const NAME: &'static str = "service_metrics";
+
+    fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
+        ServiceMetrics::build(config, host, &|name| std::env::var(name).ok())
+    }
+
+    fn new_http(&self, _host: &dyn Host) -> MetricsRequest {
+        MetricsRequest {
+            peer: Peer::Missing,
+            grpc: false,
+        }
+    }
+}
+
+impl HttpFilter for MetricsRequest {
+    type Root = ServiceMetrics;
+
+    fn on_request_headers(&mut self, root: &ServiceMetrics, host: &dyn Host, _eos: bool) -> Action {
+        self.grpc = host
+            .header(MapKind::RequestHeaders, "content-type")
+            .is_some_and(|ct| ct.starts_with(b"application/grpc"));
+        match root.reporter {
+            Reporter::Source => root.put_own_header(host, MapKind::RequestHeaders),
+            Reporter::Destination => self.peer = root.take_peer(host, MapKind::RequestHeaders),
+        }
+        Action::Continue
+    }
+
+    fn on_response_headers(
+        &mut self,
+        root: &ServiceMetrics,
+        host: &dyn Host,
+        _eos: bool,
+    ) -> Action {
+        match root.reporter {
+            Reporter::Source => self.peer = root.take_peer(host, MapKind::ResponseHeaders),
+            Reporter::Destination => root.put_own_header(host, MapKind::ResponseHeaders),
+        }
+        Action::Continue
+    }
+
+    fn on_log(&mut self, root: &ServiceMetrics, host: &dyn Host) {
+        root.record(host, self);
+    }
+}
+
+meshwasm::export_filter!(ServiceMetrics);
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,522 @@
+//! Unit tests of the service metrics filter on the SDK test host: identity precedence, the peer
+//! exchange both ways (signed, forged, unsigned, expired, malformed), fallbacks, label
+//! selection, the series cap, and the `stats_tags` the README and the Envoy configs ship.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use meshwasm::identity::{self, Identity, SigningKey};
+use meshwasm::metrics::stats_tags;
+use meshwasm::prelude::*;
+use meshwasm::testing::{FilterHarness, HttpStream, TestHost, TEST_EPOCH_SECS};
+
+use super::*;
+use crate::labels::ALL_LABELS;
+
+const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+
+fn key() -> SigningKey {
+    SigningKey::parse(KEY).unwrap()
+}
+
+fn node_host(cluster: &str, region: &str) -> TestHost {
+    let h = TestHost::new();
+    h.set_vm_property("xds.node.id", format!("{cluster}-pod-1").into_bytes());
+    h.set_vm_property("xds.node.cluster", cluster.as_bytes().to_vec());
+    h.set_vm_property("xds.node.locality.region", region.as_bytes().to_vec());
+    h
+}
+
+fn source(extra: &str) -> FilterHarness<ServiceMetrics> {
+    let cfg = format!(
+        r#"{{"reporter":"source","identity":{{"service":"frontend","version":"v1"}},"signing_key":"{KEY}"{extra}}}"#
+    );
+    FilterHarness::with_host(node_host("frontend-node", "eu-west-1"), &cfg).unwrap()
+}
+
+fn destination(extra: &str) -> FilterHarness<ServiceMetrics> {
+    let h = node_host("orders", "us-east-1");
+    h.set_vm_property("xds.node.metadata.VERSION", b"v2".to_vec());
+    let cfg = format!(r#"{{"reporter":"destination","signing_key":"{KEY}"{extra}}}"#);
+    FilterHarness::with_host(h, &cfg).unwrap()
+}
+
+fn orders() -> Identity {
+    Identity {
+        service: "orders".into(),
+        version: "v2".into(),
+        region: "us-east-1".into(),
+        ..Identity::default()
+    }
+}
+
+fn now() -> u64 {
+    TEST_EPOCH_SECS
+}
+
+/// Finishes a stream: response code, duration and sizes, then `on_log`.
+fn finish(s: &mut HttpStream<ServiceMetrics>, code: i64, ms: u64) {
+    let h = s.host();
+    h.set_property_int("response.code", code);
+    h.set_stream_property(
+        "request.duration",
+        meshwasm::properties::encode_duration(Duration::from_millis(ms)),
+    );
+    h.set_property_int("request.total_size", 120);
+    h.set_property_int("response.total_size", 340);
+    h.set_property_str("request.protocol", "HTTP/1.1");
+    h.set_property_str("xds.route_name", "default");
+    h.set_property_str("xds.cluster_name", "orders-cluster");
+    h.set_stream_property("response.flags", meshwasm::properties::encode_u64(0));
+    s.log();
+}
+
+fn series(reporter: &str, src: [&str; 3], dst: [&str; 3], code: &str) -> String {
+    format!(
+        "mesh_requests_total;.reporter={reporter};.source_service={};.source_version={};.source_region={};\
+         .destination_service={};.destination_version={};.destination_region={};.route=default;\
+         .request_protocol=HTTP/1.1;.response_code={code};.grpc_status=-;.response_flags=-",
+        src[0], src[1], src[2], dst[0], dst[1], dst[2]
+    )
+}
+
+#[test]
+fn identity_precedence_config_then_env_then_node() {
+    let host = node_host("node-cluster", "eu-west-1");
+    host.set_vm_property("xds.node.metadata.VERSION", b"v-node".to_vec());
+    let cfg: Config =
+        serde_json::from_str(r#"{"reporter":"source","identity":{"service":"from-config"}}"#)
+            .unwrap();
+    let env = |name: &str| match name {
+        "MESH_SERVICE" => Some("from-env".to_string()),
+        "MESH_VERSION" => Some("v-env".to_string()),
+        _ => None,
+    };
+    let root = ServiceMetrics::build(cfg, &host, &env).unwrap();
+    let local = root.local();
+    assert_eq!(local.service, "from-config");
+    assert_eq!(local.version, "v-env");
+    assert_eq!(local.instance, "node-cluster-pod-1");
+    assert_eq!(local.region, "eu-west-1");
+    assert_eq!(local.zone, "");
+    assert!(host
+        .logs()
+        .iter()
+        .any(|l| l.contains("service=from-config (Config)") && l.contains("version=v-env (Env)")));
+}
+
+#[test]
+fn outbound_sends_signed_identity_and_learns_destination_from_response() {
+    let h = source("");
+    let mut s = h.stream();
+    // A header the app sent is replaced, never passed on.
+    s.request_headers(
+        &[
+            (":path", "/"),
+            (":authority", "orders"),
+            ("x-mesh-peer", "v1;s=admin;t=1"),
+        ],
+        true,
+    );
+    let sent = s.host().map_values(MapKind::RequestHeaders, "x-mesh-peer");
+    assert_eq!(sent.len(), 1);
+    let claimed = identity::verify(sent[0].as_bytes(), Some(&key()), now(), 60).unwrap();
+    assert_eq!(claimed.service, "frontend");
+    assert_eq!(claimed.version, "v1");
+    assert_eq!(claimed.instance, "frontend-node-pod-1");
+
+    let answer = identity::encode(&orders(), now(), Some(&key()));
+    s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
+    assert_eq!(
+        s.host().response_header("x-mesh-peer"),
+        None,
+        "the client must not see it"
+    );
+    assert_eq!(s.filter().peer(), &Peer::Known(std::rc::Rc::new(orders())));
+    finish(&mut s, 200, 12);
+
+    let name = series(
+        "source",
+        ["frontend", "v1", "eu-west-1"],
+        ["orders", "v2", "us-east-1"],
+        "200",
+    );
+    assert_eq!(
+        h.host().counter(&name),
+        Some(1),
+        "{:#?}",
+        h.host().metrics()
+    );
+    let hist = name.replace("mesh_requests_total", DURATION);
+    assert_eq!(h.host().histogram(&hist), Some(vec![12]));
+    let req = name.replace("mesh_requests_total", REQUEST_BYTES);
+    assert_eq!(h.host().histogram(&req), Some(vec![120]));
+    let resp = name.replace("mesh_requests_total", RESPONSE_BYTES);
+    assert_eq!(h.host().histogram(&resp), Some(vec![340]));
+}
+
+#[test]
+fn inbound_learns_source_removes_header_and_answers_with_its_identity() {
+    let h = destination("");
+    let from = Identity {
+        service: "frontend".into(),
+        version: "v1".into(),
+        region: "eu-west-1".into(),
+        ..Identity::default()
+    };
+    let header = identity::encode(&from, now(), Some(&key()));
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert_eq!(
+        s.host().request_header("x-mesh-peer"),
+        None,
+        "the app must not see it"
+    );
+    s.response_headers(&[(":status", "503")], true);
+    let answer = s.host().response_header("x-mesh-peer").unwrap();
+    assert_eq!(
+        identity::verify(answer.as_bytes(), Some(&key()), now(), 60).unwrap(),
+        Identity {
+            instance: "orders-pod-1".into(),
+            ..orders()
+        }
+    );
+    finish(&mut s, 503, 3);
+    let name = series(
+        "destination",
+        ["frontend", "v1", "eu-west-1"],
+        ["orders", "v2", "us-east-1"],
+        "503",
+    );
+    assert_eq!(
+        h.host().counter(&name),
+        Some(1),
+        "{:#?}",
+        h.host().metrics()
+    );
+}
+
+#[test]
+fn untrusted_headers_are_unknown_and_counted_by_reason() {
+    let h = destination("");
+    let good = identity::encode(&orders(), now(), Some(&key()));
+    let other_key = SigningKey::from_bytes(&[7; 32]);
+    let cases = [
+        ("forged", good.replace("s=orders", "s=admin")),
+        (
+            "forged",
+            identity::encode(&orders(), now(), Some(&other_key)),
+        ),
+        ("unsigned", identity::encode(&orders(), now(), None)),
+        (
+            "expired",
+            identity::encode(&orders(), now() - 61, Some(&key())),
+        ),
+        ("malformed", "orders".to_string()),
+        ("unsupported_version", "v9;s=orders;t=1".to_string()),
+    ];
+    for (_, header) in &cases {
+        let mut s = h.stream();
+        s.request_headers(&[(":path", "/"), ("x-mesh-peer", header)], true);
+        assert_eq!(s.host().request_header("x-mesh-peer"), None);
+        assert!(matches!(s.filter().peer(), Peer::Rejected(_)));
+        finish(&mut s, 200, 1);
+    }
+    let unknown = series(
+        "destination",
+        ["unknown", "unknown", "unknown"],
+        ["orders", "v2", "us-east-1"],
+        "200",
+    );
+    assert_eq!(h.host().counter(&unknown), Some(6));
+    for (reason, want) in [
+        ("forged", 2),
+        ("unsigned", 1),
+        ("expired", 1),
+        ("malformed", 1),
+        ("unsupported_version", 1),
+    ] {
+        let name = format!("{REJECTED};.reporter=destination;.reason={reason}");
+        assert_eq!(h.host().counter(&name), Some(want), "{reason}");
+    }
+    // No request named the service a forged header claimed.
+    assert!(h.host().metrics().iter().all(|m| !m.name.contains("admin")));
+}
+
+#[test]
+fn a_cached_header_still_expires() {
+    let h = destination("");
+    let header = identity::encode(&orders(), now(), Some(&key()));
+    for _ in 0..2 {
+        let mut s = h.stream();
+        s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+        assert!(matches!(s.filter().peer(), Peer::Known(_)));
+    }
+    h.host().advance(Duration::from_secs(61));
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert_eq!(s.filter().peer(), &Peer::Rejected(PeerError::Expired));
+}
+
+#[test]
+fn without_a_key_headers_are_taken_as_claimed() {
+    let h = FilterHarness::<ServiceMetrics>::with_host(
+        node_host("orders", "us-east-1"),
+        r#"{"reporter":"destination"}"#,
+    )
+    .unwrap();
+    let mut s = h.stream();
+    let header = identity::encode(
+        &Identity {
+            service: "frontend".into(),
+            ..Identity::default()
+        },
+        5,
+        None,
+    );
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
+    s.response_headers(&[(":status", "200")], true);
+    let answer = s.host().response_header("x-mesh-peer").unwrap();
+    assert!(!answer.contains(";m="), "unsigned without a key: {answer}");
+}
+
+#[test]
+fn destination_falls_back_to_cluster_then_authority_and_rejected_stays_unknown() {
+    let h = source(r#","drop_labels":["route","request_protocol","grpc_status","response_flags"]"#);
+    // No peer header in the response: the upstream cluster names the destination.
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/"), (":authority", "orders.example")], true);
+    s.response_headers(&[(":status", "200")], true);
+    finish(&mut s, 200, 1);
+    // Without a cluster name: the authority.
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/"), (":authority", "orders.example")], true);
+    s.response_headers(&[(":status", "200")], true);
+    s.host().set_property_int("response.code", 200);
+    s.log();
+    // A forged answer: unknown, never the claimed service nor the cluster.
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/"), (":authority", "orders.example")], true);
+    let forged = identity::encode(&orders(), now(), Some(&SigningKey::from_bytes(&[1; 32])));
+    s.response_headers(&[(":status", "200"), ("x-mesh-peer", &forged)], true);
+    finish(&mut s, 200, 1);
+
+    let name = |dst: &str| {
+        format!(
+            "mesh_requests_total;.reporter=source;.source_service=frontend;.source_version=v1;\
+             .source_region=eu-west-1;.destination_service={dst};.destination_version=unknown;\
+             .destination_region=unknown;.response_code=200"
+        )
+    };
+    let c = |dst: &str| h.host().counter(&name(dst));
+    assert_eq!(c("orders-cluster"), Some(1), "{:#?}", h.host().metrics());
+    assert_eq!(c("orders.example"), Some(1));
+    assert_eq!(c("unknown"), Some(1));
+    assert_eq!(
+        h.host()
+            .counter("mesh_peer_identity_rejected_total;.reporter=source;.reason=forged"),
+        Some(1)
+    );
+}
+
+#[test]
+fn label_selection_and_grpc_and_flags() {
+    let h = destination(
+        r#","drop_labels":["route","source_version"],"add_labels":["source_instance","destination_zone"]"#,
+    );
+    let labels: Vec<&str> = h.root().labels().iter().map(|l| l.name()).collect();
+    assert_eq!(
+        labels,
+        [
+            "reporter",
+            "source_service",
+            "source_region",
+            "destination_service",
+            "destination_version",
+            "destination_region",
+            "request_protocol",
+            "response_code",
+            "grpc_status",
+            "response_flags",
+            "source_instance",
+            "destination_zone",
+        ]
+    );
+    let from = Identity {
+        service: "frontend".into(),
+        instance: "frontend-1".into(),
+        ..Identity::default()
+    };
+    let mut s = h.stream();
+    s.request_headers(
+        &[
+            (":path", "/svc/Method"),
+            ("content-type", "application/grpc"),
+            ("x-mesh-peer", &identity::encode(&from, now(), Some(&key()))),
+        ],
+        true,
+    );
+    s.response_headers(&[(":status", "200")], true);
+    s.host().set_property_int("response.grpc_status", 14);
+    s.host().set_stream_property(
+        "response.flags",
+        meshwasm::properties::encode_u64((1 << 5) | (1 << 15)),
+    );
+    s.host().set_property_str("request.protocol", "HTTP/2");
+    s.host().set_property_int("response.code", 200);
+    s.log();
+    let name = "mesh_requests_total;.reporter=destination;.source_service=frontend;\
+                .source_region=unknown;.destination_service=orders;.destination_version=v2;\
+                .destination_region=us-east-1;.request_protocol=HTTP/2;.response_code=200;\
+                .grpc_status=14;.response_flags=UF,URX;.source_instance=frontend-1;\
+                .destination_zone=unknown";
+    assert_eq!(h.host().counter(name), Some(1), "{:#?}", h.host().metrics());
+    // No duration or size properties: the histograms record what is there (sizes as 0).
+    let sizes = name.replace("mesh_requests_total", REQUEST_BYTES);
+    assert_eq!(h.host().histogram(&sizes), Some(vec![0]));
+}
+
+#[test]
+fn series_cap_sends_excess_to_overflow() {
+    let h = destination(r#","max_series":2"#);
+    for code in [200, 404, 503, 500, 200] {
+        let mut s = h.stream();
+        s.request_headers(&[(":path", "/")], true);
+        s.response_headers(&[(":status", &code.to_string())], true);
+        finish(&mut s, code, 1);
+    }
+    let labels = h.root().labels().len();
+    let overflow_name = format!(
+        "mesh_requests_total{}",
+        h.root()
+            .labels()
+            .iter()
+            .map(|l| format!(";.{}=overflow", l.name()))
+            .collect::<String>()
+    );
+    assert_eq!(labels, 12);
+    assert_eq!(h.host().counter(&overflow_name), Some(2));
+    assert_eq!(
+        h.host()
+            .counter("mesh_requests_total_series_overflow_total"),
+        Some(2)
+    );
+    let dur_overflow = overflow_name.replace("mesh_requests_total", DURATION);
+    assert_eq!(h.host().histogram(&dur_overflow), Some(vec![1, 1]));
+}
+
+#[test]
+fn bad_configs_name_the_field() {
+    let cases = [
+        (r#"{}"#, "missing field `reporter`"),
+        (
+            r#"{"reporter":"client"}"#,
+            "reporter: unknown variant `client`, expected `source` or `destination`",
+        ),
+        (
+            r#"{"reporter":"source","signing_key":"hex:0011"}"#,
+            "signing_key: key is 2 bytes, expected 16 to 64",
+        ),
+        (
+            r#"{"reporter":"source","signing_key":"secret"}"#,
+            "signing_key: must start with `hex:` or `base64:`",
+        ),
+        (
+            r#"{"reporter":"source","signing_key":"base64:!!"}"#,
+            "signing_key: `base64:` key is not valid base64",
+        ),
+        (
+            r#"{"reporter":"source","peer_header":"X-Peer"}"#,
+            "peer_header: `X-Peer` is not a valid lowercase header name",
+        ),
+        (
+            r#"{"reporter":"source","drop_labels":["nope"]}"#,
+            "drop_labels[0]: unknown label `nope`, expected one of reporter, source_service",
+        ),
+        (
+            r#"{"reporter":"source","drop_labels":["source_zone"]}"#,
+            "drop_labels[0]: `source_zone` is not a default label",
+        ),
+        (
+            r#"{"reporter":"source","add_labels":["route"]}"#,
+            "add_labels[0]: `route` is already a label",
+        ),
+        (
+            r#"{"reporter":"source","max_series":0}"#,
+            "max_series: 0 is out of range, expected 1 to 100000",
+        ),
+        (
+            r#"{"reporter":"source","max_skew_seconds":0}"#,
+            "max_skew_seconds: 0 is out of range",
+        ),
+        (
+            r#"{"reporter":"source","identity":{"service":""}}"#,
+            "identity.service: must not be empty",
+        ),
+        (
+            r#"{"reporter":"source","identity":{"team":"x"}}"#,
+            "identity.team: unknown field `team`",
+        ),
+        (
+            r#"{"reporter":"source","bogus":1}"#,
+            "unknown field `bogus`",
+        ),
+    ];
+    for (config, want) in cases {
+        let err = FilterHarness::<ServiceMetrics>::new(config).err().unwrap();
+        assert!(err.to_string().contains(want), "{config}: got `{err}`");
+    }
+    // A key never appears in an error.
+    let err = FilterHarness::<ServiceMetrics>::new(
+        r#"{"reporter":"source","signing_key":"hex:deadbeefdeadbeef"}"#,
+    )
+    .err()
+    .unwrap();
+    assert!(!err.to_string().contains("deadbeef"), "{err}");
+}
+
+#[test]
+fn own_header_is_signed_once_per_second() {
+    let h = source("");
+    let header = |h: &FilterHarness<ServiceMetrics>| {
+        let mut s = h.stream();
+        s.request_headers(&[(":path", "/")], true);
+        s.host().request_header("x-mesh-peer").unwrap()
+    };
+    let first = header(&h);
+    assert_eq!(header(&h), first);
+    h.host().advance(Duration::from_secs(1));
+    let later = header(&h);
+    assert_ne!(later, first);
+    assert!(later.contains(&format!(";t={};", now() + 1)), "{later}");
+}
+
+/// Every label a config may turn on, plus `reason`, as `stats_tags`.
+fn all_stats_tags() -> String {
+    let names: Vec<&str> = ALL_LABELS.iter().map(|l| l.name()).collect();
+    let all = MetricFamily::counter(REQUESTS, &names);
+    stats_tags(&[&all, &rejected_family()])
+}
+
+#[test]
+fn readme_and_envoy_configs_ship_every_stats_tag() {
+    // As the README shows it: under `stats_config:`, indented two spaces.
+    let tags: String = all_stats_tags()
+        .lines()
+        .map(|l| format!("  {l}\n"))
+        .collect();
+    let readme = include_str!("../README.md");
+    assert!(
+        readme.contains(&tags),
+        "README lacks the stats_tags:\n{tags}"
+    );
+    let it = include_str!("../../../integration/configs/service_metrics.yaml");
+    for label in ALL_LABELS.iter().map(|l| l.name()).chain(["reason"]) {
+        let entry = format!(
+            "{{ tag_name: {label}, regex: '{}' }}",
+            meshwasm::metrics::tag_regex(label)
+        );
+        assert!(it.contains(&entry), "integration config lacks {entry}");
+    }
+}
