@@ -3,7 +3,9 @@
 
 mod build;
 mod envoy;
+mod prometheus;
 mod test;
+mod wasm_test;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};

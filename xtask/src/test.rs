@@ -101,6 +101,10 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
     steps.run("unit tests", || {
         run(cargo().args(["test", "--workspace", "--exclude", "integration"]))
     })?;
+    steps.run(
+        "codec tests in wasm32 (wasm-bindgen-test under node)",
+        || crate::wasm_test::run(&crate::project_root()),
+    )?;
     steps.run("build wasm filters", || build::build(true))?;
     let envoy_bin = steps.run("validate envoy-configs", || {
         let bin = envoy::find()?;
@@ -112,6 +116,7 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         println!("\n==> integration tests: skipped (--skip-integration)");
         return Ok(());
     }
+    let (prometheus, promtool) = steps.run("prometheus and promtool", crate::prometheus::ensure)?;
     steps.run("integration tests", || {
         let filters_dir = std::path::absolute(target_dir().join("filters"))
             .map_err(|e| format!("no absolute path for target/filters: {e}"))?;
@@ -123,7 +128,9 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         run(cargo()
             .args(["test", "-p", "integration", "--", "--test-threads", "2"])
             .env("MESHWASM_FILTERS_DIR", &filters_dir)
-            .env("ENVOY_BIN", &envoy_bin))
+            .env("ENVOY_BIN", &envoy_bin)
+            .env("PROMETHEUS_BIN", &prometheus)
+            .env("PROMTOOL_BIN", &promtool))
     })?;
     Ok(())
 }
