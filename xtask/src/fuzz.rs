@@ -8,12 +8,13 @@ use std::path::PathBuf;
 use crate::{cargo, is_executable, project_root, run, target_dir, Result};
 
 /// The fuzz targets, as named in `fuzz/Cargo.toml`.
-pub const TARGETS: [&str; 5] = [
+pub const TARGETS: [&str; 6] = [
     "trace_headers",
     "peer_header",
     "filter_configs",
     "filter_requests",
     "property_decoders",
+    "matchers",
 ];
 
 /// Default seconds per target inside `cargo xtask test`.
