@@ -249,8 +249,8 @@ pub fn tag_regex(label: &str) -> String {
     format!(r"(;\.{label}=([^;]*))")
 }
 
-/// Renders the `stats_config.stats_tags` entries (YAML, indented for a bootstrap's
-/// `stats_config:` block) for every distinct label of the given families.
+/// Renders the `stats_tags:` key and its entries (YAML starting at column 0: indent every line
+/// to place it under a bootstrap's `stats_config:`) for every distinct label of the families.
 pub fn stats_tags(families: &[&MetricFamily]) -> String {
     let mut seen: Vec<&str> = Vec::new();
     let mut out = String::from("stats_tags:\n");
