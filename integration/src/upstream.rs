@@ -51,10 +51,14 @@ impl Default for Reply {
     }
 }
 
+/// Computes the answer to one request (see [`Upstream::with_handler`]).
+pub type Handler = Arc<dyn Fn(&Request) -> Reply + Send + Sync>;
+
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Request>>,
     reply: Mutex<Reply>,
+    handler: Mutex<Option<Handler>>,
     stop: AtomicBool,
     conns: Mutex<Vec<TcpStream>>,
 }
@@ -99,6 +103,17 @@ impl Upstream {
             shared,
             acceptor: Some(acceptor),
         })
+    }
+
+    /// Starts an upstream that answers each request with what `handler` returns (an app in
+    /// the test: it may call other servers, sleep, or pick the status from the path). The
+    /// handler runs on the connection's thread, after the request is recorded.
+    pub fn with_handler(
+        handler: impl Fn(&Request) -> Reply + Send + Sync + 'static,
+    ) -> Result<Upstream, String> {
+        let upstream = Self::start()?;
+        *lock(&upstream.shared.handler) = Some(Arc::new(handler));
+        Ok(upstream)
     }
 
     /// The loopback port the upstream listens on.
@@ -174,13 +189,18 @@ fn serve(stream: TcpStream, shared: &Shared) -> std::io::Result<()> {
         let body = read_body(&mut reader, &headers, false)?;
         let close = http10
             || find_header(&headers, "connection").is_some_and(|c| c.eq_ignore_ascii_case("close"));
-        lock(&shared.requests).push(Request {
+        let request = Request {
             method: method.clone(),
             path,
             headers,
             body,
-        });
-        let reply = lock(&shared.reply).clone();
+        };
+        lock(&shared.requests).push(request.clone());
+        let handler = lock(&shared.handler).clone();
+        let reply = match handler {
+            Some(handler) => handler(&request),
+            None => lock(&shared.reply).clone(),
+        };
         let mut out = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
         for (name, value) in &reply.headers {
             out.push_str(&format!("{name}: {value}\r\n"));

@@ -9,15 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use integration::upstream::{Reply, Upstream};
 use integration::{
     assert_eventually, free_ports, http_get, patience, start_expecting_failure, wasm_path,
     workspace_root, yaml_single_quoted, Envoy,
@@ -31,41 +29,23 @@ const PEER: &str = "x-mesh-peer";
 // ---------------------------------------------------------------------------------------------
 // The app behind sidecar B: `/<anything>?status=404&delay=20` answers 404 after 20 ms.
 
-/// (path, headers) of every request the app received.
-type Seen = Arc<Mutex<Vec<(String, Vec<(String, String)>)>>>;
-
-struct App {
-    port: u16,
-    seen: Seen,
-    stop: Arc<AtomicBool>,
-}
-
-impl App {
-    fn start() -> App {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen: Seen = Arc::default();
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                let s = Arc::clone(&s);
-                thread::spawn(move || serve(conn, s));
-            }
-        });
-        App { port, seen, stop }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
-    }
+/// The app behind sidecar B: `?status=` picks the answer and `?delay=` (ms) how long it takes.
+fn start_app() -> Upstream {
+    Upstream::with_handler(|req| {
+        let status: u16 = query_param(&req.path, "status")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(200);
+        let delay: u64 = query_param(&req.path, "delay")
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        thread::sleep(Duration::from_millis(delay));
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: format!("status {status}"),
+        }
+    })
+    .unwrap()
 }
 
 fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
@@ -73,58 +53,6 @@ fn query_param<'a>(path: &'a str, name: &str) -> Option<&'a str> {
     query
         .split('&')
         .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-}
-
-fn serve(conn: TcpStream, seen: Seen) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(30)));
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut headers = Vec::new();
-        let mut length = 0usize;
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_string());
-                if k == "content-length" {
-                    length = v.parse().unwrap_or(0);
-                }
-                headers.push((k, v));
-            }
-        }
-        let mut body = vec![0; length];
-        if std::io::Read::read_exact(&mut reader, &mut body).is_err() {
-            return;
-        }
-        seen.lock().unwrap().push((path.clone(), headers));
-        let status: u16 = query_param(&path, "status")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(200);
-        let delay: u64 = query_param(&path, "delay")
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0);
-        thread::sleep(Duration::from_millis(delay));
-        let body = format!("status {status}");
-        let msg = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut w = &conn;
-        if w.write_all(msg.as_bytes()).is_err() {
-            return;
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -167,14 +95,14 @@ fn start(s: Sidecar<'_>, workers: u32) -> Envoy {
 struct Mesh {
     a: Envoy,
     b: Envoy,
-    app: App,
+    app: Upstream,
 }
 
 /// B: service from the node cluster (`orders`), version from node metadata (`v2`, the env var
 /// is empty), region from the locality. A: service from config (`frontend`, not the node's
 /// `frontend-node`), version from the VM env (`v1`, not the node's `v0-node`).
 fn start_mesh(extra_a: &str, workers: u32) -> Mesh {
-    let app = App::start();
+    let app = start_app();
     let b = start(
         Sidecar {
             node_id: "orders-7d4f",
@@ -183,8 +111,8 @@ fn start_mesh(extra_a: &str, workers: u32) -> Mesh {
             zone: "us-east-1b",
             node_version: "v2",
             env_version: "",
-            next: ("app", app.port),
-            direct: ("app_direct", app.port),
+            next: ("app", app.port()),
+            direct: ("app_direct", app.port()),
             config: format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#),
         },
         workers,
@@ -198,7 +126,7 @@ fn start_mesh(extra_a: &str, workers: u32) -> Mesh {
             node_version: "v0-node",
             env_version: "v1",
             next: ("orders", b.listener_port()),
-            direct: ("legacy", app.port),
+            direct: ("legacy", app.port()),
             config: format!(
                 r#"{{"reporter":"source","identity":{{"service":"frontend"}},"signing_key":"{KEY}"{extra_a}}}"#
             ),
@@ -517,7 +445,12 @@ fn counts_by_source_and_destination_in_envoy_and_prometheus() {
 
     // The app never saw a peer header through B. (`/direct` calls skip B: an outbound sidecar
     // cannot know whether a sidecar will remove its header, so those carry it.)
-    let seen = mesh.app.seen.lock().unwrap().clone();
+    let seen: Vec<(String, Vec<(String, String)>)> = mesh
+        .app
+        .requests()
+        .into_iter()
+        .map(|r| (r.path, r.headers))
+        .collect();
     assert_eq!(seen.len(), work.len() + 3 + bad.len());
     let direct = seen
         .iter()

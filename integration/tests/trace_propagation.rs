@@ -4,9 +4,8 @@
 //! replaced, and a collector that is down or hangs never delays or fails a request.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::net::{Ipv4Addr, TcpListener};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -31,86 +30,27 @@ const COPIED: [&str; 10] = [
     "baggage",
 ];
 
-/// Request headers of every request the app received, in order.
-type Seen = Arc<Mutex<Vec<Vec<(String, String)>>>>;
-
 /// The app between the two sidecars: copies the trace headers of each inbound request onto
-/// its outbound call to sidecar B, and records the headers it received.
-struct App {
-    port: u16,
-    seen: Seen,
-    stop: Arc<AtomicBool>,
-}
-
-impl App {
-    fn start(next_hop: Arc<Mutex<u16>>) -> App {
-        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let (s, st) = (Arc::clone(&seen), Arc::clone(&stop));
-        thread::spawn(move || {
-            for conn in listener.incoming() {
-                if st.load(Ordering::SeqCst) {
-                    return;
-                }
-                let Ok(conn) = conn else { continue };
-                let (s, hop) = (Arc::clone(&s), *next_hop.lock().unwrap());
-                thread::spawn(move || serve(conn, hop, s));
-            }
-        });
-        App { port, seen, stop }
-    }
-}
-
-impl Drop for App {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
-    }
-}
-
-fn serve(conn: TcpStream, next_hop: u16, seen: Seen) {
-    let mut reader = BufReader::new(conn.try_clone().unwrap());
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
-        let mut headers = Vec::new();
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
-            }
-        }
-        seen.lock().unwrap().push(headers.clone());
-        let forward: Vec<(&str, &str)> = headers
+/// its outbound call to sidecar B (port set once Envoy runs) and answers with B's answer.
+fn start_app(next_hop: Arc<AtomicU16>) -> Upstream {
+    Upstream::with_handler(move |req| {
+        let forward: Vec<(&str, &str)> = req
+            .headers
             .iter()
             .filter(|(k, _)| COPIED.contains(&k.as_str()))
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        let (status, body) = match http_get(next_hop, &path, &forward) {
+        let (status, body) = match http_get(next_hop.load(Ordering::SeqCst), &req.path, &forward) {
             Ok(r) => (r.status, r.body),
             Err(e) => (502, e),
         };
-        let msg = format!(
-            "HTTP/1.1 {status} X\r\ncontent-length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        let mut w = &conn;
-        if w.write_all(msg.as_bytes()).is_err() {
-            return;
+        Reply {
+            status,
+            headers: Vec::new(),
+            body,
         }
-    }
+    })
+    .unwrap()
 }
 
 fn header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'a str> {
@@ -129,14 +69,14 @@ fn config(service: &str, format: &str, extra: &str) -> String {
 
 struct Mesh {
     envoy: Envoy,
-    app: App,
+    app: Upstream,
     upstream: Upstream,
 }
 
 fn start_mesh(collector_port: u16) -> Mesh {
     let upstream = Upstream::start().unwrap();
-    let hop = Arc::new(Mutex::new(0));
-    let app = App::start(Arc::clone(&hop));
+    let hop = Arc::new(AtomicU16::new(0));
+    let app = start_app(Arc::clone(&hop));
     let envoy = Envoy::builder(TEMPLATE)
         .var(
             "WASM",
@@ -150,12 +90,12 @@ fn start_mesh(collector_port: u16) -> Mesh {
             "CONFIG_B",
             yaml_single_quoted(&config("orders", "otlp", "")),
         )
-        .var("PORT_APP", app.port.to_string())
+        .var("PORT_APP", app.port().to_string())
         .var("PORT_UPSTREAM", upstream.port().to_string())
         .var("PORT_COLLECTOR", collector_port.to_string())
         .start()
         .unwrap();
-    *hop.lock().unwrap() = envoy.port("PORT_LISTENER_B");
+    hop.store(envoy.port("PORT_LISTENER_B"), Ordering::SeqCst);
     Mesh {
         envoy,
         app,
@@ -197,7 +137,8 @@ fn one_trace_across_two_hops_with_spans_in_both_formats() {
     assert_eq!(resp.header("x-trace-id"), Some(trace));
 
     // What each hop received.
-    let seen = mesh.app.seen.lock().unwrap().clone();
+    let seen: Vec<Vec<(String, String)>> =
+        mesh.app.requests().into_iter().map(|r| r.headers).collect();
     assert_eq!(seen.len(), 1);
     let at_app = header(&seen[0], "traceparent").unwrap().to_string();
     let span_a = at_app.split('-').nth(2).unwrap().to_string();
@@ -306,7 +247,8 @@ fn invalid_incoming_headers_are_replaced_and_counted() {
     ];
     let resp = http_get(mesh.envoy.listener_port(), "/", &bad).unwrap();
     assert_eq!(resp.status, 200);
-    let seen = mesh.app.seen.lock().unwrap().clone();
+    let seen: Vec<Vec<(String, String)>> =
+        mesh.app.requests().into_iter().map(|r| r.headers).collect();
     let tp = header(&seen[0], "traceparent").unwrap();
     assert_ne!(tp, bad[0].1);
     assert!(
