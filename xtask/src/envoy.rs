@@ -35,6 +35,9 @@ pub struct RenderVars {
     pub filters_dir: PathBuf,
     /// Replaces `{{ENVOY_CONFIGS_DIR}}`: the directory of the templates (for EDS files etc.).
     pub configs_dir: PathBuf,
+    /// Replaces `{{EDS_DIR}}`: the directory of the rendered EDS files (`eds/` next to the
+    /// rendered bootstraps, so they carry the same ports).
+    pub eds_dir: PathBuf,
     /// `{{PORT_<NAME>}}` -> port: the same name gets the same port in every file of one run.
     pub ports: BTreeMap<String, u16>,
 }
@@ -46,6 +49,7 @@ impl RenderVars {
         RenderVars {
             filters_dir: absolute(&target_dir().join("filters")),
             configs_dir: absolute(&configs_dir()),
+            eds_dir: absolute(&configs_dir().join("eds")),
             ports: BTreeMap::new(),
         }
     }
@@ -66,9 +70,11 @@ impl RenderVars {
 /// Renders one config template. This is the only step between a file in `envoy-configs/` and
 /// a config Envoy loads, and users do the same (e.g. with
 /// `sed -e "s|{{FILTERS_DIR}}|$PWD/target/filters|g" -e "s|{{PORT_ADMIN}}|9901|g" ...`):
-/// `{{FILTERS_DIR}}` and `{{ENVOY_CONFIGS_DIR}}` become absolute directories and each
-/// `{{PORT_<NAME>}}` a port number (see [`RenderVars::ports`]). Any other `{{...}}` is an error,
-/// so a typo never reaches Envoy.
+/// `{{FILTERS_DIR}}`, `{{ENVOY_CONFIGS_DIR}}` and `{{EDS_DIR}}` become absolute directories,
+/// each `{{PORT_<NAME>}}` a port number (see [`RenderVars::ports`]) and each
+/// `{{SHA256_<FILTER>}}` the hex SHA-256 of `<FILTERS_DIR>/<filter>.wasm` (lowercased name, for
+/// a `remote` code source; `sha256sum` gives the same). Any other `{{...}}` is an error, so a
+/// typo never reaches Envoy.
 pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
@@ -82,6 +88,8 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
         match key {
             "FILTERS_DIR" => out.push_str(&vars.filters_dir.to_string_lossy()),
             "ENVOY_CONFIGS_DIR" => out.push_str(&vars.configs_dir.to_string_lossy()),
+            "EDS_DIR" => out.push_str(&vars.eds_dir.to_string_lossy()),
+            _ if key.starts_with("SHA256_") => out.push_str(&wasm_sha256(key, vars)?),
             _ => match key.strip_prefix("PORT_") {
                 Some(name)
                     if !name.is_empty()
@@ -94,7 +102,7 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
                 _ => {
                     return Err(format!(
                         "unknown placeholder `{{{{{key}}}}}` (known: FILTERS_DIR, \
-                         ENVOY_CONFIGS_DIR, PORT_<NAME>)"
+                         ENVOY_CONFIGS_DIR, EDS_DIR, PORT_<NAME>, SHA256_<FILTER>)"
                     ))
                 }
             },
@@ -103,6 +111,28 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
     }
     out.push_str(rest);
     Ok(out)
+}
+
+/// The hex SHA-256 of the built filter a `SHA256_<FILTER>` placeholder names.
+fn wasm_sha256(key: &str, vars: &RenderVars) -> Result<String> {
+    let name = key.trim_start_matches("SHA256_").to_ascii_lowercase();
+    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+        return Err(format!(
+            "bad placeholder `{{{{{key}}}}}`: expected SHA256_<FILTER>"
+        ));
+    }
+    let wasm = vars.filters_dir.join(format!("{name}.wasm"));
+    let bytes = fs::read(&wasm).map_err(|e| {
+        format!(
+            "`{{{{{key}}}}}`: could not read {} ({e}): run `cargo xtask build` first",
+            wasm.display()
+        )
+    })?;
+    use sha2::Digest;
+    Ok(sha2::Sha256::digest(&bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }
 
 fn preview(text: &str) -> String {
@@ -145,6 +175,7 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
 /// returns the rendered files.
 pub fn render_all(out_dir: &Path, vars: &mut RenderVars) -> Result<Vec<PathBuf>> {
     let src_dir = configs_dir();
+    vars.eds_dir = absolute(&out_dir.join("eds"));
     let mut rendered = Vec::new();
     for relative in yaml_files(&src_dir)? {
         let src = src_dir.join(&relative);
@@ -252,6 +283,7 @@ mod tests {
         RenderVars {
             filters_dir: PathBuf::from("/w/target/filters"),
             configs_dir: PathBuf::from("/w/envoy-configs"),
+            eds_dir: PathBuf::from("/w/out/eds"),
             ports: BTreeMap::new(),
         }
     }
@@ -261,13 +293,13 @@ mod tests {
         let mut vars = vars();
         let text = render(
             "a: {{PORT_ADMIN}}\nl: {{ PORT_LISTENER }}\nagain: {{PORT_ADMIN}}\n\
-             f: {{FILTERS_DIR}}/x.wasm\ne: {{ENVOY_CONFIGS_DIR}}/eds.yaml\n",
+             f: {{FILTERS_DIR}}/x.wasm\ne: {{ENVOY_CONFIGS_DIR}}/eds.yaml\nd: {{EDS_DIR}}\n",
             &mut vars,
         )?;
         assert_eq!(
             text,
             "a: 20000\nl: 20001\nagain: 20000\nf: /w/target/filters/x.wasm\n\
-             e: /w/envoy-configs/eds.yaml\n"
+             e: /w/envoy-configs/eds.yaml\nd: /w/out/eds\n"
         );
         // The same name keeps its port in the next file of the run.
         assert_eq!(
@@ -290,5 +322,29 @@ mod tests {
         assert!(render("{{PORT_}}", &mut vars()).is_err());
         assert!(render("{{PORT_admin}}", &mut vars()).is_err());
         assert!(render("x {{FILTERS_DIR", &mut vars()).is_err_and(|e| e.contains("unclosed")));
+        assert!(render("{{SHA256_}}", &mut vars()).is_err());
+    }
+
+    #[test]
+    fn renders_the_sha256_of_a_built_filter() -> Result<()> {
+        let dir = target_dir()
+            .join("tmp")
+            .join(format!("sha-{}", std::process::id()));
+        fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        fs::write(dir.join("my_filter.wasm"), b"abc").map_err(|e| e.to_string())?;
+        let mut vars = RenderVars {
+            filters_dir: dir.clone(),
+            ..vars()
+        };
+        let text = render("sha256: {{SHA256_MY_FILTER}}", &mut vars);
+        let missing = render("{{SHA256_NOT_BUILT}}", &mut vars);
+        let _ = fs::remove_dir_all(&dir);
+        // SHA-256("abc"), FIPS 180-2 appendix B.1.
+        assert_eq!(
+            text?,
+            "sha256: ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert!(missing.is_err_and(|e| e.contains("cargo xtask build")));
+        Ok(())
     }
 }

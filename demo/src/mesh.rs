@@ -1,0 +1,411 @@
+//! The local mesh: three services (`frontend` -> `orders` -> `inventory`, inventory with two
+//! instances), each instance with its own sidecar Envoy running `envoy-configs/sidecar.yaml`,
+//! endpoints in EDS files the sidecars watch, a span collector, and the traffic driver.
+
+use std::fs;
+use std::net::{Ipv4Addr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::collector::Collector;
+use crate::envoy::{render, EnvoyProcess, EnvoySpec, Watchdog};
+use crate::http;
+use crate::service::{Service, ServiceConfig};
+
+/// The services and who calls whom: (service, next service, instances, simulated work).
+pub const TOPOLOGY: [(&str, Option<&str>, usize, Duration); 3] = [
+    ("frontend", Some("orders"), 1, Duration::from_micros(500)),
+    ("orders", Some("inventory"), 1, Duration::from_millis(1)),
+    ("inventory", None, 2, Duration::from_millis(2)),
+];
+
+/// How to start the mesh.
+#[derive(Debug, Clone)]
+pub struct MeshOptions {
+    /// The Envoy binary.
+    pub envoy: PathBuf,
+    /// The built filters (`target/filters`).
+    pub filters_dir: PathBuf,
+    /// The config templates (`envoy-configs/`).
+    pub configs_dir: PathBuf,
+    /// Where configs, EDS files and logs go (cleared first), e.g. `target/demo/mesh`.
+    pub work_dir: PathBuf,
+    /// The fraction of inventory requests that fail with 503.
+    pub failure_rate: f64,
+    /// Envoy worker threads per sidecar.
+    pub concurrency: u32,
+}
+
+/// One instance of a service: its app and its sidecar.
+pub struct Instance {
+    /// The service, e.g. `inventory`.
+    pub service: String,
+    /// The instance, e.g. `inventory-2`.
+    pub name: String,
+    /// Its sidecar's outbound listener (where its app sends calls).
+    pub outbound_port: u16,
+    /// Its sidecar's inbound listener (its endpoint in EDS).
+    pub inbound_port: u16,
+    /// The sidecar (declared before `app`: stopped first).
+    pub sidecar: EnvoyProcess,
+    /// The app.
+    pub app: Service,
+}
+
+/// The running mesh; dropping it stops every process it started.
+pub struct Mesh {
+    /// Every instance, in [`TOPOLOGY`] order.
+    pub instances: Vec<Instance>,
+    /// The span collector.
+    pub collector: Collector,
+    eds_dir: PathBuf,
+    /// Dropped last: by then every Envoy is stopped and it exits without signalling anything.
+    watchdog: Watchdog,
+}
+
+/// `n` free loopback ports (bound together, then released).
+fn free_ports(n: usize) -> Result<Vec<u16>, String> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("could not find a free port: {e}"))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("could not find a free port: {e}"))
+}
+
+/// The EDS file of `cluster` with one endpoint per port (the format of envoy-configs/eds/).
+pub fn eds_yaml(cluster: &str, ports: &[u16]) -> String {
+    let mut out = format!(
+        "resources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  \
+         cluster_name: {cluster}\n  endpoints:\n  - locality: {{ region: region-a }}\n    lb_endpoints:\n"
+    );
+    for port in ports {
+        out.push_str(&format!(
+            "    - endpoint: {{ address: {{ socket_address: {{ address: 127.0.0.1, port_value: {port} }} }} }}\n"
+        ));
+    }
+    out
+}
+
+/// Replaces `dir/<cluster>.yaml` atomically (a temporary file in the same directory, renamed
+/// over it), which is what Envoy's watched directory reacts to.
+pub fn write_eds(dir: &Path, cluster: &str, ports: &[u16]) -> Result<(), String> {
+    let tmp = dir.join(format!(".{cluster}.yaml.tmp"));
+    let path = dir.join(format!("{cluster}.yaml"));
+    fs::write(&tmp, eds_yaml(cluster, ports))
+        .map_err(|e| format!("could not write {}: {e}", tmp.display()))?;
+    fs::rename(&tmp, &path).map_err(|e| {
+        format!(
+            "could not rename {} to {}: {e}",
+            tmp.display(),
+            path.display()
+        )
+    })
+}
+
+impl Mesh {
+    /// Starts the collector, the apps, the EDS files and one sidecar per instance, and waits
+    /// until every sidecar is ready.
+    pub fn start(options: &MeshOptions) -> Result<Mesh, String> {
+        let template_path = options.configs_dir.join("sidecar.yaml");
+        let template = fs::read_to_string(&template_path)
+            .map_err(|e| format!("could not read {}: {e}", template_path.display()))?;
+        for filter in ["trace_propagation", "service_metrics", "route_retries"] {
+            let wasm = options.filters_dir.join(format!("{filter}.wasm"));
+            if !wasm.is_file() {
+                return Err(format!(
+                    "{} is missing: run `cargo xtask build` first",
+                    wasm.display()
+                ));
+            }
+        }
+        if options.work_dir.exists() {
+            fs::remove_dir_all(&options.work_dir)
+                .map_err(|e| format!("could not clear {}: {e}", options.work_dir.display()))?;
+        }
+        let eds_dir = options.work_dir.join("eds");
+        fs::create_dir_all(&eds_dir)
+            .map_err(|e| format!("could not create {}: {e}", eds_dir.display()))?;
+        let collector = Collector::start()?;
+        let mut watchdog = Watchdog::start()?;
+
+        // Ports first: an app must know its sidecar's outbound port, a sidecar its app's port.
+        let count: usize = TOPOLOGY.iter().map(|t| t.2).sum();
+        let ports = free_ports(3 * count)?;
+        let mut planned = Vec::new();
+        let mut seed = 0x5eed_u64;
+        for (service, calls, instances, work) in TOPOLOGY {
+            for i in 1..=instances {
+                let k = planned.len();
+                let (admin, outbound, inbound) = (ports[3 * k], ports[3 * k + 1], ports[3 * k + 2]);
+                seed = seed
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                let app = Service::start(
+                    ServiceConfig {
+                        name: service.to_string(),
+                        calls: calls.map(str::to_string),
+                        outbound_port: outbound,
+                        failure_rate: if service == "inventory" {
+                            options.failure_rate
+                        } else {
+                            0.0
+                        },
+                        work,
+                        seed,
+                    },
+                    0,
+                )?;
+                planned.push((
+                    service,
+                    format!("{service}-{i}"),
+                    admin,
+                    outbound,
+                    inbound,
+                    app,
+                ));
+            }
+        }
+        for (service, _, _, _) in TOPOLOGY {
+            let inbound: Vec<u16> = planned
+                .iter()
+                .filter(|p| p.0 == service)
+                .map(|p| p.4)
+                .collect();
+            write_eds(&eds_dir, service, &inbound)?;
+        }
+
+        let mut spawned = Vec::new();
+        for (service, name, admin, outbound, inbound, app) in planned {
+            let vars = [
+                ("FILTERS_DIR", options.filters_dir.display().to_string()),
+                ("EDS_DIR", eds_dir.display().to_string()),
+                ("PORT_ADMIN", admin.to_string()),
+                ("PORT_OUTBOUND", outbound.to_string()),
+                ("PORT_INBOUND", inbound.to_string()),
+                ("PORT_APP", app.port().to_string()),
+                ("PORT_COLLECTOR", collector.port().to_string()),
+            ];
+            let config = render(&template, &vars)
+                .map_err(|e| format!("{}: {e}", template_path.display()))?;
+            let dir = options.work_dir.join(&name);
+            let sidecar = EnvoyProcess::spawn(
+                EnvoySpec {
+                    bin: &options.envoy,
+                    name: &name,
+                    config: &config,
+                    dir: &dir,
+                    admin_port: admin,
+                    args: vec![
+                        "--service-cluster".into(),
+                        service.to_string(),
+                        "--service-node".into(),
+                        name.clone(),
+                        "--concurrency".into(),
+                        options.concurrency.to_string(),
+                        "--log-level".into(),
+                        "warn".into(),
+                        // Histograms reach the admin endpoint at each flush (default 5 s): the
+                        // demo reads them right after the traffic.
+                        "--config-yaml".into(),
+                        "{stats_flush_interval: 0.5s}".into(),
+                    ],
+                    env: vec![
+                        ("MESH_VERSION".into(), "v1".into()),
+                        ("MESH_REGION".into(), "region-a".into()),
+                        ("MESH_ZONE".into(), "region-a-1".into()),
+                        ("MESH_NAMESPACE".into(), "demo".into()),
+                    ],
+                },
+                &mut watchdog,
+            )?;
+            spawned.push(Instance {
+                service: service.to_string(),
+                name,
+                outbound_port: outbound,
+                inbound_port: inbound,
+                sidecar,
+                app,
+            });
+        }
+        for instance in &mut spawned {
+            instance.sidecar.wait_ready(Duration::from_secs(60))?;
+        }
+        Ok(Mesh {
+            instances: spawned,
+            collector,
+            eds_dir,
+            watchdog,
+        })
+    }
+
+    /// The instance called `name`, e.g. `inventory-2`.
+    pub fn instance(&self, name: &str) -> Result<&Instance, String> {
+        self.instances
+            .iter()
+            .find(|i| i.name == name)
+            .ok_or_else(|| format!("no instance {name}"))
+    }
+
+    /// Where traffic enters: the first frontend's inbound listener.
+    pub fn entry_port(&self) -> Result<u16, String> {
+        Ok(self.instance("frontend-1")?.inbound_port)
+    }
+
+    /// The directory of the EDS files.
+    pub fn eds_dir(&self) -> &Path {
+        &self.eds_dir
+    }
+
+    /// Rewrites `service`'s EDS file with only the given instances.
+    pub fn set_endpoints(&self, service: &str, instances: &[&str]) -> Result<(), String> {
+        let ports = instances
+            .iter()
+            .map(|n| self.instance(n).map(|i| i.inbound_port))
+            .collect::<Result<Vec<_>, _>>()?;
+        write_eds(&self.eds_dir, service, &ports)
+    }
+
+    /// The pids of the sidecar Envoys.
+    pub fn envoy_pids(&self) -> Vec<u32> {
+        self.instances.iter().map(|i| i.sidecar.pid()).collect()
+    }
+
+    /// Keeps the watchdog referenced (it acts when the process ends).
+    pub fn watchdog(&self) -> &Watchdog {
+        &self.watchdog
+    }
+}
+
+/// How much traffic to send.
+#[derive(Debug, Clone)]
+pub struct Traffic {
+    /// Stop after this many requests.
+    pub requests: Option<u64>,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// Requests per second (paced on a schedule, by several workers).
+    pub rps: f64,
+    /// Concurrent workers.
+    pub workers: usize,
+}
+
+/// What the client saw.
+#[derive(Debug, Clone, Default)]
+pub struct TrafficResult {
+    /// Requests sent.
+    pub sent: u64,
+    /// 2xx answers.
+    pub ok: u64,
+    /// Other answers and failures: (status or 0 for no answer, count).
+    pub errors: Vec<(u16, u64)>,
+    /// Wall time.
+    pub elapsed: Duration,
+    /// Client-side latencies, ms.
+    pub latencies_ms: Vec<f64>,
+}
+
+impl TrafficResult {
+    /// Requests that did not get a 2xx.
+    pub fn error_count(&self) -> u64 {
+        self.errors.iter().map(|e| e.1).sum()
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Debug, Default)]
+pub struct Progress {
+    /// Requests finished.
+    pub done: AtomicU64,
+    /// Of which not 2xx.
+    pub errors: AtomicU64,
+}
+
+/// Sends `GET /checkout?id=<n>` to `port` on the schedule of `traffic`; `progress` is updated as
+/// requests finish.
+pub fn drive(port: u16, traffic: &Traffic, progress: &Progress) -> TrafficResult {
+    let start = Instant::now();
+    let next = AtomicU64::new(0);
+    let result = Mutex::new(TrafficResult::default());
+    let interval = Duration::from_secs_f64(1.0 / traffic.rps.max(0.1));
+    std::thread::scope(|scope| {
+        for _ in 0..traffic.workers.max(1) {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if traffic.requests.is_some_and(|n| i >= n) {
+                    return;
+                }
+                let due = interval.mul_f64(i as f64);
+                if traffic.duration.is_some_and(|d| due >= d) {
+                    return;
+                }
+                if let Some(wait) = due.checked_sub(start.elapsed()) {
+                    std::thread::sleep(wait);
+                }
+                let t = Instant::now();
+                let path = format!("/checkout?id={i}");
+                let status = http::request(
+                    "GET",
+                    port,
+                    &path,
+                    &[("host", "frontend")],
+                    Duration::from_secs(15),
+                )
+                .map(|r| r.status)
+                .unwrap_or(0);
+                let ms = t.elapsed().as_secs_f64() * 1000.0;
+                let ok = (200..300).contains(&status);
+                progress.done.fetch_add(1, Ordering::Relaxed);
+                if !ok {
+                    progress.errors.fetch_add(1, Ordering::Relaxed);
+                }
+                let mut r = result.lock().unwrap_or_else(|e| e.into_inner());
+                r.sent += 1;
+                r.latencies_ms.push(ms);
+                if ok {
+                    r.ok += 1;
+                } else if let Some(e) = r.errors.iter_mut().find(|e| e.0 == status) {
+                    e.1 += 1;
+                } else {
+                    r.errors.push((status, 1));
+                }
+            });
+        }
+    });
+    let mut result = result.into_inner().unwrap_or_else(|e| e.into_inner());
+    result.elapsed = start.elapsed();
+    result.errors.sort();
+    result
+}
+
+/// Shares a mesh with the thread that drives traffic while another changes it.
+pub type SharedMesh = Arc<Mesh>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_eds_files_match_the_shipped_format() {
+        let shipped = include_str!("../../envoy-configs/eds/inventory.yaml");
+        let rendered = render(
+            shipped,
+            &[
+                ("PORT_INVENTORY_1_INBOUND", "7001".into()),
+                ("PORT_INVENTORY_2_INBOUND", "7002".into()),
+            ],
+        );
+        let body: String = rendered
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| !l.starts_with('#'))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert_eq!(body, eds_yaml("inventory", &[7001, 7002]));
+    }
+}

@@ -1,0 +1,238 @@
+//! `cargo xtask demo` in short mode, and the mesh it starts under an endpoint change: the demo
+//! prints a trace across all three services, retries that absorb inventory's failures and a
+//! service graph with three edges; and removing an inventory instance from its EDS file while
+//! traffic flows costs no client a failed request.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use integration::{assert_eventually, envoy::find_envoy, filters_dir, workspace_root};
+use meshwasm_demo::mesh::{self, Mesh, MeshOptions, Progress, Traffic};
+use meshwasm_demo::{prom, DemoOptions};
+
+fn out_dir(name: &str) -> PathBuf {
+    workspace_root()
+        .join("target")
+        .join("integration-tmp")
+        .join(format!("{name}-{}", std::process::id()))
+}
+
+/// The number after `key=` in the demo's `summary:` line.
+fn summary(text: &str, key: &str) -> f64 {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("summary:"))
+        .unwrap_or_else(|| panic!("no summary line in:\n{text}"));
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line}"))
+}
+
+#[test]
+fn demo_prints_a_trace_retries_and_the_service_graph() {
+    for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
+        integration::wasm_path(wasm);
+    }
+    let dir = out_dir("demo");
+    let options = DemoOptions {
+        envoy: find_envoy().unwrap(),
+        filters_dir: filters_dir(),
+        configs_dir: workspace_root().join("envoy-configs"),
+        out_dir: dir.clone(),
+        requests: Some(150),
+        duration: None,
+        rps: 100.0,
+        failure_rate: 0.25,
+        keep_running: false,
+        progress_bar: false,
+    };
+    let mut out = Vec::new();
+    let report = meshwasm_demo::run(&options, &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    println!("{text}");
+
+    // One request's trace: a tree with spans of all three services, the client and server side
+    // of each hop, inventory's attempts under orders' call.
+    let trace: Vec<&str> = text
+        .lines()
+        .skip_while(|l| !l.starts_with("== One request's trace"))
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .collect();
+    assert!(trace[0].starts_with("trace "), "{text}");
+    assert!(
+        trace[1].starts_with("frontend   SERVER GET /checkout"),
+        "{text}"
+    );
+    for needle in [
+        "└─ frontend   CLIENT GET /orders -> orders",
+        "orders     SERVER GET /orders",
+        "orders     CLIENT GET /inventory -> inventory",
+        "inventory  SERVER GET /inventory",
+    ] {
+        assert!(
+            trace.iter().any(|l| l.contains(needle)),
+            "no {needle:?} in:\n{text}"
+        );
+    }
+    let services: std::collections::BTreeSet<&str> =
+        report.trace.iter().map(|s| s.service.as_str()).collect();
+    assert_eq!(services.len(), 3, "{services:?}");
+
+    // Retries happened and absorbed most of inventory's failures.
+    let retries = summary(&text, "retries");
+    let client_errors = summary(&text, "client_errors");
+    let upstream_errors = summary(&text, "upstream_errors");
+    assert!(retries > 0.0, "{text}");
+    assert!(upstream_errors > 0.0, "{text}");
+    assert!(client_errors < upstream_errors, "{text}");
+    assert_eq!(summary(&text, "requests"), 150.0);
+    assert!(text.contains("budget-denied retries: "), "{text}");
+
+    // The service graph has the three edges, each with traffic and latency quantiles.
+    assert_eq!(summary(&text, "edges"), 3.0, "{text}");
+    for edge in [
+        "client -> frontend",
+        "frontend -> orders",
+        "orders -> inventory",
+    ] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(edge))
+            .unwrap_or_else(|| panic!("no edge {edge} in:\n{text}"));
+        let cols: Vec<&str> = line[edge.len()..].split_whitespace().collect();
+        assert_eq!(cols[0], "150", "{line}");
+        assert!(cols[2] != "-" && cols[4] != "-", "p50/p99 missing: {line}");
+    }
+    assert!(text.contains("http://127.0.0.1:"), "admin URLs: {text}");
+
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    assert!(html.contains("<svg") && html.contains("orders"), "{html}");
+
+    // Every Envoy it started is gone: no admin port answers any more.
+    for (name, port) in &report.admins {
+        assert!(
+            integration::http_get(*port, "/ready", &[]).is_err(),
+            "{name}'s sidecar still answers on {port}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn sum_at(mesh: &Mesh, instance: &str, metric: &str) -> f64 {
+    let text = mesh
+        .instance(instance)
+        .unwrap()
+        .sidecar
+        .prometheus()
+        .unwrap();
+    prom::sum(&prom::parse(&text), metric, |_| true)
+}
+
+/// The inventory hosts orders' sidecar has in its cluster, from admin `/clusters`.
+fn inventory_hosts(mesh: &Mesh) -> Vec<String> {
+    let text = mesh
+        .instance("orders-1")
+        .unwrap()
+        .sidecar
+        .admin("/clusters")
+        .unwrap()
+        .body;
+    let mut hosts: Vec<String> = text
+        .lines()
+        .filter(|l| l.starts_with("inventory::127.0.0.1:") && l.contains("::cx_total::"))
+        .filter_map(|l| l.split("::").nth(1).map(str::to_string))
+        .collect();
+    hosts.sort();
+    hosts.dedup();
+    hosts
+}
+
+#[test]
+fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
+    for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
+        integration::wasm_path(wasm);
+    }
+    let dir = out_dir("demo-eds");
+    let mut mesh = Mesh::start(&MeshOptions {
+        envoy: find_envoy().unwrap(),
+        filters_dir: filters_dir(),
+        configs_dir: workspace_root().join("envoy-configs"),
+        work_dir: dir.clone(),
+        // No injected failures: every client error would be the endpoint change's.
+        failure_rate: 0.0,
+        concurrency: 1,
+    })
+    .unwrap();
+    let entry = mesh.entry_port().unwrap();
+    let gone = mesh.instance("inventory-2").unwrap().inbound_port;
+    let kept = mesh.instance("inventory-1").unwrap().inbound_port;
+    let mut both = vec![format!("127.0.0.1:{kept}"), format!("127.0.0.1:{gone}")];
+    both.sort();
+    assert_eq!(inventory_hosts(&mesh), both);
+
+    let progress = Progress::default();
+    let traffic = Traffic {
+        requests: Some(500),
+        duration: None,
+        rps: 100.0,
+        workers: 8,
+    };
+    let result = std::thread::scope(|scope| {
+        let driver = scope.spawn(|| mesh::drive(entry, &traffic, &progress));
+        // Traffic flows to both instances...
+        assert_eventually!(progress.done.load(Ordering::Relaxed) >= 100);
+        // ...then inventory-2 goes away (its sidecar and app stop) before the EDS file says so,
+        // the order in which a crashed instance disappears: requests sent to it in between fail
+        // to connect and are retried on inventory-1 (rule inventory-read: connect-failure, and
+        // previous_hosts picks another instance).
+        let i = mesh
+            .instances
+            .iter()
+            .position(|i| i.name == "inventory-2")
+            .unwrap();
+        let removed = mesh.instances.remove(i);
+        drop(removed);
+        let stopped_at = progress.done.load(Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(300));
+        mesh.set_endpoints("inventory", &["inventory-1"]).unwrap();
+        let t = Instant::now();
+        assert_eventually!(inventory_hosts(&mesh) == vec![format!("127.0.0.1:{kept}")]);
+        println!(
+            "EDS update seen by orders' sidecar {:?} after the file changed; {} requests done when inventory-2 stopped",
+            t.elapsed(),
+            stopped_at
+        );
+        driver.join().unwrap()
+    });
+    println!("{result:?}");
+    assert_eq!(result.sent, 500);
+    assert_eq!(
+        result.error_count(),
+        0,
+        "client errors: {:?}",
+        result.errors
+    );
+    // The dead instance was hit, and retries absorbed it.
+    let retries = sum_at(&mesh, "orders-1", "meshwasm_retry_retries_total");
+    let connect_failures = sum_at(&mesh, "orders-1", "envoy_cluster_upstream_cx_connect_fail");
+    println!("retries {retries}, connect failures {connect_failures}");
+    assert!(
+        retries >= 1.0 && connect_failures >= 1.0,
+        "retries {retries}, connect failures {connect_failures}"
+    );
+    // After the update, inventory-1 serves everything.
+    let served = mesh
+        .instance("inventory-1")
+        .unwrap()
+        .app
+        .stats()
+        .requests
+        .load(Ordering::Relaxed);
+    assert!(served >= 250, "inventory-1 served {served}");
+    drop(mesh);
+    let _ = std::fs::remove_dir_all(&dir);
+}
