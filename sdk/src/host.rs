@@ -79,6 +79,40 @@ impl fmt::Display for HostError {
 
 impl std::error::Error for HostError {}
 
+/// All headers of one map, read with a single host call ([`Host::snapshot`]). On a hot path,
+/// reading the map once and looking names up locally costs one hostcall where reading each
+/// header costs one per name (present or not).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HeaderSnapshot {
+    pairs: Vec<(String, Bytes)>,
+}
+
+impl HeaderSnapshot {
+    /// A snapshot of `pairs` (names as the host keeps them: lowercase).
+    pub fn new(pairs: Vec<(String, Bytes)>) -> HeaderSnapshot {
+        HeaderSnapshot { pairs }
+    }
+    /// The first value of `name` (lowercase), as bytes.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.pairs
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_slice())
+    }
+    /// The first value of `name` as text (lossy UTF-8, as [`Host::header_str`]).
+    pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        self.get(name).map(String::from_utf8_lossy)
+    }
+    /// Whether `name` is present.
+    pub fn contains(&self, name: &str) -> bool {
+        self.get(name).is_some()
+    }
+    /// Every pair, in order.
+    pub fn pairs(&self) -> &[(String, Bytes)] {
+        &self.pairs
+    }
+}
+
 /// What a filter may ask of the proxy. Implemented by the real proxy-wasm host (wasm32 only) and
 /// by [`crate::testing::TestHost`]. Every method is total: failures come back as values.
 pub trait Host {
@@ -141,6 +175,10 @@ pub trait Host {
     /// Resumes a response paused by a filter.
     fn resume_response(&self) -> Result<(), HostError>;
 
+    /// Every header of a map, read once; see [`HeaderSnapshot`].
+    fn snapshot(&self, map: MapKind) -> HeaderSnapshot {
+        HeaderSnapshot::new(self.headers(map))
+    }
     /// A header as text (lossy UTF-8: invalid bytes become U+FFFD, which no codec accepts).
     fn header_str(&self, map: MapKind, name: &str) -> Option<String> {
         self.header(map, name)

@@ -71,7 +71,7 @@ pub use proxy_wasm;
 pub mod prelude {
     pub use crate::config::{check, ConfigError};
     pub use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
-    pub use crate::host::{BufferKind, Host, HostError, MapKind, MetricKind};
+    pub use crate::host::{BufferKind, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
     pub use crate::metrics::{Metric, MetricFamily};
     pub use crate::properties;
 }
