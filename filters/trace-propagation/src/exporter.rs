@@ -83,8 +83,8 @@ impl Exporter {
             return;
         }
         buf.push_back(span);
+        // The buffered-spans gauge is updated when batches leave, not per span.
         self.spans.inc(host, &[outcome::BUFFERED]);
-        self.buffered.record(host, buf.len() as u64);
     }
 
     /// Spans waiting.
@@ -173,6 +173,11 @@ impl Exporter {
             None => outcome::UNREACHABLE,
         };
         self.spans.add(host, &[result], n as i64);
+        // A slot is free again: send the next full batch now rather than at the next tick, so
+        // export keeps up with the request rate instead of being capped by the tick period.
+        while self.in_flight() < self.cfg.max_in_flight && self.buffered() >= self.cfg.batch_size {
+            self.send_batch(host);
+        }
         true
     }
 }

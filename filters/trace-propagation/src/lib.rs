@@ -11,6 +11,7 @@ use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use meshwasm::host::HeaderSnapshot;
 use meshwasm::prelude::*;
 use meshwasm::trace::b3::Sampling;
 use meshwasm::trace::baggage::Baggage;
@@ -71,9 +72,9 @@ impl TracePropagation {
         self.invalid.inc(host, &[reason]);
     }
 
-    fn request_id(&self, host: &dyn Host) -> Option<String> {
-        if let Some(id) = host.request_header("x-request-id") {
-            return Some(id);
+    fn request_id(&self, host: &dyn Host, headers: &HeaderSnapshot) -> Option<String> {
+        if let Some(id) = headers.get_str("x-request-id") {
+            return Some(id.into_owned());
         }
         if !self.cfg.set_request_id {
             return None;
@@ -95,8 +96,8 @@ impl TracePropagation {
         Some(id)
     }
 
-    fn enforce_baggage(&self, host: &dyn Host) {
-        let Some(value) = host.request_header("baggage") else {
+    fn enforce_baggage(&self, host: &dyn Host, headers: &HeaderSnapshot) {
+        let Some(value) = headers.get_str("baggage") else {
             return;
         };
         let reason = if value.len() > self.cfg.baggage_max_bytes {
@@ -172,7 +173,9 @@ impl HttpFilter for TraceRequest {
         host: &dyn Host,
         _eos: bool,
     ) -> Action {
-        let ex = extract(host, &root.cfg.extract);
+        // One host call for every request header; everything below looks names up locally.
+        let headers = host.snapshot(MapKind::RequestHeaders);
+        let ex = extract(&headers, &root.cfg.extract);
         for e in &ex.errors {
             root.count_invalid(host, e.reason());
         }
@@ -214,9 +217,9 @@ impl HttpFilter for TraceRequest {
             random,
             tracestate,
         };
-        inject(host, &out, &root.cfg.propagate);
-        root.enforce_baggage(host);
-        let request_id = root.request_id(host);
+        inject(host, &headers, &out, &root.cfg.propagate);
+        root.enforce_baggage(host, &headers);
+        let request_id = root.request_id(host, &headers);
         let direction = match root.cfg.direction {
             Direction::Outbound => "outbound",
             Direction::Inbound => "inbound",
@@ -229,13 +232,15 @@ impl HttpFilter for TraceRequest {
                 if sampled { "true" } else { "false" },
             ],
         );
-        let (method, path) = if sampled && root.exporter.is_some() {
+        let exporting = sampled && root.exporter.is_some();
+        let (method, path, start) = if exporting {
             (
-                host.request_header(":method").unwrap_or_default(),
-                host.request_header(":path").unwrap_or_default(),
+                headers.get_str(":method").unwrap_or_default().into_owned(),
+                headers.get_str(":path").unwrap_or_default().into_owned(),
+                host.now(),
             )
         } else {
-            (String::new(), String::new())
+            (String::new(), String::new(), UNIX_EPOCH)
         };
         self.span = Some(HopSpan {
             trace_id,
@@ -243,7 +248,7 @@ impl HttpFilter for TraceRequest {
             span_id,
             parent,
             sampled,
-            start: host.now(),
+            start,
             method,
             path,
             request_id,

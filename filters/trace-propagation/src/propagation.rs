@@ -1,7 +1,7 @@
 //! Reading the incoming trace context from request headers in the configured precedence, and
 //! writing the child context in every configured format, consistently.
 
-use meshwasm::host::Host;
+use meshwasm::host::{HeaderSnapshot, Host};
 use meshwasm::trace::b3::{self, B3Single, Sampling, B3};
 use meshwasm::trace::w3c::{parse_traceparent, TraceParent, TraceState};
 use meshwasm::trace::{SpanId, TraceError, TraceId};
@@ -56,20 +56,21 @@ fn defined(s: Sampling) -> Option<Sampling> {
     (s != Sampling::Defer).then_some(s)
 }
 
-/// Reads the incoming context. Invalid headers are recorded and skipped, so a lower-precedence
-/// valid format still wins over starting a new trace.
-pub fn extract(host: &dyn Host, precedence: &[Format]) -> Extracted {
+/// Reads the incoming context from the request headers (one snapshot, no further host calls).
+/// Invalid headers are recorded and skipped, so a lower-precedence valid format still wins
+/// over starting a new trace.
+pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
     let mut out = Extracted::default();
     for format in precedence {
         match format {
             Format::W3c => {
-                let Some(tp) = host.request_header("traceparent") else {
+                let Some(tp) = headers.get_str("traceparent") else {
                     continue;
                 };
                 out.any_present = true;
                 match parse_traceparent(&tp) {
                     Ok(p) => {
-                        let tracestate = match host.request_header("tracestate") {
+                        let tracestate = match headers.get_str("tracestate") {
                             Some(ts) => match TraceState::parse(&ts) {
                                 Ok(ts) if !ts.is_empty() => Some(ts),
                                 Ok(_) => None,
@@ -99,7 +100,7 @@ pub fn extract(host: &dyn Host, precedence: &[Format]) -> Extracted {
                 }
             }
             Format::B3Single => {
-                let Some(v) = host.request_header("b3") else {
+                let Some(v) = headers.get_str("b3") else {
                     continue;
                 };
                 out.any_present = true;
@@ -115,11 +116,11 @@ pub fn extract(host: &dyn Host, precedence: &[Format]) -> Extracted {
                 }
             }
             Format::B3 => {
-                let trace = host.request_header("x-b3-traceid");
-                let span = host.request_header("x-b3-spanid");
-                let parent = host.request_header("x-b3-parentspanid");
-                let sampled = host.request_header("x-b3-sampled");
-                let flags = host.request_header("x-b3-flags");
+                let trace = headers.get_str("x-b3-traceid");
+                let span = headers.get_str("x-b3-spanid");
+                let parent = headers.get_str("x-b3-parentspanid");
+                let sampled = headers.get_str("x-b3-sampled");
+                let flags = headers.get_str("x-b3-flags");
                 if trace.is_none() && span.is_none() && sampled.is_none() && flags.is_none() {
                     continue;
                 }
@@ -182,11 +183,10 @@ pub struct Outgoing {
     pub tracestate: Option<TraceState>,
 }
 
-/// Replaces every trace header of the request with the outgoing context in `formats`.
-pub fn inject(host: &dyn Host, out: &Outgoing, formats: &[Format]) {
-    for h in TRACE_HEADERS {
-        host.remove_request_header(h);
-    }
+/// Replaces every trace header of the request with the outgoing context in `formats`:
+/// the headers written are replaced, and the other trace headers the request carried
+/// (`present`) are removed, so nothing incoming is forwarded as it was.
+pub fn inject(host: &dyn Host, present: &HeaderSnapshot, out: &Outgoing, formats: &[Format]) {
     let sampling = if out.debug {
         Sampling::Debug
     } else if out.sampled {
@@ -201,6 +201,7 @@ pub fn inject(host: &dyn Host, out: &Outgoing, formats: &[Format]) {
         parent_span_id: out.parent,
         sampling,
     };
+    let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(7);
     for format in formats {
         match format {
             Format::W3c => {
@@ -211,17 +212,21 @@ pub fn inject(host: &dyn Host, out: &Outgoing, formats: &[Format]) {
                     parent_id: out.span_id,
                     flags,
                 };
-                host.set_request_header("traceparent", &tp.to_header());
+                headers.push(("traceparent", tp.to_header()));
                 if let Some(ts) = &out.tracestate {
-                    host.set_request_header("tracestate", &ts.to_header());
+                    headers.push(("tracestate", ts.to_header()));
                 }
             }
-            Format::B3 => {
-                for (name, value) in b3::multi_headers(&b3) {
-                    host.set_request_header(name, &value);
-                }
-            }
-            Format::B3Single => host.set_request_header("b3", &b3::format_single(&b3)),
+            Format::B3 => headers.extend(b3::multi_headers(&b3)),
+            Format::B3Single => headers.push(("b3", b3::format_single(&b3))),
         }
+    }
+    for name in TRACE_HEADERS {
+        if present.contains(name) && !headers.iter().any(|(h, _)| *h == name) {
+            host.remove_request_header(name);
+        }
+    }
+    for (name, value) in &headers {
+        host.set_request_header(name, value);
     }
 }

@@ -518,3 +518,36 @@ fn non_utf8_header_is_invalid_not_a_crash() {
         .collect();
     assert_eq!(invalid.len(), 1, "{invalid:?}");
 }
+
+#[test]
+fn a_freed_export_slot_sends_the_next_full_batch_at_once() {
+    let h = harness(EXPORT);
+    h.tick();
+    for _ in 0..3 {
+        finish(&h, &[], 200);
+    }
+    h.tick();
+    let first = h.host().take_callouts();
+    assert_eq!(first.len(), 1, "max_in_flight 1");
+    finish(&h, &[], 200);
+    h.respond_to_callout(first[0].token, Some(202), &[], b"");
+    let next = h.host().take_callouts();
+    assert_eq!(next.len(), 1, "sent on the response, not at the next tick");
+    let spans: Value = serde_json::from_slice(&next[0].body).unwrap();
+    assert_eq!(spans.as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn only_present_trace_headers_are_removed() {
+    // Written headers are replaced; present ones not written are removed; absent ones are
+    // left alone (no host call for them).
+    let h = harness(r#"{"propagate":["w3c"]}"#);
+    let s = send(
+        &h,
+        &[("traceparent", TP), ("x-b3-sampled", "1"), ("b3", "1")],
+    );
+    assert_eq!(traceparent_parts(&s).0, TRACE);
+    assert_eq!(req(&s, "x-b3-sampled"), None);
+    assert_eq!(req(&s, "b3"), None);
+    assert_eq!(req(&s, "x-b3-traceid"), None);
+}

@@ -2,7 +2,7 @@
 //! (`POST /api/v2/spans`) and OTLP/HTTP JSON (`POST /v1/traces`, OpenTelemetry protocol
 //! specification, JSON encoding with hex trace and span ids).
 
-use serde_json::{json, Map, Value};
+use std::fmt::Write as _;
 
 use super::ids::{SpanId, TraceId};
 
@@ -73,121 +73,184 @@ impl Span {
     }
 }
 
-fn zipkin_endpoint(e: &Endpoint) -> Value {
-    let mut m = Map::new();
+/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+fn push_json_str(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Appends `"key":` to an object being written.
+fn push_key(out: &mut String, key: &str) {
+    push_json_str(out, key);
+    out.push(':');
+}
+
+fn push_zipkin_endpoint(out: &mut String, e: &Endpoint) {
+    out.push('{');
+    let mut first = true;
     if let Some(s) = &e.service {
-        m.insert("serviceName".into(), json!(s));
+        push_key(out, "serviceName");
+        push_json_str(out, s);
+        first = false;
     }
     if let Some((ip, port)) = e.ip_port() {
-        let key = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
-        m.insert(key.into(), json!(ip.to_string()));
-        m.insert("port".into(), json!(port));
+        if !first {
+            out.push(',');
+        }
+        push_key(out, if ip.is_ipv4() { "ipv4" } else { "ipv6" });
+        push_json_str(out, &ip.to_string());
+        let _ = write!(out, ",\"port\":{port}");
     }
-    Value::Object(m)
+    out.push('}');
 }
 
-/// Encodes spans as a Zipkin API v2 JSON list.
+/// Encodes spans as a Zipkin API v2 JSON list. Written directly (no intermediate JSON tree):
+/// this runs on the worker thread for every exported batch.
 pub fn zipkin_json(spans: &[Span]) -> String {
-    let list: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let mut m = Map::new();
-            let trace = if s.trace_id_64bit {
-                s.trace_id.low_hex()
-            } else {
-                s.trace_id.to_hex()
-            };
-            m.insert("traceId".into(), json!(trace));
-            m.insert("id".into(), json!(s.span_id.to_hex()));
-            if let Some(p) = s.parent_id {
-                m.insert("parentId".into(), json!(p.to_hex()));
+    let mut out = String::with_capacity(spans.len() * 512 + 2);
+    out.push('[');
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let trace = if s.trace_id_64bit {
+            s.trace_id.low_hex()
+        } else {
+            s.trace_id.to_hex()
+        };
+        let _ = write!(
+            out,
+            "{{\"traceId\":\"{trace}\",\"id\":\"{}\"",
+            s.span_id.to_hex()
+        );
+        if let Some(p) = s.parent_id {
+            let _ = write!(out, ",\"parentId\":\"{}\"", p.to_hex());
+        }
+        out.push_str(",\"name\":");
+        push_json_str(&mut out, &s.name);
+        let kind = match s.kind {
+            SpanKind::Client => "CLIENT",
+            SpanKind::Server => "SERVER",
+        };
+        // Zipkin reads a zero duration as "unknown"; a finished span lasts at least 1 us.
+        let _ = write!(
+            out,
+            ",\"kind\":\"{kind}\",\"timestamp\":{},\"duration\":{},\"localEndpoint\":",
+            s.start_us,
+            s.duration_us.max(1)
+        );
+        push_zipkin_endpoint(&mut out, &s.local);
+        if s.remote.service.is_some() || s.remote.ip_port().is_some() {
+            out.push_str(",\"remoteEndpoint\":");
+            push_zipkin_endpoint(&mut out, &s.remote);
+        }
+        out.push_str(",\"tags\":{");
+        let mut has_error = false;
+        for (j, (k, v)) in s.tags.iter().enumerate() {
+            if j > 0 {
+                out.push(',');
             }
-            m.insert("name".into(), json!(s.name));
-            let kind = match s.kind {
-                SpanKind::Client => "CLIENT",
-                SpanKind::Server => "SERVER",
-            };
-            m.insert("kind".into(), json!(kind));
-            m.insert("timestamp".into(), json!(s.start_us));
-            // Zipkin reads a zero duration as "unknown"; a finished span lasts at least 1 us.
-            m.insert("duration".into(), json!(s.duration_us.max(1)));
-            m.insert("localEndpoint".into(), zipkin_endpoint(&s.local));
-            let remote = zipkin_endpoint(&s.remote);
-            if remote.as_object().is_some_and(|o| !o.is_empty()) {
-                m.insert("remoteEndpoint".into(), remote);
+            has_error |= k == "error";
+            push_key(&mut out, k);
+            push_json_str(&mut out, v);
+        }
+        if s.error && !has_error {
+            if !s.tags.is_empty() {
+                out.push(',');
             }
-            let mut tags = Map::new();
-            for (k, v) in &s.tags {
-                tags.insert(k.clone(), json!(v));
-            }
-            if s.error {
-                tags.entry("error").or_insert_with(|| json!("true"));
-            }
-            m.insert("tags".into(), Value::Object(tags));
-            Value::Object(m)
-        })
-        .collect();
-    Value::Array(list).to_string()
+            out.push_str("\"error\":\"true\"");
+        }
+        out.push_str("}}");
+    }
+    out.push(']');
+    out
 }
 
-fn otlp_attr(key: &str, value: &str) -> Value {
-    json!({"key": key, "value": {"stringValue": value}})
+fn push_otlp_attr(out: &mut String, key: &str, value: &str) {
+    out.push_str("{\"key\":");
+    push_json_str(out, key);
+    out.push_str(",\"value\":{\"stringValue\":");
+    push_json_str(out, value);
+    out.push_str("}}");
 }
 
 /// Encodes spans as an OTLP/HTTP JSON `ExportTraceServiceRequest` for one service.
 pub fn otlp_json(spans: &[Span], service: &str) -> String {
-    let list: Vec<Value> = spans
-        .iter()
-        .map(|s| {
-            let start_ns = u128::from(s.start_us) * 1000;
-            let end_ns = start_ns + u128::from(s.duration_us) * 1000;
-            let mut attrs: Vec<Value> = s.tags.iter().map(|(k, v)| otlp_attr(k, v)).collect();
-            if let Some(a) = &s.remote.address {
-                attrs.push(otlp_attr("net.peer.address", a));
+    let mut out = String::with_capacity(spans.len() * 640 + 256);
+    out.push_str("{\"resourceSpans\":[{\"resource\":{\"attributes\":[");
+    push_otlp_attr(&mut out, "service.name", service);
+    out.push_str(
+        "]},\"scopeSpans\":[{\"scope\":{\"name\":\"meshwasm.trace-propagation\"},\"spans\":[",
+    );
+    for (i, s) in spans.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        let start_ns = u128::from(s.start_us) * 1000;
+        let end_ns = start_ns + u128::from(s.duration_us) * 1000;
+        let _ = write!(
+            out,
+            "{{\"traceId\":\"{}\",\"spanId\":\"{}\"",
+            s.trace_id.to_hex(),
+            s.span_id.to_hex()
+        );
+        if let Some(p) = s.parent_id {
+            let _ = write!(out, ",\"parentSpanId\":\"{}\"", p.to_hex());
+        }
+        out.push_str(",\"name\":");
+        push_json_str(&mut out, &s.name);
+        // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3.
+        let kind = match s.kind {
+            SpanKind::Server => 2,
+            SpanKind::Client => 3,
+        };
+        let _ = write!(
+            out,
+            ",\"kind\":{kind},\"startTimeUnixNano\":\"{start_ns}\",\"endTimeUnixNano\":\"{end_ns}\",\"attributes\":["
+        );
+        let mut first = true;
+        let extra = [
+            ("net.peer.address", s.remote.address.as_deref()),
+            ("net.host.address", s.local.address.as_deref()),
+        ];
+        let tags = s.tags.iter().map(|(k, v)| (k.as_str(), Some(v.as_str())));
+        for (k, v) in tags.chain(extra) {
+            let Some(v) = v else { continue };
+            if !first {
+                out.push(',');
             }
-            if let Some(a) = &s.local.address {
-                attrs.push(otlp_attr("net.host.address", a));
-            }
-            let mut m = Map::new();
-            m.insert("traceId".into(), json!(s.trace_id.to_hex()));
-            m.insert("spanId".into(), json!(s.span_id.to_hex()));
-            if let Some(p) = s.parent_id {
-                m.insert("parentSpanId".into(), json!(p.to_hex()));
-            }
-            m.insert("name".into(), json!(s.name));
-            // SPAN_KIND_SERVER = 2, SPAN_KIND_CLIENT = 3.
-            let kind = match s.kind {
-                SpanKind::Server => 2,
-                SpanKind::Client => 3,
-            };
-            m.insert("kind".into(), json!(kind));
-            m.insert("startTimeUnixNano".into(), json!(start_ns.to_string()));
-            m.insert("endTimeUnixNano".into(), json!(end_ns.to_string()));
-            m.insert("attributes".into(), Value::Array(attrs));
-            // STATUS_CODE_ERROR = 2, STATUS_CODE_UNSET = 0.
-            m.insert(
-                "status".into(),
-                json!({"code": if s.error { 2 } else { 0 }}),
-            );
-            Value::Object(m)
-        })
-        .collect();
-    json!({
-        "resourceSpans": [{
-            "resource": {"attributes": [otlp_attr("service.name", service)]},
-            "scopeSpans": [{
-                "scope": {"name": "meshwasm.trace-propagation"},
-                "spans": list,
-            }],
-        }]
-    })
-    .to_string()
+            first = false;
+            push_otlp_attr(&mut out, k, v);
+        }
+        // STATUS_CODE_ERROR = 2, STATUS_CODE_UNSET = 0.
+        let _ = write!(
+            out,
+            "],\"status\":{{\"code\":{}}}}}",
+            if s.error { 2 } else { 0 }
+        );
+    }
+    out.push_str("]}]}]}");
+    out
 }
 
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use serde_json::Value;
 
     fn span() -> Span {
         Span {
@@ -232,6 +295,27 @@ mod tests {
         short.trace_id_64bit = true;
         let v: Value = serde_json::from_str(&zipkin_json(&[short])).unwrap();
         assert_eq!(v[0]["traceId"], "8448eb211c80319c");
+    }
+
+    #[test]
+    fn hostile_strings_are_escaped_in_both_formats() {
+        let mut s = span();
+        s.name = "GET /a\"b\\c\n\u{1}é".into();
+        s.tags.push(("x\"y".into(), "\t\r".into()));
+        let z: Value = serde_json::from_str(&zipkin_json(&[s.clone(), s.clone()])).unwrap();
+        assert_eq!(z[1]["name"], s.name.as_str());
+        assert_eq!(z[0]["tags"]["x\"y"], "\t\r");
+        let o: Value = serde_json::from_str(&otlp_json(&[s.clone()], "sv\"c")).unwrap();
+        let sp = &o["resourceSpans"][0]["scopeSpans"][0]["spans"][0];
+        assert_eq!(sp["name"], s.name.as_str());
+        assert_eq!(
+            o["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"],
+            "sv\"c"
+        );
+        assert_eq!(
+            serde_json::from_str::<Value>(&zipkin_json(&[])).unwrap(),
+            serde_json::json!([])
+        );
     }
 
     #[test]
