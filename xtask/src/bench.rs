@@ -1,0 +1,769 @@
+//! `cargo xtask bench`: what our filters cost, as ratios, side by side with no filter, Envoy's
+//! Lua filter and a bare proxy-wasm filter (issue #7). Envoy (`--concurrency 1` by default)
+//! proxies to a fast keep-alive upstream in this process; `wrk` drives it closed-loop over
+//! keep-alive HTTP/1.1 connections. Every scenario runs in interleaved rounds after a warm-up,
+//! and the report gives medians and spread. A full run writes `BENCHMARKS.md` and
+//! `docs/bench.svg`; `--quick` (the smoke check of `cargo xtask test`) writes only under
+//! `target/bench/` and checks that the numbers are sane, never that targets are met.
+
+mod hostcalls;
+mod load;
+mod proxy;
+mod report;
+mod scenario;
+mod upstream;
+
+use std::fmt::Write as _;
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{build, project_root, target_dir, Result};
+use load::Shape;
+use proxy::{Launch, Proxy};
+use report::{Measured, WasmSize};
+use scenario::{Expect, Scenario};
+use upstream::Upstream;
+
+/// Options of `cargo xtask bench`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Options {
+    /// A short run: one round of one-second runs, results under `target/bench/` only.
+    pub quick: bool,
+    /// Envoy `--concurrency` of the main scenarios.
+    pub concurrency: u32,
+    /// Run `cargo xtask build` first.
+    pub build: bool,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            quick: false,
+            concurrency: 1,
+            build: true,
+        }
+    }
+}
+
+fn parse(args: &[String]) -> Result<Options> {
+    let mut options = Options::default();
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--quick" => options.quick = true,
+            "--no-build" => options.build = false,
+            "--concurrency" => {
+                let n = args
+                    .next()
+                    .ok_or("--concurrency needs a number of workers, e.g. --concurrency 2")?;
+                options.concurrency = n
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=64).contains(n))
+                    .ok_or_else(|| format!("--concurrency: `{n}` is not a number from 1 to 64"))?;
+            }
+            other => return Err(format!("unknown option for `bench`: {other}")),
+        }
+    }
+    Ok(options)
+}
+
+/// `cargo xtask bench [--quick] [--concurrency N] [--no-build]`.
+pub fn main(args: &[String]) -> Result<()> {
+    let options = parse(args)?;
+    let command = format!("cargo xtask bench {}", args.join(" "));
+    run(&options, command.trim())
+}
+
+/// The smoke check `cargo xtask test` runs after building the filters: `bench --quick`.
+pub fn smoke() -> Result<()> {
+    let options = Options {
+        quick: true,
+        build: false,
+        ..Options::default()
+    };
+    run(&options, "cargo xtask bench --quick --no-build")
+}
+
+/// Durations and connections of a run.
+struct Plan {
+    rounds: usize,
+    warmup: Shape,
+    throughput: Shape,
+    latency: Shape,
+}
+
+impl Plan {
+    fn new(quick: bool) -> Plan {
+        // Quick runs skip the warm-up: their numbers only have to be sane, not steady.
+        let (rounds, warm, tp, lat) = if quick { (1, 0, 1, 1) } else { (5, 2, 3, 2) };
+        Plan {
+            rounds,
+            warmup: Shape {
+                connections: THROUGHPUT_CONNECTIONS,
+                seconds: warm,
+            },
+            throughput: Shape {
+                connections: THROUGHPUT_CONNECTIONS,
+                seconds: tp,
+            },
+            latency: Shape {
+                connections: 1,
+                seconds: lat,
+            },
+        }
+    }
+}
+
+/// Connections of the throughput runs: enough to keep one Envoy worker busy.
+const THROUGHPUT_CONNECTIONS: u32 = 16;
+
+/// The `.wasm` files the scenarios load.
+const WASM_FILES: [&str; 4] = [
+    "trace_propagation.wasm",
+    "service_metrics.wasm",
+    "route_retries.wasm",
+    "bare_trace.wasm",
+];
+
+/// A scenario's running Envoy.
+struct Running {
+    scenario: Scenario,
+    proxy: Proxy,
+}
+
+fn run(options: &Options, command: &str) -> Result<()> {
+    let started = Instant::now();
+    if options.build {
+        build::build(true)?;
+    }
+    let filters_dir = std::path::absolute(target_dir().join("filters"))
+        .map_err(|e| format!("no absolute path for target/filters: {e}"))?;
+    for file in WASM_FILES {
+        if !filters_dir.join(file).is_file() {
+            return Err(format!(
+                "{} is missing: run `cargo xtask build` first",
+                filters_dir.join(file).display()
+            ));
+        }
+    }
+    let bench_dir = project_root().join("bench");
+    let envoy = crate::envoy::find()?;
+    let envoy_version = integration::envoy::envoy_version(&envoy)?;
+    let wrk = load::ensure_wrk()?;
+    let plan = Plan::new(options.quick);
+    let machine = Machine::read(&wrk);
+
+    println!("\n==> hostcalls per request (SDK test host)");
+    let counts = hostcalls::count_all(&bench_dir.join("configs").join("filters"))?;
+    for c in &counts {
+        println!("{:<11} {:>3} hostcalls per request", c.filter, c.total());
+    }
+    let sizes = wasm_sizes(&filters_dir)?;
+
+    let upstream = Upstream::start("upstream")?;
+    let collector = Upstream::start("collector")?;
+    let scenarios = scenario::all(options.concurrency);
+    let running = start_all(
+        &envoy,
+        &scenarios,
+        &bench_dir,
+        &filters_dir,
+        &upstream,
+        &collector,
+    )?;
+    for r in &running {
+        probe(r, &upstream)?;
+    }
+    println!("probes: every scenario's filters ran on a probe request");
+
+    let headers = [("traceparent", hostcalls::TRACEPARENT)];
+    let url = |r: &Running| {
+        format!(
+            "http://127.0.0.1:{}{}",
+            r.proxy.listener_port(),
+            hostcalls::PATH
+        )
+    };
+    let mut measured = Vec::new();
+    println!(
+        "\n==> warm-up ({} s each), then RSS ({:.0} s since start)",
+        plan.warmup.seconds,
+        started.elapsed().as_secs_f64()
+    );
+    for r in &running {
+        if plan.warmup.seconds > 0 {
+            load::run(&wrk, &url(r), &headers, plan.warmup)?;
+        }
+        let rss_kib = r.proxy.rss_kib()?;
+        println!(
+            "{:<12} RSS {:.1} MiB",
+            r.scenario.key,
+            rss_kib as f64 / 1024.0
+        );
+        measured.push(Measured {
+            scenario: r.scenario.clone(),
+            throughput: Vec::new(),
+            latency: Vec::new(),
+            rss_kib,
+        });
+    }
+    for round in 1..=plan.rounds {
+        println!(
+            "\n==> round {round}/{}: {} connections for {} s, then 1 connection for {} s, per scenario",
+            plan.rounds, plan.throughput.connections, plan.throughput.seconds, plan.latency.seconds
+        );
+        for (r, m) in running.iter().zip(measured.iter_mut()) {
+            let tp = load::run(&wrk, &url(r), &headers, plan.throughput)?;
+            let lat = load::run(&wrk, &url(r), &headers, plan.latency)?;
+            println!(
+                "{:<12} {:>8.0} req/s   p50 {:>7.1} us  p99 {:>7.1} us (1 connection)",
+                r.scenario.key, tp.rps, lat.p50_us, lat.p99_us
+            );
+            m.throughput.push(tp);
+            m.latency.push(lat);
+        }
+    }
+    let export = span_export(&running, &collector);
+    drop(running);
+    drop(collector);
+    drop(upstream);
+
+    sanity(&measured, &counts)?;
+    let rows = report::rows(&measured);
+    let targets = report::targets(&measured, &rows, &sizes);
+    println!("\n{}", report::results_table(&rows));
+    println!("{}", report::targets_table(&targets));
+    let ctx = Context {
+        command,
+        options,
+        plan: &plan,
+        machine: &machine,
+        envoy_version: &envoy_version,
+        measured: &measured,
+        rows: &rows,
+        targets: &targets,
+        counts: &counts,
+        sizes: &sizes,
+        export: &export,
+        elapsed: started.elapsed(),
+    };
+    write_outputs(&ctx)?;
+    let missed = targets.iter().filter(|t| !t.met).count();
+    println!(
+        "bench: {} scenarios, {} targets met, {missed} missed ({:.0} s)",
+        rows.len(),
+        targets.len() - missed,
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Starts every scenario's Envoy at once, then waits for each to be ready.
+fn start_all(
+    envoy: &Path,
+    scenarios: &[Scenario],
+    bench_dir: &Path,
+    filters_dir: &Path,
+    upstream: &Upstream,
+    collector: &Upstream,
+) -> Result<Vec<Running>> {
+    let run_dir = target_dir().join("bench").join("run");
+    if run_dir.exists() {
+        fs::remove_dir_all(&run_dir).map_err(|e| format!("clearing {}: {e}", run_dir.display()))?;
+    }
+    let ports = integration::free_ports(2 * scenarios.len())?;
+    let mut running = Vec::new();
+    for (i, (scenario, ports)) in scenarios.iter().zip(ports.chunks(2)).enumerate() {
+        let (admin_port, listener_port) = (ports[0], ports[1]);
+        let vars: Vec<(String, String)> = [
+            ("PORT_ADMIN", admin_port.to_string()),
+            ("PORT_LISTENER", listener_port.to_string()),
+            ("PORT_UPSTREAM", upstream.port().to_string()),
+            ("PORT_COLLECTOR", collector.port().to_string()),
+            ("FILTERS_DIR", filters_dir.display().to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let config = scenario::render(scenario, bench_dir, &vars)?;
+        let index = u32::try_from(i).map_err(|_| "too many scenarios".to_string())?;
+        let proxy = Proxy::spawn(&Launch {
+            bin: envoy,
+            name: &scenario.key,
+            config: &config,
+            concurrency: scenario.concurrency,
+            dir: &run_dir,
+            admin_port,
+            listener_port,
+            base_id: (std::process::id() % 100_000) * 1000 + 900 + index,
+        })?;
+        running.push(Running {
+            scenario: scenario.clone(),
+            proxy,
+        });
+    }
+    for r in &mut running {
+        r.proxy.wait_ready(Duration::from_secs(120))?;
+    }
+    Ok(running)
+}
+
+/// One request through the scenario's Envoy, checked for the evidence its filters ran.
+fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
+    let key = &r.scenario.key;
+    upstream.capture_next();
+    let response = integration::http_get(
+        r.proxy.listener_port(),
+        hostcalls::PATH,
+        &[("traceparent", hostcalls::TRACEPARENT)],
+    )
+    .map_err(|e| format!("probe of `{key}`: {e}"))?;
+    if response.status != 200 {
+        return Err(format!(
+            "probe of `{key}`: status {}: {response:?}",
+            response.status
+        ));
+    }
+    let head = wait_for(Duration::from_secs(5), || upstream.captured())
+        .ok_or_else(|| format!("probe of `{key}`: the upstream saw no request"))?;
+    let mut parts = hostcalls::TRACEPARENT.split('-').skip(1);
+    let (trace, span) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    scenario::check_headers(&r.scenario.expect, &head, trace, span)
+        .map_err(|e| format!("probe of `{key}`: {e}"))?;
+    for e in &r.scenario.expect {
+        if let Expect::Stat(name) = e {
+            let counted = wait_for(Duration::from_secs(10), || {
+                r.proxy
+                    .stats(name)
+                    .iter()
+                    .any(|(_, v)| *v >= 1)
+                    .then_some(())
+            });
+            if counted.is_none() {
+                return Err(format!(
+                    "probe of `{key}`: no stat `{name}` counted the probe; log:\n{}",
+                    r.proxy.log()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn wait_for<T>(patience: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Some(v) = f() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// What became of the spans of the scenarios that export them (`meshwasm_trace_spans_total`
+/// by outcome), and how many export requests the collector answered.
+struct Export {
+    lines: Vec<(String, Vec<(String, u64)>)>,
+    collector_requests: u64,
+}
+
+fn span_export(running: &[Running], collector: &Upstream) -> Export {
+    let lines = running
+        .iter()
+        .filter(|r| r.scenario.filters.contains(&"trace_propagation.yaml"))
+        .map(|r| {
+            let stats = r
+                .proxy
+                .stats("meshwasm_trace_spans_total;.outcome=")
+                .into_iter()
+                .filter_map(|(name, v)| Some((name.rsplit_once('=')?.1.to_string(), v)))
+                .collect();
+            (r.scenario.key.clone(), stats)
+        })
+        .collect();
+    Export {
+        lines,
+        collector_requests: collector.requests(),
+    }
+}
+
+/// The smoke check: every run produced requests without errors and plausible figures.
+fn sanity(measured: &[Measured], counts: &[hostcalls::Counts]) -> Result<()> {
+    let mut problems = Vec::new();
+    for m in measured {
+        let key = &m.scenario.key;
+        for s in m.throughput.iter().chain(&m.latency) {
+            if s.requests == 0 || s.rps.is_nan() || s.rps <= 0.0 {
+                problems.push(format!("{key}: no requests completed ({s:?})"));
+            }
+            if s.errors > 0 {
+                problems.push(format!(
+                    "{key}: {} failed requests or socket errors",
+                    s.errors
+                ));
+            }
+            if s.p50_us.is_nan() || s.p50_us <= 0.0 || s.p99_us < s.p50_us {
+                problems.push(format!("{key}: implausible latency ({s:?})"));
+            }
+        }
+        if m.throughput.is_empty() || m.latency.is_empty() {
+            problems.push(format!("{key}: no runs"));
+        }
+        if m.rss_kib == 0 {
+            problems.push(format!("{key}: no RSS"));
+        }
+    }
+    for c in counts {
+        if c.total() == 0 {
+            problems.push(format!("hostcalls of {}: none counted", c.filter));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "the bench produced unusable numbers:\n{}",
+            problems.join("\n")
+        ))
+    }
+}
+
+fn wasm_sizes(dir: &Path) -> Result<Vec<WasmSize>> {
+    let mut sizes: Vec<WasmSize> = fs::read_dir(dir)
+        .map_err(|e| format!("listing {}: {e}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.ends_with(".wasm") && !name.ends_with(".opt.wasm")
+        })
+        .filter_map(|e| {
+            Some(WasmSize {
+                file: e.file_name().to_string_lossy().into_owned(),
+                bytes: e.metadata().ok()?.len(),
+            })
+        })
+        .collect();
+    sizes.sort_by(|a, b| a.file.cmp(&b.file));
+    Ok(sizes)
+}
+
+/// What the machine is, for the report.
+struct Machine {
+    cpu: String,
+    cores: usize,
+    memory: String,
+    kernel: String,
+    load_before: String,
+    wrk: String,
+    date: String,
+}
+
+fn first_line(cmd: &mut Command) -> String {
+    cmd.stdin(Stdio::null())
+        .output()
+        .map(|o| {
+            let text = String::from_utf8_lossy(&o.stdout).into_owned()
+                + &String::from_utf8_lossy(&o.stderr);
+            text.lines().next().unwrap_or("").trim().to_string()
+        })
+        .unwrap_or_default()
+}
+
+impl Machine {
+    fn read(wrk: &Path) -> Machine {
+        let read = |p: &str| fs::read_to_string(p).unwrap_or_default();
+        let cpuinfo = read("/proc/cpuinfo");
+        let field = |name: &str| {
+            cpuinfo
+                .lines()
+                .find_map(|l| {
+                    l.strip_prefix(name)?
+                        .split_once(':')
+                        .map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap_or_else(|| "unknown".to_string())
+        };
+        let memory = read("/proc/meminfo")
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kib| format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+            .unwrap_or_else(|| "unknown".to_string());
+        Machine {
+            cpu: format!("{} (model {})", field("model name"), field("model\t")),
+            cores: std::thread::available_parallelism().map_or(0, |n| n.get()),
+            memory,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            load_before: read("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+            wrk: first_line(Command::new(wrk).arg("-v")),
+            date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
+        }
+    }
+}
+
+/// Everything the report shows.
+struct Context<'a> {
+    command: &'a str,
+    options: &'a Options,
+    plan: &'a Plan,
+    machine: &'a Machine,
+    envoy_version: &'a str,
+    measured: &'a [Measured],
+    rows: &'a [report::Row],
+    targets: &'a [report::Target],
+    counts: &'a [hostcalls::Counts],
+    sizes: &'a [WasmSize],
+    export: &'a Export,
+    elapsed: Duration,
+}
+
+/// Quick runs write `target/bench/quick.{md,svg,csv}`; full runs `BENCHMARKS.md`,
+/// `docs/bench.svg` and `target/bench/bench.{svg,csv}`.
+fn write_outputs(ctx: &Context<'_>) -> Result<()> {
+    let out_dir = target_dir().join("bench");
+    let write = |path: PathBuf, text: &str| -> Result<PathBuf> {
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)
+                .map_err(|e| format!("creating {}: {e}", parent.display()))?;
+        }
+        fs::write(&path, text).map_err(|e| format!("writing {}: {e}", path.display()))?;
+        Ok(path)
+    };
+    let title = format!(
+        "meshwasm filters in Envoy {}: cost against no filter (cargo xtask bench{})",
+        ctx.envoy_version,
+        if ctx.options.quick { " --quick" } else { "" }
+    );
+    let svg = report::svg_chart(ctx.rows, &title);
+    let csv = samples_csv(ctx.measured);
+    let mut written = Vec::new();
+    if ctx.options.quick {
+        written.push(write(out_dir.join("quick.svg"), &svg)?);
+        written.push(write(out_dir.join("quick.csv"), &csv)?);
+        written.push(write(
+            out_dir.join("quick.md"),
+            &markdown(ctx, "quick.svg"),
+        )?);
+    } else {
+        written.push(write(out_dir.join("bench.svg"), &svg)?);
+        written.push(write(out_dir.join("bench.csv"), &csv)?);
+        written.push(write(project_root().join("docs").join("bench.svg"), &svg)?);
+        written.push(write(
+            project_root().join("BENCHMARKS.md"),
+            &markdown(ctx, "docs/bench.svg"),
+        )?);
+    }
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    Ok(())
+}
+
+fn samples_csv(measured: &[Measured]) -> String {
+    let mut csv = String::from(
+        "scenario,concurrency,round,shape,connections,rps,p50_us,p99_us,requests,errors\n",
+    );
+    for m in measured {
+        for (shape, samples, conns) in [
+            ("throughput", &m.throughput, THROUGHPUT_CONNECTIONS),
+            ("latency", &m.latency, 1),
+        ] {
+            for (i, s) in samples.iter().enumerate() {
+                let _ = writeln!(
+                    csv,
+                    "{},{},{},{shape},{conns},{:.1},{:.1},{:.1},{},{}",
+                    m.scenario.key,
+                    m.scenario.concurrency,
+                    i + 1,
+                    s.rps,
+                    s.p50_us,
+                    s.p99_us,
+                    s.requests,
+                    s.errors
+                );
+            }
+        }
+    }
+    csv
+}
+
+/// RSS figures of the extra worker (scenario 6), when both concurrencies ran.
+fn extra_worker(rows: &[report::Row]) -> Option<String> {
+    let r = |k: &str| rows.iter().find(|r| r.key == k);
+    let (b1, a1, b2, a2) = (r("baseline")?, r("all3")?, r("baseline-c2")?, r("all3-c2")?);
+    Some(format!(
+        "Going from {} to {} workers costs {:.1} MiB of RSS with all three filters \
+         ({:.1} MiB without filters); the filters' share of the extra worker (three more VMs) is \
+         {:.1} MiB. All three filters cost {:.1} MiB over the baseline at {} worker(s) and \
+         {:.1} MiB at {} workers (Envoy also keeps one VM per filter on its main thread).",
+        a1.concurrency,
+        a2.concurrency,
+        a2.rss_mib - a1.rss_mib,
+        b2.rss_mib - b1.rss_mib,
+        a2.added_rss_mib - a1.added_rss_mib,
+        a1.added_rss_mib,
+        a1.concurrency,
+        a2.added_rss_mib,
+        a2.concurrency
+    ))
+}
+
+fn markdown(ctx: &Context<'_>, chart: &str) -> String {
+    let m = ctx.machine;
+    let p = ctx.plan;
+    let mut s = String::new();
+    let _ = writeln!(s, "# Benchmarks\n");
+    let _ = writeln!(
+        s,
+        "Written by `{}` on {} ({:.0} s). Do not edit by hand: run the command again. The \
+         analysis at the end comes from `bench/FINDINGS.md`.\n",
+        ctx.command,
+        m.date,
+        ctx.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(s, "![throughput and added latency per scenario]({chart})\n");
+    let _ = writeln!(
+        s,
+        "## Targets (issue #7)\n\n{}",
+        report::targets_table(ctx.targets)
+    );
+    let _ = writeln!(
+        s,
+        "## Results\n\nThroughput: {} keep-alive connections for {} s per round; latency: one \
+         connection for {} s per round; {} interleaved round(s) after a {} s warm-up per scenario. \
+         Figures are the median over rounds with (min to max); ratios and added latencies are \
+         paired with the baseline of the same round. RSS is Envoy's `VmRSS` after the warm-up.\n",
+        p.throughput.connections,
+        p.throughput.seconds,
+        p.latency.seconds,
+        p.rounds,
+        p.warmup.seconds
+    );
+    s.push_str(&report::results_table(ctx.rows));
+    if let Some(text) = extra_worker(ctx.rows) {
+        let _ = writeln!(s, "\n{text}");
+    }
+    let _ = writeln!(
+        s,
+        "\n## Hostcalls per request\n\nCounted on the SDK test host (`xtask/src/bench/hostcalls.rs`) \
+         for one steady-state request as Envoy presents the bench request, with the scenario \
+         configs. Each call is one proxy-wasm hostcall in Envoy. Span export adds, per batch of \
+         spans, one `proxy_http_call` from the root's tick; not shown.\n"
+    );
+    s.push_str(&report::hostcalls_table(ctx.counts));
+    let _ = writeln!(
+        s,
+        "\n## Wasm sizes\n\n`target/filters/` after `cargo xtask build` (`wasm-opt -Oz`).\n\n{}",
+        report::sizes_table(ctx.sizes)
+    );
+    let _ = writeln!(s, "## Span export during the run\n");
+    for (key, stats) in &ctx.export.lines {
+        let list: Vec<String> = stats.iter().map(|(o, v)| format!("{o} {v}")).collect();
+        let _ = writeln!(s, "- `{key}`: {}", list.join(", "));
+    }
+    let _ = writeln!(
+        s,
+        "- collector: {} export requests answered\n",
+        ctx.export.collector_requests
+    );
+    let _ = writeln!(
+        s,
+        "## Machine and method\n\n\
+         - command: `{}`\n- Envoy {} (`--concurrency {}`, V8 runtime, log level warn)\n\
+         - CPU: {}; {} cores; memory {}; kernel {}\n- load average when the run started: {}\n\
+         - load generator: {}\n\n\
+         Every scenario is one Envoy with the bootstrap `bench/configs/sidecar.yaml` and the \
+         filters of `bench/configs/filters/` before the router; all proxy to the same upstream, \
+         a keep-alive HTTP/1.1 server inside the bench process (a thread per connection, \
+         `200 ok`). Every request is `GET {}` with `traceparent: {}` (sampled), so the trace \
+         filters take the propagation path and the shipped trace config exports every span. \
+         All Envoys start together and stay up; the runs interleave (A B C ... A B C ...), so \
+         slow drifts of this shared 2-core machine hit every scenario alike. The spread columns \
+         show how much it moved.\n\n\
+         Why `wrk`: a C closed-loop generator with keep-alive connections, an event loop per \
+         thread and HdrHistogram percentiles (`--latency`); one thread spends a few \
+         microseconds per request, less than a Rust client of ours would on `std::net`, and \
+         leaves the second core to Envoy's worker. It comes from Debian's package, installed by \
+         the task when missing. Its latencies are those of a closed loop (no coordinated-omission \
+         correction), which is right for \"added latency per request\" at one connection.\n",
+        ctx.command,
+        ctx.envoy_version,
+        ctx.options.concurrency,
+        m.cpu,
+        m.cores,
+        m.memory,
+        m.kernel,
+        m.load_before,
+        m.wrk,
+        hostcalls::PATH,
+        hostcalls::TRACEPARENT,
+    );
+    let _ = writeln!(s, "### Scenarios\n");
+    for r in ctx.rows {
+        let scenario = ctx.measured.iter().find(|m| m.scenario.key == r.key);
+        let filters = scenario
+            .map(|m| {
+                m.scenario
+                    .filters
+                    .iter()
+                    .map(|f| format!("`{f}`"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        let _ = writeln!(
+            s,
+            "- `{}`: {} (workers {}; filters: {})",
+            r.key,
+            r.label,
+            r.concurrency,
+            if filters.is_empty() {
+                "none".to_string()
+            } else {
+                filters
+            }
+        );
+    }
+    let findings = project_root().join("bench").join("FINDINGS.md");
+    if let Ok(text) = fs::read_to_string(&findings) {
+        let _ = writeln!(s, "\n{}", text.trim_end());
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn parses_options() -> Result<()> {
+        assert_eq!(parse(&[])?, Options::default());
+        let o = parse(&args(&["--quick", "--concurrency", "2", "--no-build"]))?;
+        assert_eq!(
+            o,
+            Options {
+                quick: true,
+                concurrency: 2,
+                build: false
+            }
+        );
+        assert!(parse(&args(&["--concurrency"])).is_err());
+        assert!(parse(&args(&["--concurrency", "0"])).is_err());
+        assert!(parse(&args(&["--fast"])).is_err());
+        Ok(())
+    }
+}

@@ -1,0 +1,404 @@
+//! Hostcalls per request per filter, counted on the SDK's test host: a [`Host`] wrapper that
+//! counts every call (each is one proxy-wasm hostcall in Envoy, see `sdk/src/abi.rs`) and
+//! delegates to [`TestHost`], with the filter's `RootFilter`/`HttpFilter` driven through one
+//! request the way Envoy drives it (request headers, response headers, log). The request,
+//! response and properties are what Envoy presents for the bench's request; the filter
+//! configurations are read from the same `bench/configs/filters/*.yaml` the scenarios load.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, SystemTime};
+
+use meshwasm::filter::{HttpFilter, RootFilter};
+use meshwasm::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
+use meshwasm::properties;
+use meshwasm::testing::TestHost;
+
+use crate::Result;
+
+/// The `traceparent` every bench request carries.
+pub const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+/// The bench request's path.
+pub const PATH: &str = "/orders/7";
+
+/// Hostcalls of one steady-state request through one filter.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Counts {
+    /// The filter (scenario key).
+    pub filter: String,
+    /// Calls in `new_http` + `on_request_headers`.
+    pub request: u64,
+    /// Calls in `on_response_headers`.
+    pub response: u64,
+    /// Calls in `on_log`.
+    pub log: u64,
+    /// Calls by hostcall and argument (`proxy_get_property xds.cluster_name`), whole request.
+    pub detail: BTreeMap<String, u64>,
+}
+
+impl Counts {
+    /// All calls of the request.
+    pub fn total(&self) -> u64 {
+        self.request + self.response + self.log
+    }
+}
+
+/// Counts the calls made through it, then delegates to the test host.
+struct Counting<'a> {
+    inner: &'a TestHost,
+    calls: RefCell<BTreeMap<String, u64>>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a TestHost) -> Self {
+        Counting {
+            inner,
+            calls: RefCell::new(BTreeMap::new()),
+        }
+    }
+    fn bump(&self, call: &str, arg: &str) {
+        let key = if arg.is_empty() {
+            call.to_string()
+        } else {
+            format!("{call} {arg}")
+        };
+        *self.calls.borrow_mut().entry(key).or_default() += 1;
+    }
+    /// The calls since the last `take`.
+    fn take(&self) -> BTreeMap<String, u64> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+}
+
+fn map_name(map: MapKind) -> &'static str {
+    match map {
+        MapKind::RequestHeaders => "request",
+        MapKind::RequestTrailers => "request-trailers",
+        MapKind::ResponseHeaders => "response",
+        MapKind::ResponseTrailers => "response-trailers",
+        MapKind::CalloutResponseHeaders => "callout",
+        MapKind::CalloutResponseTrailers => "callout-trailers",
+    }
+}
+
+impl Host for Counting<'_> {
+    fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
+        self.bump(
+            "proxy_get_header_map_value",
+            &format!("{} {name}", map_name(map)),
+        );
+        self.inner.header(map, name)
+    }
+    fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
+        self.bump("proxy_get_header_map_pairs", map_name(map));
+        self.inner.headers(map)
+    }
+    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
+        let call = if value.is_some() {
+            "proxy_replace_header_map_value"
+        } else {
+            "proxy_remove_header_map_value"
+        };
+        self.bump(call, &format!("{} {name}", map_name(map)));
+        self.inner.set_header(map, name, value)
+    }
+    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
+        self.bump(
+            "proxy_add_header_map_value",
+            &format!("{} {name}", map_name(map)),
+        );
+        self.inner.add_header(map, name, value)
+    }
+    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
+        self.bump("proxy_get_buffer_bytes", "");
+        self.inner.buffer(kind, start, max)
+    }
+    fn set_buffer(
+        &self,
+        kind: BufferKind,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> std::result::Result<(), HostError> {
+        self.bump("proxy_set_buffer_bytes", "");
+        self.inner.set_buffer(kind, start, size, value)
+    }
+    fn property(&self, path: &[&str]) -> Option<Bytes> {
+        self.bump("proxy_get_property", &path.join("."));
+        self.inner.property(path)
+    }
+    fn set_property(
+        &self,
+        path: &[&str],
+        value: Option<&[u8]>,
+    ) -> std::result::Result<(), HostError> {
+        self.bump("proxy_set_property", &path.join("."));
+        self.inner.set_property(path, value)
+    }
+    fn now(&self) -> SystemTime {
+        self.bump("proxy_get_current_time_nanoseconds", "");
+        self.inner.now()
+    }
+    fn set_tick_period(&self, period: Duration) -> std::result::Result<(), HostError> {
+        self.bump("proxy_set_tick_period_milliseconds", "");
+        self.inner.set_tick_period(period)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> std::result::Result<u32, HostError> {
+        self.bump("proxy_define_metric", "");
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, offset: i64) -> std::result::Result<(), HostError> {
+        self.bump("proxy_increment_metric", "");
+        self.inner.increment_metric(id, offset)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> std::result::Result<(), HostError> {
+        self.bump("proxy_record_metric", "");
+        self.inner.record_metric(id, value)
+    }
+    fn metric(&self, id: u32) -> std::result::Result<u64, HostError> {
+        self.bump("proxy_get_metric", "");
+        self.inner.metric(id)
+    }
+    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
+        self.bump("proxy_get_shared_data", "");
+        self.inner.shared_data(key)
+    }
+    fn set_shared_data(
+        &self,
+        key: &str,
+        value: &[u8],
+        cas: Option<u32>,
+    ) -> std::result::Result<(), HostError> {
+        self.bump("proxy_set_shared_data", "");
+        self.inner.set_shared_data(key, value, cas)
+    }
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> std::result::Result<u32, HostError> {
+        self.bump("proxy_http_call", "");
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> std::result::Result<(), HostError> {
+        self.bump("proxy_send_local_response", "");
+        self.inner.send_response(status, headers, body)
+    }
+    fn resume_request(&self) -> std::result::Result<(), HostError> {
+        self.bump("proxy_continue_stream", "request");
+        self.inner.resume_request()
+    }
+    fn resume_response(&self) -> std::result::Result<(), HostError> {
+        self.bump("proxy_continue_stream", "response");
+        self.inner.resume_response()
+    }
+}
+
+/// A fresh test host with the bench node's identity (bench/configs/sidecar.yaml).
+fn node_host() -> TestHost {
+    let host = TestHost::new();
+    host.set_vm_property("xds.node.id", b"frontend-5c2a".to_vec());
+    host.set_vm_property("xds.node.cluster", b"frontend".to_vec());
+    host.set_vm_property("xds.node.locality.region", b"eu-west-1".to_vec());
+    host.set_vm_property("xds.node.locality.zone", b"eu-west-1a".to_vec());
+    host.set_vm_property("xds.node.metadata.VERSION", b"v1".to_vec());
+    host
+}
+
+/// Scripts a stream as Envoy presents the bench request to the first filter.
+fn script_request(stream: &TestHost) {
+    stream.set_map(
+        MapKind::RequestHeaders,
+        &[
+            (":authority", "127.0.0.1:20001"),
+            (":path", PATH),
+            (":method", "GET"),
+            (":scheme", "http"),
+            ("traceparent", TRACEPARENT),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "5b0e4e35-6d2c-4a4e-9f3e-0d7a7a2c2f10"),
+        ],
+    );
+    for (path, value) in [
+        ("request.path", PATH),
+        ("request.method", "GET"),
+        ("request.host", "127.0.0.1:20001"),
+        ("request.protocol", "HTTP/1.1"),
+        ("xds.route_name", "orders"),
+        ("xds.cluster_name", "upstream"),
+        ("source.address", "127.0.0.1:40000"),
+        ("destination.address", "127.0.0.1:20001"),
+        ("upstream.address", "127.0.0.1:20002"),
+    ] {
+        stream.set_property_str(path, value);
+    }
+}
+
+/// Scripts the upstream's answer and the end-of-stream attributes.
+fn script_response(stream: &TestHost) {
+    stream.set_map(
+        MapKind::ResponseHeaders,
+        &[
+            (":status", "200"),
+            ("content-type", "text/plain"),
+            ("content-length", "2"),
+            ("x-envoy-upstream-service-time", "0"),
+            ("x-envoy-attempt-count", "1"),
+        ],
+    );
+    stream.set_property_int("response.code", 200);
+    stream.set_stream_property("response.flags", properties::encode_u64(0));
+    stream.set_stream_property(
+        "request.duration",
+        properties::encode_duration(Duration::from_micros(350)),
+    );
+    stream.set_property_int("request.size", 0);
+    stream.set_property_int("request.total_size", 180);
+    stream.set_property_int("response.size", 2);
+    stream.set_property_int("response.total_size", 140);
+}
+
+/// Configures `F` from `config` and counts the hostcalls of the `measured` requests that
+/// follow one warm-up request (which defines the metric series).
+fn count<F: RootFilter>(name: &str, config: &str) -> Result<Counts> {
+    let host = node_host();
+    host.set_buffer_bytes(BufferKind::PluginConfiguration, config.as_bytes());
+    let root = meshwasm::filter::configure::<F>(config.as_bytes(), &host)
+        .map_err(|e| format!("{name}: configuration refused: {e}"))?;
+    let measured = 10u64;
+    let mut counts = Counts {
+        filter: name.to_string(),
+        ..Counts::default()
+    };
+    for i in 0..=measured {
+        let stream = host.new_stream();
+        script_request(&stream);
+        let c = Counting::new(&stream);
+        let mut http = root.new_http(&c);
+        http.on_request_headers(&root, &c, true);
+        let request = c.take();
+        script_response(&stream);
+        http.on_response_headers(&root, &c, true);
+        let response = c.take();
+        http.on_log(&root, &c);
+        let log = c.take();
+        if i == 0 {
+            continue;
+        }
+        counts.request += request.values().sum::<u64>();
+        counts.response += response.values().sum::<u64>();
+        counts.log += log.values().sum::<u64>();
+        for (call, n) in request.into_iter().chain(response).chain(log) {
+            *counts.detail.entry(call).or_default() += n;
+        }
+    }
+    counts.request /= measured;
+    counts.response /= measured;
+    counts.log /= measured;
+    for n in counts.detail.values_mut() {
+        *n /= measured;
+    }
+    Ok(counts)
+}
+
+/// The bare proxy-wasm filter's calls, through its own `Headers` seam.
+fn count_bare() -> Counts {
+    struct Map(Vec<(String, String)>, RefCell<BTreeMap<String, u64>>);
+    impl bare_trace::Headers for Map {
+        fn get(&self, name: &str) -> Option<String> {
+            *self
+                .1
+                .borrow_mut()
+                .entry(format!("proxy_get_header_map_value request {name}"))
+                .or_default() += 1;
+            self.0
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+        fn set(&mut self, name: &str, value: &str) {
+            *self
+                .1
+                .borrow_mut()
+                .entry(format!("proxy_replace_header_map_value request {name}"))
+                .or_default() += 1;
+            self.0.retain(|(k, _)| k != name);
+            self.0.push((name.to_string(), value.to_string()));
+        }
+    }
+    let mut map = Map(
+        vec![("traceparent".to_string(), TRACEPARENT.to_string())],
+        RefCell::new(BTreeMap::new()),
+    );
+    bare_trace::propagate(&mut map, &mut bare_trace::Rng::new(1));
+    let detail = map.1.into_inner();
+    Counts {
+        filter: "bare".to_string(),
+        request: detail.values().sum(),
+        response: 0,
+        log: 0,
+        detail,
+    }
+}
+
+/// The JSON configuration in a filter snippet under `bench/configs/filters/`: the
+/// single-quoted `value:` of its `configuration`.
+pub fn snippet_config(snippet: &str) -> Option<String> {
+    snippet.lines().find_map(|line| {
+        let value = line.trim().strip_prefix("value: '")?.strip_suffix('\'')?;
+        Some(value.replace("''", "'"))
+    })
+}
+
+/// Counts every SDK filter of the bench (with the configs in `filters_dir`) and the bare one.
+pub fn count_all(filters_dir: &Path) -> Result<Vec<Counts>> {
+    let config = |file: &str| -> Result<String> {
+        let path = filters_dir.join(file);
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("reading {}: {e}", path.display()))?;
+        snippet_config(&text).ok_or_else(|| format!("no `value: '...'` in {}", path.display()))
+    };
+    Ok(vec![
+        count::<trace_propagation::TracePropagation>("trace", &config("trace_propagation.yaml")?)?,
+        count::<service_metrics::ServiceMetrics>("metrics", &config("service_metrics.yaml")?)?,
+        count::<route_retries::RouteRetries>("retries", &config("route_retries.yaml")?)?,
+        count::<trace_propagation::TracePropagation>("trace-core", &config("trace_core.yaml")?)?,
+        count_bare(),
+        count::<add_headers::AddHeaders>("sdk-noop", &config("sdk_noop.yaml")?)?,
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_json_of_a_snippet() {
+        let snippet = "      configuration:\n        value: '{\"a\":\"it''s\"}'\n";
+        assert_eq!(snippet_config(snippet).as_deref(), Some("{\"a\":\"it's\"}"));
+        assert_eq!(snippet_config("name: x"), None);
+    }
+
+    #[test]
+    fn counts_every_bench_filter() -> Result<()> {
+        let dir = crate::project_root().join("bench/configs/filters");
+        let counts = count_all(&dir)?;
+        assert_eq!(counts.len(), 6);
+        for c in &counts {
+            assert!(c.total() > 0, "{c:?}");
+            assert_eq!(c.total(), c.detail.values().sum::<u64>(), "{c:?}");
+        }
+        let bare = &counts[4];
+        assert_eq!((bare.request, bare.total()), (6, 6));
+        Ok(())
+    }
+}

@@ -1,0 +1,274 @@
+//! The scenarios: which HTTP filters each puts before the router of the one bench bootstrap
+//! (`bench/configs/sidecar.yaml`), at which `--concurrency`, and what a probe request must show
+//! to prove the filters really ran.
+
+use std::fs;
+use std::path::Path;
+
+use crate::Result;
+
+/// Evidence, checked with one probe request before any load, that a scenario's filters ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Expect {
+    /// The upstream got a child `traceparent` and B3 headers of the probe's trace.
+    TraceHeaders,
+    /// The upstream got our `x-mesh-peer` identity header.
+    PeerHeader,
+    /// An admin stat whose name contains this text counted the probe.
+    Stat(&'static str),
+}
+
+/// One scenario.
+#[derive(Clone, Debug)]
+pub struct Scenario {
+    /// Short key, used in tables, file names and the chart.
+    pub key: String,
+    /// What it is, for the report.
+    pub label: String,
+    /// Snippet files of `bench/configs/filters/`, in filter-chain order.
+    pub filters: Vec<&'static str>,
+    /// Envoy `--concurrency`.
+    pub concurrency: u32,
+    /// The key of the scenario it is compared with (the baseline at the same concurrency).
+    pub baseline: String,
+    /// What the probe must show.
+    pub expect: Vec<Expect>,
+}
+
+const TRACE: &str = "trace_propagation.yaml";
+const METRICS: &str = "service_metrics.yaml";
+const RETRIES: &str = "route_retries.yaml";
+const RETRY_STAT: &str = "meshwasm_retry_requests_total;.rule=orders-read";
+
+/// Every scenario of the issue at `concurrency` workers, plus all three filters and the
+/// baseline at 2 workers when `concurrency` is not 2 (scenario 6).
+pub fn all(concurrency: u32) -> Vec<Scenario> {
+    let base = "baseline".to_string();
+    let s = |key: &str, label: &str, filters: Vec<&'static str>, expect: Vec<Expect>| Scenario {
+        key: key.to_string(),
+        label: label.to_string(),
+        filters,
+        concurrency,
+        baseline: base.clone(),
+        expect,
+    };
+    let all3 = vec![TRACE, METRICS, RETRIES];
+    let all3_expect = vec![
+        Expect::TraceHeaders,
+        Expect::PeerHeader,
+        Expect::Stat(RETRY_STAT),
+    ];
+    let mut list = vec![
+        s("baseline", "no filter (router only)", vec![], vec![]),
+        s(
+            "trace",
+            "trace-propagation alone (README config: span export, incoming sampled)",
+            vec![TRACE],
+            vec![Expect::TraceHeaders],
+        ),
+        s(
+            "metrics",
+            "service-metrics alone (README config: signed peer header)",
+            vec![METRICS],
+            vec![Expect::PeerHeader],
+        ),
+        s(
+            "retries",
+            "route-retries alone (README config: one rule, retry budget)",
+            vec![RETRIES],
+            vec![Expect::Stat(RETRY_STAT)],
+        ),
+        s(
+            "all3",
+            "all three: trace, metrics, retries",
+            all3.clone(),
+            all3_expect.clone(),
+        ),
+        s(
+            "trace-core",
+            "trace-propagation doing only the Lua job (no export, no request id)",
+            vec!["trace_core.yaml"],
+            vec![Expect::TraceHeaders],
+        ),
+        s(
+            "lua",
+            "Envoy Lua filter doing the trace core job",
+            vec!["lua_trace.yaml"],
+            vec![Expect::TraceHeaders],
+        ),
+        s(
+            "bare",
+            "bare proxy-wasm filter (no SDK) doing the Lua job",
+            vec!["bare_trace.yaml"],
+            vec![Expect::TraceHeaders],
+        ),
+        s(
+            "wasm-noop",
+            "a wasm filter that does nothing (the floor of any wasm filter)",
+            vec!["wasm_noop.yaml"],
+            vec![Expect::Stat("wasm.envoy.wasm.runtime.v8.created")],
+        ),
+        s(
+            "sdk-noop",
+            "a filter on our SDK that does next to nothing (add-headers, no headers)",
+            vec!["sdk_noop.yaml"],
+            vec![Expect::Stat("wasm.envoy.wasm.runtime.v8.created")],
+        ),
+    ];
+    if concurrency != 2 {
+        let c2 = |key: &str, label: &str, filters: Vec<&'static str>, expect| Scenario {
+            key: key.to_string(),
+            label: label.to_string(),
+            filters,
+            concurrency: 2,
+            baseline: "baseline-c2".to_string(),
+            expect,
+        };
+        list.push(c2(
+            "baseline-c2",
+            "no filter, --concurrency 2",
+            vec![],
+            vec![],
+        ));
+        list.push(c2(
+            "all3-c2",
+            "all three, --concurrency 2",
+            all3,
+            all3_expect,
+        ));
+    }
+    list
+}
+
+/// Indents every line of `text` by `n` spaces.
+fn indent(text: &str, n: usize) -> String {
+    let pad = " ".repeat(n);
+    text.lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .map(|line| format!("{pad}{line}\n"))
+        .collect()
+}
+
+/// The bootstrap of `scenario`, with every placeholder filled.
+pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) -> Result<String> {
+    let configs = bench_dir.join("configs");
+    let read = |path: &Path| {
+        fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
+    };
+    let template = read(&configs.join("sidecar.yaml"))?;
+    let mut filters = String::new();
+    for file in &scenario.filters {
+        filters.push_str(&indent(&read(&configs.join("filters").join(file))?, 10));
+    }
+    let template = template.replace("{{HTTP_FILTERS}}\n", &filters);
+    let mut all_vars = vars.to_vec();
+    all_vars.push(("BENCH_DIR".to_string(), bench_dir.display().to_string()));
+    integration::render(&template, &all_vars)
+        .map_err(|e| format!("bench/configs for scenario `{}`: {e}", scenario.key))
+}
+
+/// Checks the upstream's view of the probe request against the expectations that concern
+/// headers; `sent_span` is the span id of the probe's `traceparent`.
+pub fn check_headers(
+    expect: &[Expect],
+    head: &str,
+    sent_trace: &str,
+    sent_span: &str,
+) -> Result<()> {
+    let header = |name: &str| {
+        head.lines().find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_string())
+        })
+    };
+    for e in expect {
+        match e {
+            Expect::TraceHeaders => {
+                let tp = header("traceparent").unwrap_or_default();
+                let child_of_probe = tp.starts_with(&format!("00-{sent_trace}-"))
+                    && !tp.contains(sent_span)
+                    && header("x-b3-parentspanid").as_deref() == Some(sent_span)
+                    && header("x-b3-traceid").as_deref() == Some(sent_trace)
+                    && header("x-b3-spanid").is_some_and(|s| tp.contains(&s));
+                if !child_of_probe {
+                    return Err(format!(
+                        "the upstream did not get a child trace context of the probe:\n{head}"
+                    ));
+                }
+            }
+            Expect::PeerHeader => {
+                if !header("x-mesh-peer").is_some_and(|v| v.starts_with("v1;")) {
+                    return Err(format!(
+                        "the upstream did not get an x-mesh-peer header:\n{head}"
+                    ));
+                }
+            }
+            Expect::Stat(_) => {}
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_scenario_renders_to_a_complete_config() -> Result<()> {
+        let bench_dir = crate::project_root().join("bench");
+        let vars: Vec<(String, String)> = [
+            ("PORT_ADMIN", "1"),
+            ("PORT_LISTENER", "2"),
+            ("PORT_UPSTREAM", "3"),
+            ("PORT_COLLECTOR", "4"),
+            ("FILTERS_DIR", "/f"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let list = all(1);
+        assert_eq!(list.len(), 12);
+        assert_eq!(all(2).len(), 10);
+        for s in &list {
+            let text = render(s, &bench_dir, &vars)?;
+            assert!(!text.contains("{{"), "{}", s.key);
+            assert_eq!(
+                text.matches("envoy.filters.http.wasm").count()
+                    + text.matches("envoy.filters.http.lua").count(),
+                s.filters.len(),
+                "{}",
+                s.key
+            );
+        }
+        let all3 = render(&list[4], &bench_dir, &vars)?;
+        let order: Vec<usize> = [
+            "trace_propagation.wasm",
+            "service_metrics.wasm",
+            "route_retries.wasm",
+        ]
+        .iter()
+        .filter_map(|f| all3.find(f))
+        .collect();
+        assert!(
+            order.len() == 3 && order.windows(2).all(|w| w[0] < w[1]),
+            "{order:?}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn checks_the_probe_headers() {
+        let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+        let good = format!(
+            "GET / HTTP/1.1\r\ntraceparent: 00-{trace}-1111111111111111-01\r\nx-b3-traceid: {trace}\r\n\
+             x-b3-spanid: 1111111111111111\r\nx-b3-parentspanid: 00f067aa0ba902b7\r\nx-mesh-peer: v1;s=a"
+        );
+        let all = [Expect::TraceHeaders, Expect::PeerHeader];
+        assert!(check_headers(&all, &good, trace, "00f067aa0ba902b7").is_ok());
+        let untouched = format!("GET / HTTP/1.1\r\ntraceparent: 00-{trace}-00f067aa0ba902b7-01");
+        assert!(check_headers(&all[..1], &untouched, trace, "00f067aa0ba902b7").is_err());
+        assert!(check_headers(&all[1..], &untouched, trace, "00f067aa0ba902b7").is_err());
+    }
+}
