@@ -265,6 +265,13 @@ pub fn admit(host: &dyn Host, params: &BudgetParams, cluster: &str, wanted: u32)
 
 /// Replaces a reservation of `reserved` retries made at `second` by the `actual` count.
 /// Returns false when the update did not go through.
+///
+/// The clock is not read again (one hostcall less per response): the window is corrected as of
+/// `second`, without rolling it forward to the present. That decides nothing differently: the
+/// bucket of `second` is corrected if it is still in the stored window, and if the present has
+/// already moved it out, the next request (of any worker; they share the clock) rolls the
+/// window to its own clock, clearing that bucket before counting, so the correction is dropped
+/// exactly as a settle at the present would have dropped it.
 pub fn settle(
     host: &dyn Host,
     params: &BudgetParams,
@@ -277,8 +284,10 @@ pub fn settle(
     if delta == 0 {
         return true;
     }
-    let now = now_seconds(host);
-    update(host, params, cluster, now, |w| w.settle(now, second, delta)).is_some()
+    update(host, params, cluster, second, |w| {
+        w.settle(second, second, delta)
+    })
+    .is_some()
 }
 
 #[cfg(test)]

@@ -8,7 +8,11 @@ pub mod budget;
 pub mod config;
 pub mod policy;
 
-use meshwasm::matching::{Attributes, HostAttributes};
+use std::borrow::Cow;
+use std::cell::OnceCell;
+
+use meshwasm::host::HeaderSnapshot;
+use meshwasm::matching::Attributes;
 use meshwasm::prelude::*;
 
 use crate::budget::BudgetParams;
@@ -142,23 +146,80 @@ impl RootFilter for RouteRetries {
     }
 }
 
+/// The request as the filter sees it in `on_request_headers`: every request header from one
+/// snapshot (one hostcall for the whole map, instead of one per name looked up, present or
+/// not), and Envoy's route and cluster names read only when asked for, at most once each.
+struct RequestView<'a> {
+    host: &'a dyn Host,
+    headers: HeaderSnapshot,
+    route_name: OnceCell<Option<String>>,
+    cluster_name: OnceCell<Option<String>>,
+}
+
+impl<'a> RequestView<'a> {
+    fn new(host: &'a dyn Host) -> RequestView<'a> {
+        RequestView {
+            host,
+            headers: host.snapshot(MapKind::RequestHeaders),
+            route_name: OnceCell::new(),
+            cluster_name: OnceCell::new(),
+        }
+    }
+
+    /// A request header as text (lossy UTF-8, as [`Host::request_header`]).
+    fn get(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.headers.get_str(name)
+    }
+
+    /// `xds.cluster_name`, read once.
+    fn cluster(&self) -> Option<&str> {
+        self.cluster_name
+            .get_or_init(|| properties::xds_cluster_name(self.host))
+            .as_deref()
+    }
+}
+
+impl Attributes for RequestView<'_> {
+    fn path(&self) -> Option<String> {
+        self.header(":path")
+    }
+    fn method(&self) -> Option<String> {
+        self.header(":method")
+    }
+    fn authority(&self) -> Option<String> {
+        self.header(":authority")
+    }
+    fn header(&self, name: &str) -> Option<String> {
+        self.get(name).map(Cow::into_owned)
+    }
+    fn route_name(&self) -> Option<String> {
+        self.route_name
+            .get_or_init(|| properties::xds_route_name(self.host))
+            .clone()
+    }
+    fn cluster_name(&self) -> Option<String> {
+        self.cluster().map(str::to_string)
+    }
+}
+
 impl HttpFilter for RouteRetriesRequest {
     type Root = RouteRetries;
 
     fn on_request_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
-        let attrs = HostAttributes::new(host);
-        self.rule = root.select(&attrs);
+        let view = RequestView::new(host);
+        self.rule = root.select(&view);
         let rule = root.rule(self.rule);
         let label = [rule.name.as_str()];
         root.requests.inc(host, &label);
 
-        // The client's retry-control headers: removed unless trusted. A trusted client's
-        // values stay, except that the budget still caps its retry count.
+        // The client's retry-control headers: removed unless trusted (only those the request
+        // actually carries cost a hostcall). A trusted client's values stay, except that the
+        // budget still caps its retry count.
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
         let mut stripped = 0i64;
         for (sent, name) in client_sent.iter_mut().zip(CONTROL_HEADERS) {
-            let Some(value) = host.request_header(name) else {
+            let Some(value) = view.get(name) else {
                 continue;
             };
             if rule.trust_client_headers {
@@ -176,7 +237,7 @@ impl HttpFilter for RouteRetriesRequest {
         }
 
         let policy = &rule.policy;
-        let method = attrs.method();
+        let method = view.get(":method");
         let wanted = if policy.retries_method(method.as_deref()) {
             client_max
                 .map(|n| n.min(policy::MAX_RETRIES))
@@ -186,14 +247,12 @@ impl HttpFilter for RouteRetriesRequest {
         };
 
         // Every request counts toward its cluster's budget; retries are reserved up front.
-        let cluster = attrs
-            .cluster_name()
-            .unwrap_or_else(|| UNKNOWN_CLUSTER.to_string());
-        let admission = budget::admit(host, root.budget(), &cluster, wanted);
+        let cluster = view.cluster().unwrap_or(UNKNOWN_CLUSTER);
+        let admission = budget::admit(host, root.budget(), cluster, wanted);
         if admission.contended {
             root.contended.inc(host);
         } else {
-            self.budget = Some((cluster, admission.second));
+            self.budget = Some((cluster.to_string(), admission.second));
         }
         self.granted = admission.granted;
         if wanted > 0 && admission.granted == 0 {
@@ -202,10 +261,10 @@ impl HttpFilter for RouteRetriesRequest {
             root.clamped.inc(host, &label);
         }
 
+        // Neither deadline header is a retry-control header: the snapshot still holds them.
         let deadline = policy::deadline_ms(
-            host.request_header("grpc-timeout").as_deref(),
-            host.request_header("x-envoy-expected-rq-timeout-ms")
-                .as_deref(),
+            view.get("grpc-timeout").as_deref(),
+            view.get("x-envoy-expected-rq-timeout-ms").as_deref(),
         );
         for (name, value) in policy.headers(admission.granted, deadline) {
             let trusted_value = CONTROL_HEADERS
@@ -227,8 +286,8 @@ impl HttpFilter for RouteRetriesRequest {
         self.settled = true;
         let label = [root.rule(self.rule).name.as_str()];
         let attempts = host
-            .response_header(ATTEMPT_COUNT)
-            .and_then(|v| v.trim().parse::<u32>().ok())
+            .header(MapKind::ResponseHeaders, ATTEMPT_COUNT)
+            .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
             .filter(|n| *n >= 1);
         let Some(attempts) = attempts else {
             // Without the count the reservation stands: the budget errs on the safe side.

@@ -442,3 +442,233 @@ fn bad_configs_name_the_field() {
         }
     );
 }
+
+/// Counts the hostcalls made through it (each is one proxy-wasm hostcall in Envoy), by call and
+/// argument, and delegates to the test host; as `xtask/src/bench/hostcalls.rs` counts them.
+struct Counting<'a> {
+    inner: &'a TestHost,
+    calls: std::cell::RefCell<Vec<String>>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a TestHost) -> Self {
+        Counting {
+            inner,
+            calls: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+    fn bump(&self, call: String) {
+        self.calls.borrow_mut().push(call);
+    }
+    /// The calls since the last `take`.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+}
+
+impl Host for Counting<'_> {
+    fn header(&self, map: MapKind, name: &str) -> Option<Vec<u8>> {
+        self.bump(format!("get_header_map_value {map:?} {name}"));
+        self.inner.header(map, name)
+    }
+    fn headers(&self, map: MapKind) -> Vec<(String, Vec<u8>)> {
+        self.bump(format!("get_header_map_pairs {map:?}"));
+        self.inner.headers(map)
+    }
+    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
+        let call = if value.is_some() { "replace" } else { "remove" };
+        self.bump(format!("{call}_header_map_value {map:?} {name}"));
+        self.inner.set_header(map, name, value)
+    }
+    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
+        self.bump(format!("add_header_map_value {map:?} {name}"));
+        self.inner.add_header(map, name, value)
+    }
+    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Vec<u8>> {
+        self.bump("get_buffer_bytes".into());
+        self.inner.buffer(kind, start, max)
+    }
+    fn set_buffer(
+        &self,
+        kind: BufferKind,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> Result<(), HostError> {
+        self.bump("set_buffer_bytes".into());
+        self.inner.set_buffer(kind, start, size, value)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.bump(format!("get_property {}", path.join(".")));
+        self.inner.property(path)
+    }
+    fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
+        self.bump(format!("set_property {}", path.join(".")));
+        self.inner.set_property(path, value)
+    }
+    fn now(&self) -> std::time::SystemTime {
+        self.bump("get_current_time_nanoseconds".into());
+        self.inner.now()
+    }
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.bump("set_tick_period_milliseconds".into());
+        self.inner.set_tick_period(period)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.bump("define_metric".into());
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError> {
+        self.bump("increment_metric".into());
+        self.inner.increment_metric(id, offset)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.bump("record_metric".into());
+        self.inner.record_metric(id, value)
+    }
+    fn metric(&self, id: u32) -> Result<u64, HostError> {
+        self.bump("get_metric".into());
+        self.inner.metric(id)
+    }
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.bump("get_shared_data".into());
+        self.inner.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.bump("set_shared_data".into());
+        self.inner.set_shared_data(key, value, cas)
+    }
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        self.bump("http_call".into());
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(), HostError> {
+        self.bump("send_local_response".into());
+        self.inner.send_response(status, headers, body)
+    }
+    fn resume_request(&self) -> Result<(), HostError> {
+        self.bump("continue_stream request".into());
+        self.inner.resume_request()
+    }
+    fn resume_response(&self) -> Result<(), HostError> {
+        self.bump("continue_stream response".into());
+        self.inner.resume_response()
+    }
+}
+
+/// The calls of one steady-state request (after a warm-up one) with `config`, the request as
+/// the bench presents it (`xtask/src/bench/hostcalls.rs`) plus `extra` request headers, and a
+/// first-try 200: (request headers, response headers, log).
+fn hostcalls(config: &str, extra: &[(&str, &str)]) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let host = TestHost::new();
+    let root = meshwasm::filter::configure::<RouteRetries>(config.as_bytes(), &host).unwrap();
+    let mut out = Default::default();
+    for _ in 0..2 {
+        let stream = host.new_stream();
+        let mut headers = vec![
+            (":authority", "127.0.0.1:20001"),
+            (":path", "/orders/7"),
+            (":method", "GET"),
+            (":scheme", "http"),
+            (
+                "traceparent",
+                "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            ),
+            ("x-forwarded-proto", "http"),
+            ("x-request-id", "5b0e4e35-6d2c-4a4e-9f3e-0d7a7a2c2f10"),
+        ];
+        headers.extend_from_slice(extra);
+        stream.set_map(MapKind::RequestHeaders, &headers);
+        stream.set_property_str("xds.route_name", "orders");
+        stream.set_property_str("xds.cluster_name", "upstream");
+        let c = Counting::new(&stream);
+        let mut http = root.new_http(&c);
+        http.on_request_headers(&root, &c, true);
+        let request = c.take();
+        stream.set_map(
+            MapKind::ResponseHeaders,
+            &[
+                (":status", "200"),
+                ("content-length", "2"),
+                ("x-envoy-attempt-count", "1"),
+            ],
+        );
+        http.on_response_headers(&root, &c, true);
+        let response = c.take();
+        http.on_log(&root, &c);
+        out = (request, response, c.take());
+    }
+    out
+}
+
+/// The bench's route-retries configuration (`bench/configs/filters/route_retries.yaml`).
+const BENCH_CONFIG: &str = r#"{"rules":[{"name":"orders-read","match":{"route_name":"orders","methods":["GET"]},"policy":{"retry_on":["5xx","reset"],"num_retries":2,"per_try_timeout_ms":250}}]}"#;
+
+#[test]
+fn hostcalls_per_request_stay_low() {
+    // Was 20 + 4: a lookup per retry-control and deadline header, and the clock again on the
+    // response.
+    let (request, response, log) = hostcalls(BENCH_CONFIG, &[]);
+    assert_eq!(
+        request,
+        [
+            "get_header_map_pairs RequestHeaders",
+            "get_property xds.route_name",
+            "increment_metric",
+            "get_property xds.cluster_name",
+            "get_current_time_nanoseconds",
+            "get_shared_data",
+            "set_shared_data",
+            "replace_header_map_value RequestHeaders x-envoy-retry-on",
+            "replace_header_map_value RequestHeaders x-envoy-max-retries",
+            "replace_header_map_value RequestHeaders x-envoy-upstream-rq-per-try-timeout-ms",
+        ]
+    );
+    assert_eq!(
+        response,
+        [
+            "get_header_map_value ResponseHeaders x-envoy-attempt-count",
+            "get_shared_data",
+            "set_shared_data",
+        ]
+    );
+    assert!(log.is_empty(), "{log:?}");
+    assert!(request.len() + response.len() + log.len() <= 13);
+
+    // A rule that needs no property reads only the cluster (the budget's key); client headers
+    // cost a call only when present (then one removal each).
+    let config =
+        r#"{"rules":[{"match":{"path":{"prefix":"/orders"}},"policy":{"retry_on":["5xx"]}}]}"#;
+    let (request, _, _) = hostcalls(config, &[("x-envoy-max-retries", "10")]);
+    assert_eq!(
+        request
+            .iter()
+            .filter(|c| c.starts_with("get_property"))
+            .collect::<Vec<_>>(),
+        ["get_property xds.cluster_name"]
+    );
+    assert_eq!(
+        request
+            .iter()
+            .filter(|c| c.contains("header_map"))
+            .collect::<Vec<_>>(),
+        [
+            "get_header_map_pairs RequestHeaders",
+            "remove_header_map_value RequestHeaders x-envoy-max-retries",
+            "replace_header_map_value RequestHeaders x-envoy-retry-on",
+            "replace_header_map_value RequestHeaders x-envoy-max-retries",
+        ]
+    );
+    assert_eq!(request.len(), 10);
+}

@@ -13,7 +13,7 @@ use meshwasm::identity::{self, Identity, NodeInfo, PeerError, SigningKey};
 use meshwasm::prelude::*;
 
 use config::{Config, Reporter};
-use labels::{Label, Observed};
+use labels::{Field, Label, Observed};
 
 /// Requests, by every configured label.
 pub const REQUESTS: &str = "mesh_requests_total";
@@ -38,6 +38,8 @@ pub struct ServiceMetrics {
     key: Option<SigningKey>,
     max_skew: u64,
     labels: Vec<Label>,
+    /// Which per-request values the labels use (the others are never read).
+    uses: Uses,
     requests: MetricFamily,
     duration: MetricFamily,
     request_bytes: MetricFamily,
@@ -47,6 +49,39 @@ pub struct ServiceMetrics {
     own_header: RefCell<(u64, String)>,
     /// Recently believed peer headers.
     believed: RefCell<Vec<Believed>>,
+}
+
+/// Which per-request values the configured labels need: a value no label shows costs no
+/// hostcall.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Uses {
+    /// `route`: `xds.route_name`.
+    route: bool,
+    /// `request_protocol`: `request.protocol`.
+    protocol: bool,
+    /// `response_code`: `response.code`.
+    code: bool,
+    /// `grpc_status`: the request's `content-type` and `response.grpc_status`.
+    grpc: bool,
+    /// `response_flags`: `response.flags`.
+    flags: bool,
+    /// `destination_service`: on the source side without a peer header, `xds.cluster_name`
+    /// (else the authority) names the destination.
+    destination_service: bool,
+}
+
+impl Uses {
+    fn of(labels: &[Label]) -> Uses {
+        let has = |l: Label| labels.contains(&l);
+        Uses {
+            route: has(Label::Route),
+            protocol: has(Label::RequestProtocol),
+            code: has(Label::ResponseCode),
+            grpc: has(Label::GrpcStatus),
+            flags: has(Label::ResponseFlags),
+            destination_service: has(Label::Destination(Field::Service)),
+        }
+    }
 }
 
 /// A peer header that passed the checks: its exact bytes, timestamp and identity.
@@ -132,6 +167,7 @@ impl ServiceMetrics {
             peer_header: cfg.peer_header,
             key: cfg.key,
             max_skew: cfg.max_skew_seconds,
+            uses: Uses::of(&cfg.labels),
             labels: cfg.labels,
             requests,
             duration,
@@ -165,11 +201,17 @@ impl ServiceMetrics {
 
     /// Reads and removes the peer header from `map`, and decides whether to believe it.
     fn take_peer(&self, host: &dyn Host, map: MapKind) -> Peer {
-        let Some(value) = host.header(map, &self.peer_header) else {
+        let value = host.header(map, &self.peer_header);
+        self.take_peer_value(host, map, value.as_deref())
+    }
+
+    /// Removes the peer header, read as `value`, from `map`, and decides whether to believe it.
+    fn take_peer_value(&self, host: &dyn Host, map: MapKind, value: Option<&[u8]>) -> Peer {
+        let Some(value) = value else {
             return Peer::Missing;
         };
         host.set_header(map, &self.peer_header, None);
-        let peer = self.check(host, &value);
+        let peer = self.check(host, value);
         if let Peer::Rejected(reason) = &peer {
             log::debug!("service_metrics: peer header rejected: {reason}");
             self.rejected
@@ -217,11 +259,16 @@ impl ServiceMetrics {
             (Reporter::Source, Peer::Rejected(_)) => (&self.local, &unknown),
             (Reporter::Source, Peer::Missing) => {
                 // No sidecar answered for the destination: name it after the upstream cluster,
-                // else the authority.
-                let service = properties::xds_cluster_name(host)
-                    .filter(|s| !s.is_empty())
-                    .or_else(|| properties::request_host(host))
-                    .unwrap_or_default();
+                // else the authority (read only when the label shows it; the other fields are
+                // `unknown` either way).
+                let service = if self.uses.destination_service {
+                    properties::xds_cluster_name(host)
+                        .filter(|s| !s.is_empty())
+                        .or_else(|| properties::request_host(host))
+                        .unwrap_or_default()
+                } else {
+                    String::new()
+                };
                 fallback = Identity {
                     service,
                     ..Identity::default()
@@ -229,19 +276,37 @@ impl ServiceMetrics {
                 (&self.local, &fallback)
             }
         };
-        let route = properties::xds_route_name(host).unwrap_or_default();
-        let protocol = properties::request_protocol(host).unwrap_or_default();
-        let code = properties::response_code(host).unwrap_or(0).to_string();
-        let grpc = if request.grpc {
+        // Only the values some label shows are read (a property read is a hostcall).
+        let uses = self.uses;
+        let route = uses
+            .route
+            .then(|| properties::xds_route_name(host))
+            .flatten()
+            .unwrap_or_default();
+        let protocol = uses
+            .protocol
+            .then(|| properties::request_protocol(host))
+            .flatten()
+            .unwrap_or_default();
+        let code = if uses.code {
+            properties::response_code(host).unwrap_or(0).to_string()
+        } else {
+            String::new()
+        };
+        let grpc = if uses.grpc && request.grpc {
             properties::response_grpc_status(host)
                 .map(|g| g.to_string())
                 .unwrap_or_else(|| "-".to_string())
         } else {
             "-".to_string()
         };
-        let flags = properties::response_flags(host)
-            .map(properties::response_flags_short)
-            .unwrap_or_else(|| "-".to_string());
+        let flags = if uses.flags {
+            properties::response_flags(host)
+                .map(properties::response_flags_short)
+                .unwrap_or_else(|| "-".to_string())
+        } else {
+            String::new()
+        };
         let observed = Observed {
             reporter: self.reporter.as_str(),
             source,
@@ -258,20 +323,20 @@ impl ServiceMetrics {
             let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             self.duration.record(host, &values, ms);
         }
-        let size = |total: Option<i64>, body: Option<i64>| {
+        // The total size (headers and body), else the body size: read only when the total is
+        // absent.
+        let size = |total: Option<i64>, body: &dyn Fn() -> Option<i64>| {
             total
-                .or(body)
+                .or_else(body)
                 .and_then(|n| u64::try_from(n).ok())
                 .unwrap_or(0)
         };
-        let req = size(
-            properties::request_total_size(host),
-            properties::request_size(host),
-        );
-        let resp = size(
-            properties::response_total_size(host),
-            properties::response_size(host),
-        );
+        let req = size(properties::request_total_size(host), &|| {
+            properties::request_size(host)
+        });
+        let resp = size(properties::response_total_size(host), &|| {
+            properties::response_size(host)
+        });
         self.request_bytes.record(host, &values, req);
         self.response_bytes.record(host, &values, resp);
     }
@@ -298,12 +363,24 @@ impl HttpFilter for MetricsRequest {
     type Root = ServiceMetrics;
 
     fn on_request_headers(&mut self, root: &ServiceMetrics, host: &dyn Host, _eos: bool) -> Action {
-        self.grpc = host
-            .header(MapKind::RequestHeaders, "content-type")
-            .is_some_and(|ct| ct.starts_with(b"application/grpc"));
-        match root.reporter {
-            Reporter::Source => root.put_own_header(host, MapKind::RequestHeaders),
-            Reporter::Destination => self.peer = root.take_peer(host, MapKind::RequestHeaders),
+        let is_grpc = |ct: &[u8]| ct.starts_with(b"application/grpc");
+        let map = MapKind::RequestHeaders;
+        // The content type matters only to the `grpc_status` label.
+        match (root.reporter, root.uses.grpc) {
+            (Reporter::Source, grpc) => {
+                self.grpc = grpc
+                    && host
+                        .header(map, "content-type")
+                        .is_some_and(|ct| is_grpc(&ct));
+                root.put_own_header(host, map);
+            }
+            (Reporter::Destination, false) => self.peer = root.take_peer(host, map),
+            (Reporter::Destination, true) => {
+                // Two names to look up: one read of the whole map.
+                let headers = host.snapshot(map);
+                self.grpc = headers.get("content-type").is_some_and(is_grpc);
+                self.peer = root.take_peer_value(host, map, headers.get(&root.peer_header));
+            }
         }
         Action::Continue
     }

@@ -520,3 +520,283 @@ fn readme_and_envoy_configs_ship_every_stats_tag() {
         assert!(it.contains(&entry), "integration config lacks {entry}");
     }
 }
+/// Counts the hostcalls made through it (each is one proxy-wasm hostcall in Envoy), by call and
+/// argument, and delegates to the test host; as `xtask/src/bench/hostcalls.rs` counts them.
+struct Counting<'a> {
+    inner: &'a TestHost,
+    calls: std::cell::RefCell<Vec<String>>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(inner: &'a TestHost) -> Self {
+        Counting {
+            inner,
+            calls: std::cell::RefCell::new(Vec::new()),
+        }
+    }
+    fn bump(&self, call: String) {
+        self.calls.borrow_mut().push(call);
+    }
+    /// The calls since the last `take`.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.calls.borrow_mut())
+    }
+}
+
+impl Host for Counting<'_> {
+    fn header(&self, map: MapKind, name: &str) -> Option<Vec<u8>> {
+        self.bump(format!("get_header_map_value {map:?} {name}"));
+        self.inner.header(map, name)
+    }
+    fn headers(&self, map: MapKind) -> Vec<(String, Vec<u8>)> {
+        self.bump(format!("get_header_map_pairs {map:?}"));
+        self.inner.headers(map)
+    }
+    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
+        let call = if value.is_some() { "replace" } else { "remove" };
+        self.bump(format!("{call}_header_map_value {map:?} {name}"));
+        self.inner.set_header(map, name, value)
+    }
+    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
+        self.bump(format!("add_header_map_value {map:?} {name}"));
+        self.inner.add_header(map, name, value)
+    }
+    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Vec<u8>> {
+        self.bump("get_buffer_bytes".into());
+        self.inner.buffer(kind, start, max)
+    }
+    fn set_buffer(
+        &self,
+        kind: BufferKind,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> Result<(), HostError> {
+        self.bump("set_buffer_bytes".into());
+        self.inner.set_buffer(kind, start, size, value)
+    }
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        self.bump(format!("get_property {}", path.join(".")));
+        self.inner.property(path)
+    }
+    fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
+        self.bump(format!("set_property {}", path.join(".")));
+        self.inner.set_property(path, value)
+    }
+    fn now(&self) -> std::time::SystemTime {
+        self.bump("get_current_time_nanoseconds".into());
+        self.inner.now()
+    }
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.bump("set_tick_period_milliseconds".into());
+        self.inner.set_tick_period(period)
+    }
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.bump("define_metric".into());
+        self.inner.define_metric(kind, name)
+    }
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError> {
+        self.bump("increment_metric".into());
+        self.inner.increment_metric(id, offset)
+    }
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.bump("record_metric".into());
+        self.inner.record_metric(id, value)
+    }
+    fn metric(&self, id: u32) -> Result<u64, HostError> {
+        self.bump("get_metric".into());
+        self.inner.metric(id)
+    }
+    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
+        self.bump("get_shared_data".into());
+        self.inner.shared_data(key)
+    }
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.bump("set_shared_data".into());
+        self.inner.set_shared_data(key, value, cas)
+    }
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        self.bump("http_call".into());
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(), HostError> {
+        self.bump("send_local_response".into());
+        self.inner.send_response(status, headers, body)
+    }
+    fn resume_request(&self) -> Result<(), HostError> {
+        self.bump("continue_stream request".into());
+        self.inner.resume_request()
+    }
+    fn resume_response(&self) -> Result<(), HostError> {
+        self.bump("continue_stream response".into());
+        self.inner.resume_response()
+    }
+}
+
+/// The calls of one steady-state request (after a warm-up one) through a root configured with
+/// `config`, the request and response as the bench presents them
+/// (`xtask/src/bench/hostcalls.rs`): (request headers, response headers, log).
+fn hostcalls(config: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
+    let host = TestHost::new();
+    host.set_vm_property("xds.node.id", b"frontend-5c2a".to_vec());
+    host.set_vm_property("xds.node.cluster", b"frontend".to_vec());
+    let root = ServiceMetrics::build(
+        meshwasm::config::parse(config.as_bytes()).unwrap(),
+        &host,
+        &|_| None,
+    )
+    .unwrap();
+    let mut out = Default::default();
+    for _ in 0..2 {
+        let stream = host.new_stream();
+        stream.set_map(
+            MapKind::RequestHeaders,
+            &[
+                (":authority", "127.0.0.1:20001"),
+                (":path", "/orders/7"),
+                (":method", "GET"),
+                (":scheme", "http"),
+                ("x-forwarded-proto", "http"),
+                ("x-request-id", "5b0e4e35-6d2c-4a4e-9f3e-0d7a7a2c2f10"),
+            ],
+        );
+        for (path, value) in [
+            ("request.host", "127.0.0.1:20001"),
+            ("request.protocol", "HTTP/1.1"),
+            ("xds.route_name", "orders"),
+            ("xds.cluster_name", "upstream"),
+        ] {
+            stream.set_property_str(path, value);
+        }
+        let c = Counting::new(&stream);
+        let mut http = root.new_http(&c);
+        http.on_request_headers(&root, &c, true);
+        let request = c.take();
+        stream.set_map(
+            MapKind::ResponseHeaders,
+            &[
+                (":status", "200"),
+                ("content-type", "text/plain"),
+                ("content-length", "2"),
+            ],
+        );
+        stream.set_property_int("response.code", 200);
+        stream.set_stream_property("response.flags", meshwasm::properties::encode_u64(0));
+        stream.set_stream_property(
+            "request.duration",
+            meshwasm::properties::encode_duration(Duration::from_micros(350)),
+        );
+        stream.set_property_int("request.size", 0);
+        stream.set_property_int("request.total_size", 180);
+        stream.set_property_int("response.size", 2);
+        stream.set_property_int("response.total_size", 140);
+        http.on_response_headers(&root, &c, true);
+        let response = c.take();
+        http.on_log(&root, &c);
+        out = (request, response, c.take());
+    }
+    out
+}
+
+#[test]
+fn hostcalls_per_request_stay_low() {
+    // The bench's configuration (`bench/configs/filters/service_metrics.yaml`). Was 3 + 1 + 14:
+    // the log read every property, `route` included, and both sizes of each direction.
+    let bench = format!(r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route"]}}"#);
+    let (request, response, log) = hostcalls(&bench);
+    assert_eq!(
+        request,
+        [
+            "get_header_map_value RequestHeaders content-type",
+            "get_current_time_nanoseconds",
+            "replace_header_map_value RequestHeaders x-mesh-peer",
+        ]
+    );
+    assert_eq!(
+        response,
+        ["get_header_map_value ResponseHeaders x-mesh-peer"]
+    );
+    assert_eq!(
+        log,
+        [
+            "get_property xds.cluster_name",
+            "get_property request.protocol",
+            "get_property response.code",
+            "get_property response.flags",
+            "increment_metric",
+            "get_property request.duration",
+            "record_metric",
+            "get_property request.total_size",
+            "get_property response.total_size",
+            "record_metric",
+            "record_metric",
+        ]
+    );
+    assert!(request.len() + response.len() + log.len() <= 15);
+
+    // Labels left out cost nothing: no content type without `grpc_status`, no cluster without
+    // `destination_service`.
+    let lean = format!(
+        r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route","request_protocol","grpc_status","response_flags","destination_service"]}}"#
+    );
+    let (request, _, log) = hostcalls(&lean);
+    assert_eq!(request.len(), 2, "{request:?}");
+    assert_eq!(
+        log.iter()
+            .filter(|c| c.starts_with("get_property"))
+            .collect::<Vec<_>>(),
+        [
+            "get_property response.code",
+            "get_property request.duration",
+            "get_property request.total_size",
+            "get_property response.total_size",
+        ]
+    );
+
+    // The destination side looks up two request headers with one read of the map.
+    let inbound = format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#);
+    let (request, response, _) = hostcalls(&inbound);
+    assert_eq!(request, ["get_header_map_pairs RequestHeaders"]);
+    assert_eq!(
+        response,
+        [
+            "get_current_time_nanoseconds",
+            "replace_header_map_value ResponseHeaders x-mesh-peer",
+        ]
+    );
+}
+
+#[test]
+fn sizes_fall_back_to_body_sizes_only_without_totals() {
+    let h = source("");
+    let mut s = h.stream();
+    s.request_headers(&[(":method", "GET"), (":path", "/")], true);
+    s.response_headers(&[(":status", "200")], true);
+    let host = s.host();
+    host.set_property_int("response.code", 200);
+    host.set_property_int("request.size", 7);
+    host.set_property_int("response.size", 9);
+    host.set_property_int("response.total_size", 340);
+    s.log();
+    let name = |m: &str| {
+        h.host()
+            .metrics()
+            .into_iter()
+            .find(|v| v.name.starts_with(&format!("{m};")))
+            .map(|v| v.name)
+            .unwrap()
+    };
+    assert_eq!(h.host().histogram(&name(REQUEST_BYTES)), Some(vec![7]));
+    assert_eq!(h.host().histogram(&name(RESPONSE_BYTES)), Some(vec![340]));
+}
