@@ -108,7 +108,7 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> std::io::Result<Option<(S
     let mut start = String::new();
     loop {
         start.clear();
-        if reader.read_line(&mut start)? == 0 {
+        if read_line_lossy(reader, &mut start)? == 0 {
             return Ok(None);
         }
         // Tolerate stray empty lines between messages (RFC 9112 section 2.2).
@@ -119,7 +119,8 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> std::io::Result<Option<(S
     let mut headers = Vec::new();
     loop {
         let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
+        // Lossy: header values may carry obs-text (bytes 0x80..0xff) that Envoy passes on.
+        if read_line_lossy(reader, &mut line)? == 0 {
             return Err(invalid("end of stream inside the header block"));
         }
         let line = line.trim_end_matches(['\r', '\n']);
@@ -132,6 +133,15 @@ pub(crate) fn read_head<R: BufRead>(reader: &mut R) -> std::io::Result<Option<(S
         headers.push((name.trim().to_ascii_lowercase(), value.trim().to_string()));
     }
     Ok(Some((start.trim_end().to_string(), headers)))
+}
+
+/// Reads one line (up to and including `\n`) and appends it to `line` as lossy UTF-8; returns
+/// the number of bytes read.
+fn read_line_lossy<R: BufRead>(reader: &mut R, line: &mut String) -> std::io::Result<usize> {
+    let mut bytes = Vec::new();
+    let n = reader.read_until(b'\n', &mut bytes)?;
+    line.push_str(&String::from_utf8_lossy(&bytes));
+    Ok(n)
 }
 
 /// Reads a message body framed by `transfer-encoding: chunked` or `content-length`; without

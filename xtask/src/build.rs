@@ -1,5 +1,5 @@
-//! `cargo xtask build`: compiles every wasm filter crate (workspace members under `filters/` and
-//! `examples/`) for wasm32-wasip1 into `target/filters/`, shrunk with `wasm-opt` when available.
+//! `cargo xtask build`: compiles every wasm filter crate (workspace members under `filters/`,
+//! `examples/`, `bench/` and `integration/`) for wasm32-wasip1 into `target/filters/`, shrunk with `wasm-opt` when available.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -11,8 +11,10 @@ use crate::{cargo, display, find_on_path, is_executable, output, project_root, r
 /// The target every filter is built for.
 pub const WASM_TARGET: &str = "wasm32-wasip1";
 
-/// The directories whose sub-directories hold wasm crates.
-const WASM_CRATE_PARENTS: [&str; 2] = ["filters", "examples"];
+/// The directories whose sub-directories hold wasm crates (`bench/`: the benchmark's bare
+/// proxy-wasm filter, see `cargo xtask bench`; `integration/`: the test-only crash filter of the
+/// failure-policy tests).
+const WASM_CRATE_PARENTS: [&str; 4] = ["filters", "examples", "bench", "integration"];
 
 /// The binaryen release installed with npm when no `wasm-opt` is found.
 const BINARYEN_NPM: &str = "binaryen@132";
@@ -67,7 +69,7 @@ pub fn build(optimize: bool) -> Result<Vec<PathBuf>> {
     ensure_wasm_target()?;
     let crates = wasm_crates()?;
     if crates.is_empty() {
-        println!("no wasm crates found under filters/ or examples/; nothing to build");
+        println!("no wasm crates found under filters/, examples/, bench/ or integration/; nothing to build");
         return Ok(Vec::new());
     }
 
@@ -135,8 +137,8 @@ pub fn ensure_wasm_target() -> Result<()> {
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
 }
 
-/// The wasm crates of the workspace: directories under `filters/` and `examples/` with a
-/// Cargo.toml that the root manifest lists as a member, sorted by path.
+/// The wasm crates of the workspace: directories under `filters/`, `examples/`, `bench/` and
+/// `integration/` with a Cargo.toml that the root manifest lists as a member, sorted by path.
 pub fn wasm_crates() -> Result<Vec<WasmCrate>> {
     let root = project_root();
     let manifest = read(&root.join("Cargo.toml"))?;

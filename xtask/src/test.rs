@@ -1,5 +1,6 @@
 //! `cargo xtask test`: every check CI runs, in order, failing fast: fmt, clippy (host and
-//! wasm32), unit tests, the wasm build, Envoy config validation, then the integration tests.
+//! wasm32), unit tests, the wasm build, Envoy config validation, a bench smoke run, then the
+//! integration tests.
 
 use std::process::ExitCode;
 
@@ -105,6 +106,15 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         "codec tests in wasm32 (wasm-bindgen-test under node)",
         || crate::wasm_test::run(&crate::project_root()),
     )?;
+    steps.run("fuzz targets (bounded)", || {
+        let targets: Vec<String> = crate::fuzz::TARGETS.iter().map(|t| t.to_string()).collect();
+        crate::fuzz::run_targets(&targets, crate::fuzz::TEST_SECONDS)
+    })?;
+    // Offline checks always; advisories only where the RustSec database can be had (a notice
+    // says when it cannot). See xtask/src/deny.rs.
+    steps.run("cargo deny (licenses, bans, sources; advisories)", || {
+        crate::deny::check_all(false).map(|_| ())
+    })?;
     steps.run("build wasm filters", || build::build(true))?;
     let envoy_bin = steps.run("validate envoy-configs", || {
         let bin = envoy::find()?;
@@ -116,6 +126,11 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         println!("\n==> integration tests: skipped (--skip-integration)");
         return Ok(());
     }
+    // A smoke check of `cargo xtask bench`: it runs and its numbers are sane; no targets.
+    steps.run(
+        "bench smoke (cargo xtask bench --quick)",
+        crate::bench::smoke,
+    )?;
     let (prometheus, promtool) = steps.run("prometheus and promtool", crate::prometheus::ensure)?;
     steps.run("integration tests", || {
         let filters_dir = std::path::absolute(target_dir().join("filters"))

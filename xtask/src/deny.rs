@@ -1,0 +1,161 @@
+//! `cargo xtask deny`: `cargo deny` over the workspace with `deny.toml`, installing cargo-deny
+//! into `target/tools/` when missing. Licenses, bans (duplicate versions, wildcards) and sources
+//! need no network and always run; advisories need the RustSec database (a git repository on
+//! GitHub): it runs when the database can be fetched or a copy is already in
+//! `$CARGO_HOME/advisory-dbs/`, and is otherwise reported as skipped, with the reason.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::{cargo, display, is_executable, project_root, run, target_dir, Result};
+
+/// The cargo-deny release installed into `target/tools/` (`cargo install --locked`).
+const CARGO_DENY_VERSION: &str = "0.20.2";
+
+/// The checks that work offline.
+pub const OFFLINE_CHECKS: [&str; 3] = ["licenses", "bans", "sources"];
+
+/// What the advisories check came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Advisories {
+    /// Ran against the database and passed.
+    Passed,
+    /// Could not run: the reason.
+    Skipped(String),
+}
+
+/// `cargo xtask deny [--offline]`: every check; `--offline` skips the advisories fetch and uses
+/// a database already on disk, if any.
+pub fn main(args: &[String]) -> Result<()> {
+    let mut offline = false;
+    for arg in args {
+        match arg.as_str() {
+            "--offline" => offline = true,
+            other => return Err(format!("unknown option for `deny`: {other}")),
+        }
+    }
+    check_all(offline).map(|_| ())
+}
+
+/// Runs the offline checks (failing on any finding), then advisories.
+pub fn check_all(offline: bool) -> Result<Advisories> {
+    let bin = ensure_cargo_deny()?;
+    run(deny_cmd(&bin, false).arg("check").args(OFFLINE_CHECKS))?;
+    let advisories = check_advisories(&bin, offline)?;
+    match &advisories {
+        Advisories::Passed => println!("cargo deny: advisories ok"),
+        Advisories::Skipped(why) => println!("notice: cargo deny advisories skipped: {why}"),
+    }
+    Ok(advisories)
+}
+
+fn deny_cmd(bin: &PathBuf, offline: bool) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.current_dir(project_root());
+    if offline {
+        cmd.arg("--offline");
+    }
+    cmd.arg("--manifest-path")
+        .arg(project_root().join("Cargo.toml"))
+        .arg("--config")
+        .arg(project_root().join("deny.toml"));
+    cmd
+}
+
+/// Advisories: fails on a finding; a database that can neither be fetched nor found on disk is
+/// a skip, not a pass.
+fn check_advisories(bin: &PathBuf, offline: bool) -> Result<Advisories> {
+    let have_db = advisory_db_on_disk();
+    if offline && !have_db {
+        return Ok(Advisories::Skipped(
+            "--offline and no advisory database in $CARGO_HOME/advisory-dbs".to_string(),
+        ));
+    }
+    let mut cmd = deny_cmd(bin, offline || !can_reach_github());
+    cmd.args(["check", "advisories"]);
+    if !offline && !have_db && !can_reach_github() {
+        return Ok(Advisories::Skipped(
+            "the RustSec advisory database (https://github.com/RustSec/advisory-db) cannot be \
+             fetched from this machine (github.com unreachable) and no copy is in \
+             $CARGO_HOME/advisory-dbs"
+                .to_string(),
+        ));
+    }
+    println!("$ {}", display(&cmd));
+    let out = cmd
+        .output()
+        .map_err(|e| format!("could not start `{}`: {e}", display(&cmd)))?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    eprint!("{stderr}");
+    if out.status.success() {
+        return Ok(Advisories::Passed);
+    }
+    if stderr.contains("failed to fetch advisory database")
+        || stderr.contains("failed to open advisory database")
+    {
+        return Ok(Advisories::Skipped(format!(
+            "the advisory database could not be fetched or opened: {}",
+            stderr
+                .lines()
+                .find(|l| l.contains("advisory database"))
+                .unwrap_or_default()
+                .trim()
+        )));
+    }
+    Err(format!("`{}` failed ({})", display(&cmd), out.status))
+}
+
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+}
+
+/// Whether cargo-deny's default advisory database has been cloned before.
+fn advisory_db_on_disk() -> bool {
+    let Some(dir) = cargo_home().map(|h| h.join("advisory-dbs")) else {
+        return false;
+    };
+    std::fs::read_dir(dir).is_ok_and(|entries| {
+        entries
+            .filter_map(|e| e.ok())
+            .any(|e| e.path().join(".git").exists() || e.path().join("crates").is_dir())
+    })
+}
+
+/// Whether github.com resolves and accepts a TCP connection on 443 within 3 s.
+fn can_reach_github() -> bool {
+    use std::net::{TcpStream, ToSocketAddrs};
+    let Ok(mut addrs) = ("github.com", 443).to_socket_addrs() else {
+        return false;
+    };
+    addrs.any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3)).is_ok())
+}
+
+/// `cargo-deny` in `target/tools/bin/`, installed there with `cargo install --locked` (from
+/// crates.io) when missing.
+pub fn ensure_cargo_deny() -> Result<PathBuf> {
+    let root = target_dir().join("tools");
+    let bin = root.join("bin").join("cargo-deny");
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    run(cargo()
+        .args([
+            "install",
+            "--locked",
+            "--version",
+            CARGO_DENY_VERSION,
+            "--root",
+        ])
+        .arg(&root)
+        .arg("cargo-deny"))?;
+    if is_executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "cargo install cargo-deny finished but {} is missing",
+            bin.display()
+        ))
+    }
+}
