@@ -393,7 +393,14 @@ impl HttpFilter for MetricsRequest {
     ) -> Action {
         match root.reporter {
             Reporter::Source => self.peer = root.take_peer(host, MapKind::ResponseHeaders),
-            Reporter::Destination => root.put_own_header(host, MapKind::ResponseHeaders),
+            // Answer with our identity only to a caller that proved it is in the mesh (a peer
+            // header that passed the checks): a signed identity handed to any client could be
+            // replayed by it as a request header within the allowed skew.
+            Reporter::Destination => {
+                if matches!(self.peer, Peer::Known(_)) {
+                    root.put_own_header(host, MapKind::ResponseHeaders);
+                }
+            }
         }
         Action::Continue
     }
