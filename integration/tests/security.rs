@@ -76,16 +76,11 @@ fn forged_identities_from_outside_count_as_unknown() {
             );
         }
     }
-    // A signed header whose claim was edited after signing.
-    let genuine = http_get(sidecar.inbound(), "/", &[])
-        .unwrap()
-        .header("x-mesh-peer")
-        .expect("the inbound sidecar answers with its signed identity")
-        .to_string();
-    let tampered = genuine.replace("s=orders", "s=payments");
-    assert_ne!(tampered, genuine);
-    http_get(sidecar.inbound(), "/", &[("x-mesh-peer", &tampered)]).unwrap();
-    assert_eventually!(source_count(&sidecar.envoy, "unknown") >= attacks.len() as u64 + 2);
+    // An outside client is never handed a signed identity to edit or replay (tampering with a
+    // genuine header is covered by the SDK's identity unit tests).
+    let resp = http_get(sidecar.inbound(), "/", &[]).unwrap();
+    assert_eq!(resp.header("x-mesh-peer"), None, "{resp:?}");
+    assert_eventually!(source_count(&sidecar.envoy, "unknown") >= attacks.len() as u64 + 1);
     assert_eq!(
         source_count(&sidecar.envoy, "payments"),
         0,
