@@ -41,14 +41,111 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ConfigError> {
         bytes
     };
     let mut de = serde_json::Deserializer::from_slice(text);
-    let value: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        ConfigError::new(path, strip_position(&inner.to_string()))
-    })?;
-    de.end()
-        .map_err(|e| ConfigError::new(".", strip_position(&e.to_string())))?;
+    let value = T::deserialize(&mut de).map_err(|e| located(text, &e))?;
+    de.end().map_err(|e| located(text, &e))?;
     Ok(value)
+}
+
+/// An error from serde_json, at the field path of the byte where parsing stopped.
+fn located(text: &[u8], e: &serde_json::Error) -> ConfigError {
+    let offset = byte_offset(text, e.line(), e.column());
+    let reason = strip_position(&e.to_string());
+    let mut path = path_at(&text[..offset]);
+    // A duplicate key is the object's fault, not the (second) value's.
+    if reason.starts_with("duplicate field") {
+        path.pop();
+    }
+    ConfigError::new(render_path(&path), reason)
+}
+
+/// serde_json's position (1-based line, bytes read on that line) as a byte offset into `text`.
+fn byte_offset(text: &[u8], line: usize, column: usize) -> usize {
+    let mut line_start = 0;
+    for _ in 1..line {
+        match text[line_start..].iter().position(|&b| b == b'\n') {
+            Some(i) => line_start += i + 1,
+            None => return text.len(),
+        }
+    }
+    (line_start + column).min(text.len())
+}
+
+/// One step of a field path.
+#[derive(Debug, PartialEq)]
+enum Segment {
+    Key(String),
+    Index(usize),
+}
+
+/// The path of the value being read at the end of `read`, a prefix of a JSON document: walks the
+/// structure (strings, objects, arrays) and keeps, per open container, the current key or index.
+/// This replaces a tracking deserializer wrapper, which costs tens of KiB of wasm per config type.
+fn path_at(read: &[u8]) -> Vec<Segment> {
+    // Per open container: its segment so far, and for objects whether a key comes next.
+    let mut stack: Vec<(Option<Segment>, bool)> = Vec::new();
+    let mut i = 0;
+    while i < read.len() {
+        match read[i] {
+            b'{' => stack.push((None, true)),
+            b'[' => stack.push((Some(Segment::Index(0)), false)),
+            b'}' | b']' => {
+                stack.pop();
+            }
+            b',' => {
+                if let Some(top) = stack.last_mut() {
+                    match &mut top.0 {
+                        Some(Segment::Index(n)) => *n += 1,
+                        _ => *top = (None, true),
+                    }
+                }
+            }
+            b'"' => {
+                let start = i;
+                i += 1;
+                while i < read.len() && read[i] != b'"' {
+                    i += if read[i] == b'\\' { 2 } else { 1 };
+                }
+                if let Some(top) = stack.last_mut() {
+                    if top.1 {
+                        let raw = &read[start..(i + 1).min(read.len())];
+                        let key = serde_json::from_slice::<String>(raw)
+                            .unwrap_or_else(|_| String::from_utf8_lossy(raw).into_owned());
+                        *top = (Some(Segment::Key(key)), false);
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    stack
+        .into_iter()
+        .filter_map(|(segment, _)| segment)
+        .collect()
+}
+
+/// `rules[2].num_retries`, or `.` for the document itself.
+fn render_path(path: &[Segment]) -> String {
+    if path.is_empty() {
+        return ".".to_string();
+    }
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(key) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(key);
+            }
+            Segment::Index(n) => {
+                out.push('[');
+                out.push_str(&n.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
 }
 
 /// serde_json appends " at line L column C"; the field path already says where.
@@ -160,6 +257,93 @@ mod tests {
             err.to_string(),
             r#"rules[2].num_retries: invalid type: string "3", expected u32"#
         );
+    }
+
+    /// Paths of serde_json errors at every depth: map keys, list indexes, unknown and missing
+    /// fields, escapes in strings, several lines.
+    #[test]
+    fn paths_of_parse_errors() {
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Item {
+            #[allow(dead_code)]
+            n: u32,
+            #[allow(dead_code)]
+            #[serde(default)]
+            name: String,
+            #[allow(dead_code)]
+            #[serde(default)]
+            tags: Vec<u8>,
+        }
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Doc {
+            #[allow(dead_code)]
+            items: Vec<Item>,
+            #[allow(dead_code)]
+            #[serde(default)]
+            by_name: std::collections::BTreeMap<String, Item>,
+        }
+        let cases: [(&str, &str, &str); 12] = [
+            (
+                r#"{"items":[{"n":1},{"name":"x"}]}"#,
+                "items[1]",
+                "missing field `n`",
+            ),
+            (
+                r#"{"items":[{"n":1, "bogus": 3}]}"#,
+                "items[0].bogus",
+                "unknown field `bogus`",
+            ),
+            (
+                r#"{"items":[],"bogus":1}"#,
+                "bogus",
+                "unknown field `bogus`",
+            ),
+            (r#"{"items":"x"}"#, "items", "invalid type: string"),
+            (r#"{"items":[1]}"#, "items[0]", "invalid type: integer"),
+            (
+                r#"{"items":[{"n":1,"tags":[1,2,300]}]}"#,
+                "items[0].tags[2]",
+                "invalid value",
+            ),
+            (
+                r#"{"items":[], "by_name": {"a.b": {"n": -1}}}"#,
+                "by_name.a.b.n",
+                "invalid value",
+            ),
+            (
+                r#"{"items":[], "by_name": {"k\"}": {}}}"#,
+                "by_name.k\"}",
+                "missing field `n`",
+            ),
+            (
+                r#"{"items":[{"n":1,"name":"x\"}y","tags":[1, true]}]}"#,
+                "items[0].tags[1]",
+                "invalid type: boolean",
+            ),
+            (
+                "{\"items\":\n [ {\"n\":\n 1e400}]}",
+                "items[0].n",
+                "number out of range",
+            ),
+            (
+                r#"{"items":[{"n":1, "n": 2}]}"#,
+                "items[0]",
+                "duplicate field `n`",
+            ),
+            (
+                r#"{"items": [ {"n": 1 , "tags" : { } } ] }"#,
+                "items[0].tags",
+                "invalid type: map",
+            ),
+        ];
+        for (input, path, reason) in cases {
+            let err = parse::<Doc>(input.as_bytes()).unwrap_err();
+            assert_eq!(err.path, path, "{input}: {err}");
+            assert!(err.reason.starts_with(reason), "{input}: {err}");
+            assert!(!err.reason.contains(" at line "), "{input}: {err}");
+        }
     }
 
     #[test]
