@@ -6,6 +6,7 @@
 //! `docs/bench.svg`; `--quick` (the smoke check of `cargo xtask test`) writes only under
 //! `target/bench/` and checks that the numbers are sane, never that targets are met.
 
+mod cpus;
 mod hostcalls;
 mod load;
 mod proxy;
@@ -154,7 +155,11 @@ fn run(options: &Options, command: &str) -> Result<()> {
     let envoy_version = integration::envoy::envoy_version(&envoy)?;
     let wrk = load::ensure_wrk()?;
     let plan = Plan::new(options.quick);
-    let machine = Machine::read(&wrk);
+    let cpus = cpus::Cpus::detect();
+    let machine = Machine {
+        placement: cpus.describe(),
+        ..Machine::read(&wrk)
+    };
 
     println!("\n==> hostcalls per request (SDK test host)");
     let counts = hostcalls::count_all(&bench_dir.join("configs").join("filters"))?;
@@ -163,6 +168,8 @@ fn run(options: &Options, command: &str) -> Result<()> {
     }
     let sizes = wasm_sizes(&filters_dir)?;
 
+    cpus.pin_load_side()?;
+    println!("CPU placement: {}", cpus.describe());
     let upstream = Upstream::start("upstream")?;
     let collector = Upstream::start("collector")?;
     let scenarios = scenario::all(options.concurrency);
@@ -173,6 +180,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
         &filters_dir,
         &upstream,
         &collector,
+        &cpus,
     )?;
     for r in &running {
         probe(r, &upstream)?;
@@ -269,6 +277,7 @@ fn start_all(
     filters_dir: &Path,
     upstream: &Upstream,
     collector: &Upstream,
+    cpus: &cpus::Cpus,
 ) -> Result<Vec<Running>> {
     let run_dir = target_dir().join("bench").join("run");
     if run_dir.exists() {
@@ -292,6 +301,7 @@ fn start_all(
         let index = u32::try_from(i).map_err(|_| "too many scenarios".to_string())?;
         let proxy = Proxy::spawn(&Launch {
             bin: envoy,
+            cpus,
             name: &scenario.key,
             config: &config,
             concurrency: scenario.concurrency,
@@ -461,6 +471,7 @@ struct Machine {
     kernel: String,
     load_before: String,
     wrk: String,
+    placement: String,
     date: String,
 }
 
@@ -506,6 +517,7 @@ impl Machine {
                 .collect::<Vec<_>>()
                 .join(" "),
             wrk: first_line(Command::new(wrk).arg("-v")),
+            placement: String::new(),
             date: first_line(Command::new("date").args(["-u", "+%Y-%m-%d %H:%M UTC"])),
         }
     }
@@ -681,7 +693,7 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
         "## Machine and method\n\n\
          - command: `{}`\n- Envoy {} (`--concurrency {}`, V8 runtime, log level warn)\n\
          - CPU: {}; {} cores; memory {}; kernel {}\n- load average when the run started: {}\n\
-         - load generator: {}\n\n\
+         - load generator: {}\n- CPU placement: {}\n\n\
          Every scenario is one Envoy with the bootstrap `bench/configs/sidecar.yaml` and the \
          filters of `bench/configs/filters/` before the router; all proxy to the same upstream, \
          a keep-alive HTTP/1.1 server inside the bench process (a thread per connection, \
@@ -693,7 +705,8 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
          Why `wrk`: a C closed-loop generator with keep-alive connections, an event loop per \
          thread and HdrHistogram percentiles (`--latency`); one thread spends a few \
          microseconds per request, less than a Rust client of ours would on `std::net`, and \
-         leaves the second core to Envoy's worker. It comes from Debian's package, installed by \
+         shares the load core with the upstream while Envoy's worker has its own (see CPU \
+         placement above). It comes from Debian's package, installed by \
          the task when missing. Its latencies are those of a closed loop (no coordinated-omission \
          correction), which is right for \"added latency per request\" at one connection.\n",
         ctx.command,
@@ -705,6 +718,7 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
         m.kernel,
         m.load_before,
         m.wrk,
+        m.placement,
         hostcalls::PATH,
         hostcalls::TRACEPARENT,
     );

@@ -20,6 +20,8 @@ pub struct Proxy {
 
 /// What [`Proxy::spawn`] needs.
 pub struct Launch<'a> {
+    /// Which cores it runs on.
+    pub cpus: &'a super::cpus::Cpus,
     /// The Envoy binary.
     pub bin: &'a Path,
     /// Scenario key, for file names and messages.
@@ -51,7 +53,9 @@ impl Proxy {
         let log2 = log
             .try_clone()
             .map_err(|e| format!("cloning {}: {e}", log_path.display()))?;
-        let child = Command::new(l.bin)
+        let child = l
+            .cpus
+            .command_for_envoy(l.bin, l.concurrency)
             .arg("-c")
             .arg(&config_path)
             .args(["--concurrency", &l.concurrency.to_string()])
