@@ -505,3 +505,35 @@ fn impossible_policy_is_refused_with_the_field_path() {
         "{log}"
     );
 }
+
+/// Unused reservations come back to the budget (with the worker's next admission or its
+/// tick): ten requests that succeed at once reserve the whole budget (30 retries in a 30 s
+/// window) between them, yet a later request that fails twice still gets its retries.
+#[test]
+fn unused_reservations_return_to_the_budget() {
+    let config = r#"{
+      "rules": [{"name": "all", "policy": {"retry_on": ["5xx"], "num_retries": 3}}],
+      "budget": {"ratio": 0.0, "min_retries_per_second": 1, "window_seconds": 30}
+    }"#;
+    let up = Flaky::start();
+    let envoy = start_envoy(config, &up, false);
+    for i in 0..10 {
+        let resp = send(&envoy, "GET", "/r", &format!("ok{i}"), &[]);
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+    // Past one tick of either worker, every refund is written.
+    thread::sleep(Duration::from_millis(1500));
+    let resp = send(&envoy, "GET", "/r", "late", &[("x-fail", "503:2")]);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(up.attempts("late"), 3);
+    assert_eq!(
+        rule_stat(&envoy, "meshwasm_retry_retries_total", "all"),
+        Some(2)
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.meshwasm_retry_budget_contended_total"),
+        Some(0),
+        "stats:\n{}",
+        envoy.stats()
+    );
+}

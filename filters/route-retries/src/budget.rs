@@ -5,7 +5,11 @@
 //! Allowed retries in the window = `ratio * requests_in_window + min_retries_per_second *
 //! window_seconds`. A request reserves its retries up front (the filter cannot know how many
 //! Envoy will perform), and the reservation is settled when the response reports the real
-//! attempt count. A CAS that keeps failing is retried [`MAX_CAS_TRIES`] times, then the request
+//! attempt count. A refund of unused reservations is not written on its own: it is held by the
+//! worker ([`Refunds`]) and rides on that worker's next write for the cluster (the next
+//! admission) or on the root's tick, whichever comes first, so a request costs one
+//! read-modify-write instead of two; in between the budget only errs on the safe side. A CAS
+//! that keeps failing is retried [`MAX_CAS_TRIES`] times, then the request
 //! is denied its retries (fail closed: under that much contention retrying is the wrong bet).
 //! The very first write of a cluster's key has no CAS token to compare (the key does not exist
 //! yet), so two workers racing on it can lose one request's counts once; every later write is
@@ -244,10 +248,94 @@ fn update<T>(
     None
 }
 
-/// Records a request to `cluster` wanting `wanted` retries and reserves what the budget allows.
-pub fn admit(host: &dyn Host, params: &BudgetParams, cluster: &str, wanted: u32) -> Admission {
+/// Clusters a worker holds refunds for; past it a refund is written at once.
+pub const MAX_REFUND_CLUSTERS: usize = 256;
+
+/// Unused reservations a worker owes back, per cluster: (second recorded, retries to return).
+/// A worker talks to a handful of clusters, so a list searched in place is enough.
+#[derive(Debug, Default)]
+pub struct Refunds {
+    by_cluster: Vec<(String, Vec<(u64, u32)>)>,
+}
+
+impl Refunds {
+    /// Holds `amount` retries to return to `cluster`'s bucket of `second`. False when this
+    /// worker already holds refunds for [`MAX_REFUND_CLUSTERS`] other clusters: write it now.
+    pub fn hold(&mut self, cluster: &str, second: u64, amount: u32, window_seconds: u32) -> bool {
+        if amount == 0 {
+            return true;
+        }
+        let i = match self.by_cluster.iter().position(|(c, _)| c == cluster) {
+            Some(i) => i,
+            None if self.by_cluster.len() >= MAX_REFUND_CLUSTERS => return false,
+            None => {
+                self.by_cluster.push((cluster.to_string(), Vec::new()));
+                self.by_cluster.len() - 1
+            }
+        };
+        let held = &mut self.by_cluster[i].1;
+        match held.iter_mut().find(|(s, _)| *s == second) {
+            Some((_, n)) => *n = n.saturating_add(amount),
+            None => held.push((second, amount)),
+        }
+        // More seconds than the window has: the oldest can only be dropped by it anyway.
+        while held.len() > window_seconds.max(1) as usize {
+            let oldest = (0..held.len()).min_by_key(|&j| held[j].0).unwrap_or(0);
+            held.swap_remove(oldest);
+        }
+        true
+    }
+
+    /// Takes what is held for `cluster` (to write it; [`Refunds::restore`] if that fails).
+    pub fn take(&mut self, cluster: &str) -> Vec<(u64, u32)> {
+        match self.by_cluster.iter().position(|(c, _)| c == cluster) {
+            Some(i) => self.by_cluster.swap_remove(i).1,
+            None => Vec::new(),
+        }
+    }
+
+    /// Puts back refunds whose write did not go through.
+    pub fn restore(&mut self, cluster: &str, held: Vec<(u64, u32)>, window_seconds: u32) {
+        for (second, amount) in held {
+            // A full list drops the refund: the budget errs on the safe side.
+            let _ = self.hold(cluster, second, amount, window_seconds);
+        }
+    }
+
+    /// The clusters with refunds held.
+    pub fn clusters(&self) -> Vec<String> {
+        self.by_cluster.iter().map(|(c, _)| c.clone()).collect()
+    }
+
+    /// Retries held for `cluster`, summed (for tests and logs).
+    pub fn held(&self, cluster: &str) -> u64 {
+        self.by_cluster
+            .iter()
+            .filter(|(c, _)| c == cluster)
+            .flat_map(|(_, h)| h.iter())
+            .map(|(_, n)| u64::from(*n))
+            .sum()
+    }
+}
+
+fn give_back(window: &mut Window, now: u64, held: &[(u64, u32)]) {
+    for (second, amount) in held {
+        window.settle(now, *second, -i64::from(*amount));
+    }
+}
+
+/// Records a request to `cluster` wanting `wanted` retries and reserves what the budget allows,
+/// returning the `held` refunds in the same write.
+pub fn admit(
+    host: &dyn Host,
+    params: &BudgetParams,
+    cluster: &str,
+    wanted: u32,
+    held: &[(u64, u32)],
+) -> Admission {
     let now = now_seconds(host);
     match update(host, params, cluster, now, |w| {
+        give_back(w, now, held);
         (w.admit(params, now, wanted), w.newest)
     }) {
         Some((granted, second)) => Admission {
@@ -288,6 +376,21 @@ pub fn settle(
         w.settle(second, second, delta)
     })
     .is_some()
+}
+
+/// Writes the refunds held for every cluster (the root's tick). Returns how many clusters'
+/// writes did not go through; their refunds stay held for the next try.
+pub fn flush(host: &dyn Host, params: &BudgetParams, refunds: &mut Refunds) -> u32 {
+    let now = now_seconds(host);
+    let mut failed = 0;
+    for cluster in refunds.clusters() {
+        let held = refunds.take(&cluster);
+        if update(host, params, &cluster, now, |w| give_back(w, now, &held)).is_none() {
+            failed += 1;
+            refunds.restore(&cluster, held, params.window_seconds);
+        }
+    }
+    failed
 }
 
 #[cfg(test)]
@@ -378,20 +481,20 @@ mod tests {
         let workers = [&w1, &w2, &w3];
         let mut granted = 0;
         for i in 0..300 {
-            let a = admit(workers[i % 3], &P, "orders", 2);
+            let a = admit(workers[i % 3], &P, "orders", 2, &[]);
             assert!(!a.contended);
             granted += a.granted;
         }
         // 10 floor + floor(0.2 * 300) = 70, whichever worker asked.
         assert_eq!(granted, 70);
         // Another cluster has its own budget.
-        assert_eq!(admit(&w2, &P, "users", 2).granted, 2);
+        assert_eq!(admit(&w2, &P, "users", 2, &[]).granted, 2);
         // Refunds free budget for everyone.
         assert!(settle(&w1, &P, "orders", now_seconds(&w1), 2, 0));
-        assert_eq!(admit(&w3, &P, "orders", 5).granted, 2);
+        assert_eq!(admit(&w3, &P, "orders", 5, &[]).granted, 2);
         // Ten seconds later the window is fresh.
         w1.advance(Duration::from_secs(10));
-        assert_eq!(admit(&w2, &P, "orders", 5).granted, 5);
+        assert_eq!(admit(&w2, &P, "orders", 5, &[]).granted, 5);
     }
 
     /// A host whose shared-data writes keep losing the race for the first `losses` rounds.
@@ -461,15 +564,61 @@ mod tests {
             losses: std::cell::Cell::new(0),
         };
         // Create the key so that later writes carry a CAS.
-        assert_eq!(admit(&host, &P, "c", 1).granted, 1);
+        assert_eq!(admit(&host, &P, "c", 1, &[]).granted, 1);
         host.losses.set(MAX_CAS_TRIES - 1);
-        let a = admit(&host, &P, "c", 1);
+        let a = admit(&host, &P, "c", 1, &[]);
         assert_eq!((a.granted, a.contended), (1, false));
         assert_eq!(host.inner.cas_conflicts(), MAX_CAS_TRIES - 1);
         host.losses.set(MAX_CAS_TRIES);
-        let a = admit(&host, &P, "c", 1);
+        let a = admit(&host, &P, "c", 1, &[]);
         assert_eq!((a.granted, a.contended), (0, true));
         let w = Window::decode(&host.inner.shared(&key("c")).unwrap()).unwrap();
         assert_eq!(w.totals(), (2, 2), "the contended request recorded nothing");
+    }
+
+    #[test]
+    fn refunds_merge_by_second_stay_bounded_and_survive_failed_writes() {
+        let mut r = Refunds::default();
+        assert!(r.hold("c", 100, 2, 3));
+        assert!(r.hold("c", 100, 1, 3));
+        assert!(r.hold("c", 100, 0, 3));
+        assert_eq!(r.held("c"), 3);
+        // More seconds than the window holds: the oldest go (the window would drop them).
+        for second in 101..=105 {
+            assert!(r.hold("c", second, 1, 3));
+        }
+        let mut kept = r.take("c");
+        kept.sort_unstable();
+        assert_eq!(kept, vec![(103, 1), (104, 1), (105, 1)]);
+        // A full map refuses new clusters (the caller writes at once) but not known ones.
+        for i in 0..MAX_REFUND_CLUSTERS {
+            assert!(r.hold(&format!("k{i}"), 1, 1, 3));
+        }
+        assert!(!r.hold("new", 1, 1, 3));
+        assert!(r.hold("k0", 1, 1, 3));
+        assert_eq!(r.held("k0"), 2);
+
+        // A flush that loses every CAS round keeps the refund; the next one writes it.
+        let host = Racing {
+            inner: TestHost::new(),
+            losses: std::cell::Cell::new(0),
+        };
+        let now = now_seconds(&host);
+        let a = admit(&host, &P, "c", 3, &[]);
+        let mut r = Refunds::default();
+        assert!(r.hold("c", a.second, 3, P.window_seconds));
+        host.losses.set(MAX_CAS_TRIES);
+        assert_eq!(flush(&host, &P, &mut r), 1);
+        assert_eq!(r.held("c"), 3);
+        assert_eq!(flush(&host, &P, &mut r), 0);
+        assert_eq!(r.held("c"), 0);
+        let w = Window::decode(&host.inner.shared(&key("c")).unwrap()).unwrap();
+        assert_eq!((w.newest, w.totals()), (now, (1, 0)));
+        // An admission carries held refunds in its own write.
+        let a = admit(&host, &P, "c", 2, &[]);
+        let b = admit(&host, &P, "c", 2, &[(a.second, 2)]);
+        assert_eq!(b.granted, 2);
+        let w = Window::decode(&host.inner.shared(&key("c")).unwrap()).unwrap();
+        assert_eq!(w.totals(), (3, 2));
     }
 }

@@ -9,13 +9,13 @@ pub mod config;
 pub mod policy;
 
 use std::borrow::Cow;
-use std::cell::OnceCell;
+use std::cell::{OnceCell, RefCell};
 
 use meshwasm::host::HeaderSnapshot;
 use meshwasm::matching::Attributes;
 use meshwasm::prelude::*;
 
-use crate::budget::BudgetParams;
+use crate::budget::{BudgetParams, Refunds};
 use crate::config::{Config, Rule, Rules};
 use crate::policy::{CONTROL_HEADERS, MAX_RETRIES_HEADER};
 
@@ -57,6 +57,9 @@ pub struct RouteRetries {
     stripped: MetricFamily,
     contended: Metric,
     attempt_count_missing: Metric,
+    /// Unused reservations this worker owes the budgets, written with its next admission for
+    /// the cluster or on the tick.
+    refunds: RefCell<Refunds>,
 }
 
 /// What one request decided, kept for its response.
@@ -124,6 +127,7 @@ impl RootFilter for RouteRetries {
             stripped: fam(names::CLIENT_HEADERS_STRIPPED),
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
+            refunds: RefCell::new(Refunds::default()),
         };
         // Define every rule's series now, so they exist (at 0) before the first request.
         let labels: Vec<String> = root
@@ -141,10 +145,26 @@ impl RootFilter for RouteRetries {
         Ok(root)
     }
 
+    fn tick_period(&self) -> Option<std::time::Duration> {
+        Some(REFUND_FLUSH_PERIOD)
+    }
+
+    /// Writes the refunds no admission has carried since the last tick.
+    fn on_tick(&self, host: &dyn Host) {
+        // Host calls never re-enter the filter, so the borrow is safe across them.
+        let failed = budget::flush(host, self.budget(), &mut self.refunds.borrow_mut());
+        for _ in 0..failed {
+            self.contended.inc(host);
+        }
+    }
+
     fn new_http(&self, _host: &dyn Host) -> RouteRetriesRequest {
         RouteRetriesRequest::default()
     }
 }
+
+/// How often a worker writes the refunds it holds for clusters it has sent no request to since.
+pub const REFUND_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// The request as the filter sees it in `on_request_headers`: every request header from one
 /// snapshot (one hostcall for the whole map, instead of one per name looked up, present or
@@ -248,9 +268,12 @@ impl HttpFilter for RouteRetriesRequest {
 
         // Every request counts toward its cluster's budget; retries are reserved up front.
         let cluster = view.cluster().unwrap_or(UNKNOWN_CLUSTER);
-        let admission = budget::admit(host, root.budget(), cluster, wanted);
+        let held = root.refunds.borrow_mut().take(cluster);
+        let admission = budget::admit(host, root.budget(), cluster, wanted, &held);
         if admission.contended {
             root.contended.inc(host);
+            let window = root.budget().window_seconds;
+            root.refunds.borrow_mut().restore(cluster, held, window);
         } else {
             self.budget = Some((cluster.to_string(), admission.second));
         }
@@ -300,7 +323,18 @@ impl HttpFilter for RouteRetriesRequest {
             root.retries.add(host, &label, i64::from(retries));
         }
         if let Some((cluster, second)) = &self.budget {
-            if !budget::settle(host, root.budget(), cluster, *second, self.granted, retries) {
+            // A refund waits for this worker's next write; retries beyond the reservation
+            // (not expected from Envoy) are charged at once.
+            let window = root.budget().window_seconds;
+            let refund = self.granted.saturating_sub(retries);
+            let held = retries <= self.granted
+                && root
+                    .refunds
+                    .borrow_mut()
+                    .hold(cluster, *second, refund, window);
+            if !held
+                && !budget::settle(host, root.budget(), cluster, *second, self.granted, retries)
+            {
                 root.contended.inc(host);
             }
         }

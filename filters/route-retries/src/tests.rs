@@ -280,12 +280,19 @@ fn attempt_count_settles_the_budget_and_counts_retries() {
     s.log();
     assert_eq!(counter(&h, names::RETRIES, "orders-read"), 2);
     assert_eq!(counter(&h, names::REQUESTS_RETRIED, "orders-read"), 1);
+    // The refund is held by the worker until its next write for the cluster, or the tick.
+    let w = Window::decode(&h.host().shared(&key("orders")).unwrap()).unwrap();
+    assert_eq!(w.totals(), (1, 3), "3 reserved, refund held");
+    assert_eq!(h.root().refunds.borrow().held("orders"), 1);
+    h.tick();
     let w = Window::decode(&h.host().shared(&key("orders")).unwrap()).unwrap();
     assert_eq!(w.totals(), (1, 2), "3 reserved, 2 used: 1 refunded");
+    assert_eq!(h.root().refunds.borrow().held("orders"), 0);
     // First try succeeded: the whole reservation comes back; no retry counted.
     let mut s = req(&h, &get("/orders"));
     s.response_headers(&[(":status", "200"), ("x-envoy-attempt-count", "1")], true);
     assert_eq!(counter(&h, names::REQUESTS_RETRIED, "orders-read"), 1);
+    h.tick();
     let w = Window::decode(&h.host().shared(&key("orders")).unwrap()).unwrap();
     assert_eq!(w.totals(), (2, 2));
     // No attempt count (route config without include_attempt_count_in_response): the
@@ -301,6 +308,38 @@ fn attempt_count_settles_the_budget_and_counts_retries() {
         s.response_headers(&[(":status", "503"), ("x-envoy-attempt-count", bad)], true);
     }
     assert_eq!(h.host().counter(names::ATTEMPT_COUNT_MISSING), Some(5));
+}
+
+/// Refunds ride on the worker's next admission for the cluster: nothing is lost, the shared
+/// window is exact after that write, and another worker's view only errs on the safe side.
+#[test]
+fn refunds_ride_on_the_next_admission() {
+    let h = harness(CONFIG);
+    let other = h.host().new_worker();
+    let total = |h: &FilterHarness<RouteRetries>| {
+        Window::decode(&h.host().shared(&key("orders")).unwrap())
+            .unwrap()
+            .totals()
+    };
+    for _ in 0..4 {
+        let mut s = req(&h, &get("/orders"));
+        s.response_headers(&[(":status", "200"), ("x-envoy-attempt-count", "1")], true);
+    }
+    // 4 requests, 3 reserved each, all unused: the first three refunds were carried by the
+    // next admissions, the last is held.
+    assert_eq!(total(&h), (4, 3));
+    assert_eq!(h.root().refunds.borrow().held("orders"), 3);
+    // Another worker sees the held reservation as spent: safe, never more retries.
+    let o = FilterHarness::<RouteRetries>::with_host(other, CONFIG).unwrap();
+    let mut s = req(&o, &get("/orders"));
+    s.response_headers(&[(":status", "200"), ("x-envoy-attempt-count", "1")], true);
+    assert_eq!(total(&h), (5, 6));
+    // The ticks write what both workers hold.
+    h.tick();
+    o.tick();
+    assert_eq!(total(&h), (5, 0));
+    assert_eq!(h.root().refunds.borrow().held("orders"), 0);
+    assert_eq!(h.host().tick_period(), Some(crate::REFUND_FLUSH_PERIOD));
 }
 
 #[test]
@@ -635,16 +674,13 @@ fn hostcalls_per_request_stay_low() {
             "replace_header_map_value RequestHeaders x-envoy-upstream-rq-per-try-timeout-ms",
         ]
     );
+    // The unused reservation rides on the next admission's write (or the tick).
     assert_eq!(
         response,
-        [
-            "get_header_map_value ResponseHeaders x-envoy-attempt-count",
-            "get_shared_data",
-            "set_shared_data",
-        ]
+        ["get_header_map_value ResponseHeaders x-envoy-attempt-count"]
     );
     assert!(log.is_empty(), "{log:?}");
-    assert!(request.len() + response.len() + log.len() <= 13);
+    assert!(request.len() + response.len() + log.len() <= 11);
 
     // A rule that needs no property reads only the cluster (the budget's key); client headers
     // cost a call only when present (then one removal each).
