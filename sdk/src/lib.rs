@@ -49,6 +49,7 @@
 //! Layers: [`filter`] (the API), [`config`] (parsing and checks), building blocks
 //! ([`metrics`], [`properties`]), and [`host`] with its two implementations.
 
+pub mod compose;
 pub mod config;
 pub mod filter;
 pub mod host;

@@ -122,10 +122,11 @@ impl Plan {
 const THROUGHPUT_CONNECTIONS: u32 = 16;
 
 /// The `.wasm` files the scenarios load.
-const WASM_FILES: [&str; 4] = [
+const WASM_FILES: [&str; 5] = [
     "trace_propagation.wasm",
     "service_metrics.wasm",
     "route_retries.wasm",
+    "mesh_sidecar.wasm",
     "bare_trace.wasm",
 ];
 

@@ -46,6 +46,10 @@ pub fn main(args: &[String]) -> Result<()> {
 pub struct WasmCrate {
     /// The package name, as given to `cargo -p`.
     pub package: String,
+    /// Built in a cargo invocation of its own (`[package.metadata.meshwasm] separate-build =
+    /// true`): it links other filter crates with different features, which cargo would
+    /// otherwise unify with theirs.
+    pub separate: bool,
 }
 
 impl WasmCrate {
@@ -73,26 +77,36 @@ pub fn build(optimize: bool) -> Result<Vec<PathBuf>> {
         return Ok(Vec::new());
     }
 
-    let mut cmd = cargo();
-    cmd.args(["build", "--release", "--target", WASM_TARGET]);
-    for krate in &crates {
-        cmd.args(["-p", &krate.package]);
-    }
-    run(&mut cmd)?;
-
     let release_dir = target_dir().join(WASM_TARGET).join("release");
     let out_dir = target_dir().join("filters");
     fs::create_dir_all(&out_dir)
         .map_err(|e| format!("could not create {}: {e}", out_dir.display()))?;
+    // One invocation for the crates that build together, then one per separate crate; each
+    // invocation's files are copied before the next can touch them.
+    let together: Vec<&WasmCrate> = crates.iter().filter(|k| !k.separate).collect();
+    let mut groups: Vec<Vec<&WasmCrate>> = vec![together];
+    groups.extend(crates.iter().filter(|k| k.separate).map(|k| vec![k]));
+    for group in groups.iter().filter(|g| !g.is_empty()) {
+        let mut cmd = cargo();
+        cmd.args(["build", "--release", "--target", WASM_TARGET]);
+        for krate in group {
+            cmd.args(["-p", &krate.package]);
+        }
+        run(&mut cmd)?;
+        for krate in group {
+            let file = format!("{}.wasm", krate.file_stem());
+            let (src, dst) = (release_dir.join(&file), out_dir.join(&file));
+            fs::copy(&src, &dst).map_err(|e| {
+                format!("could not copy {} to {}: {e}", src.display(), dst.display())
+            })?;
+        }
+    }
 
     let mut wasm_opt: Option<Option<PathBuf>> = None;
     let mut built = Vec::new();
     for krate in &crates {
         let file = format!("{}.wasm", krate.file_stem());
-        let src = release_dir.join(&file);
         let dst = out_dir.join(&file);
-        fs::copy(&src, &dst)
-            .map_err(|e| format!("could not copy {} to {}: {e}", src.display(), dst.display()))?;
         let raw_bytes = file_size(&dst)?;
         let mut optimized_bytes = None;
         if optimize {
@@ -162,9 +176,13 @@ pub fn wasm_crates() -> Result<Vec<WasmCrate>> {
                 continue;
             }
             let crate_manifest = dir.join("Cargo.toml");
-            let package = package_name(&read(&crate_manifest)?)
+            let text = read(&crate_manifest)?;
+            let package = package_name(&text)
                 .ok_or_else(|| format!("no [package] name in {}", crate_manifest.display()))?;
-            crates.push(WasmCrate { package });
+            crates.push(WasmCrate {
+                package,
+                separate: separate_build(&text),
+            });
         }
     }
     Ok(crates)
@@ -213,6 +231,20 @@ fn is_member(relative: &str, members: &[String]) -> bool {
 }
 
 /// The `name` of the `[package]` table of a Cargo.toml.
+/// Whether a manifest sets `separate-build = true` under `[package.metadata.meshwasm]`.
+fn separate_build(manifest: &str) -> bool {
+    let mut in_table = false;
+    for line in manifest.lines() {
+        let line = strip_comment(line).trim();
+        if line.starts_with('[') {
+            in_table = line == "[package.metadata.meshwasm]";
+        } else if in_table && key_value(line, "separate-build").map(str::trim) == Some("true") {
+            return true;
+        }
+    }
+    false
+}
+
 fn package_name(manifest: &str) -> Option<String> {
     let mut in_package = false;
     for line in manifest.lines() {
@@ -390,8 +422,34 @@ name = "not-a-member"
         assert_eq!(package_name("[lib]\nname = \"x\"\n"), None);
         let krate = WasmCrate {
             package: "route-retries".into(),
+            separate: false,
         };
         assert_eq!(krate.file_stem(), "route_retries");
+    }
+
+    #[test]
+    fn reads_the_separate_build_flag_in_its_table_only() {
+        let yes = "[package]
+name = \"m\"
+[package.metadata.meshwasm]
+separate-build = true # own run
+";
+        assert!(separate_build(yes));
+        assert!(!separate_build(
+            "[package]
+name = \"m\"
+"
+        ));
+        assert!(!separate_build(
+            "[features]
+separate-build = true
+"
+        ));
+        assert!(!separate_build(
+            "[package.metadata.meshwasm]
+separate-build = false
+"
+        ));
     }
 
     #[test]

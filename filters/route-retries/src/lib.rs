@@ -342,6 +342,7 @@ impl HttpFilter for RouteRetriesRequest {
     }
 }
 
+#[cfg(feature = "entry")]
 meshwasm::export_filter!(RouteRetries);
 
 #[cfg(test)]

@@ -410,6 +410,7 @@ impl HttpFilter for MetricsRequest {
     }
 }
 
+#[cfg(feature = "entry")]
 meshwasm::export_filter!(ServiceMetrics);
 
 #[cfg(test)]

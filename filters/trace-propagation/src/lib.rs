@@ -340,6 +340,7 @@ fn build_span(root: &TracePropagation, host: &dyn Host, hop: HopSpan) -> Span {
     }
 }
 
+#[cfg(feature = "entry")]
 meshwasm::export_filter!(TracePropagation);
 
 #[cfg(test)]

@@ -371,6 +371,7 @@ pub fn count_all(filters_dir: &Path) -> Result<Vec<Counts>> {
         count::<trace_propagation::TracePropagation>("trace", &config("trace_propagation.yaml")?)?,
         count::<service_metrics::ServiceMetrics>("metrics", &config("service_metrics.yaml")?)?,
         count::<route_retries::RouteRetries>("retries", &config("route_retries.yaml")?)?,
+        count::<mesh_sidecar::MeshSidecar>("mesh", &config("mesh_sidecar.yaml")?)?,
         count::<trace_propagation::TracePropagation>("trace-core", &config("trace_core.yaml")?)?,
         count_bare(),
         count::<add_headers::AddHeaders>("sdk-noop", &config("sdk_noop.yaml")?)?,
@@ -379,6 +380,7 @@ pub fn count_all(filters_dir: &Path) -> Result<Vec<Counts>> {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -388,17 +390,48 @@ mod tests {
         assert_eq!(snippet_config("name: x"), None);
     }
 
+    /// The one-module scenario runs exactly the three filters' configurations.
+    #[test]
+    fn the_mesh_snippet_holds_the_three_configs() {
+        let dir = crate::project_root().join("bench/configs/filters");
+        let config = |f: &str| snippet_config(&std::fs::read_to_string(dir.join(f)).unwrap());
+        let (trace, metrics, retries) = (
+            config("trace_propagation.yaml").unwrap(),
+            config("service_metrics.yaml").unwrap(),
+            config("route_retries.yaml").unwrap(),
+        );
+        assert_eq!(
+            config("mesh_sidecar.yaml").unwrap(),
+            format!(r#"{{"trace":{trace},"metrics":{metrics},"retries":{retries}}}"#)
+        );
+    }
+
     #[test]
     fn counts_every_bench_filter() -> Result<()> {
         let dir = crate::project_root().join("bench/configs/filters");
         let counts = count_all(&dir)?;
-        assert_eq!(counts.len(), 6);
+        assert_eq!(counts.len(), 7);
         for c in &counts {
             assert!(c.total() > 0, "{c:?}");
             assert_eq!(c.total(), c.detail.values().sum::<u64>(), "{c:?}");
         }
-        let bare = &counts[4];
+        let bare = &counts[5];
         assert_eq!((bare.request, bare.total()), (6, 6));
+        // One module reads the request headers once for the three policies, and each
+        // property once per phase: fewer calls than the three filters together.
+        let total = |name: &str| counts.iter().find(|c| c.filter == name).unwrap().total();
+        assert!(
+            total("mesh") < total("trace") + total("metrics") + total("retries"),
+            "{counts:#?}"
+        );
+        let mesh = counts.iter().find(|c| c.filter == "mesh").unwrap();
+        assert_eq!(
+            mesh.detail
+                .get("proxy_get_header_map_pairs request")
+                .copied(),
+            Some(1),
+            "{mesh:?}"
+        );
         Ok(())
     }
 }

@@ -178,11 +178,15 @@ pub fn targets(all: &[Measured], rows: &[Row], sizes: &[WasmSize]) -> Vec<Target
             });
         }
     }
-    for key in ["all3", "all3-c2"] {
+    for (key, how) in [
+        ("all3", "as three modules"),
+        ("mesh", "in one module (mesh_sidecar)"),
+        ("all3-c2", "as three modules"),
+    ] {
         if let Some(r) = row(key) {
             out.push(Target {
                 what: format!(
-                    "all three together (--concurrency {}) keep >= 0.85",
+                    "all three together {how} (--concurrency {}) keep >= 0.85",
                     r.concurrency
                 ),
                 measured: spread_text(&r.ratio, 3),

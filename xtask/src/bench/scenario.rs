@@ -85,6 +85,12 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
             all3_expect.clone(),
         ),
         s(
+            "mesh",
+            "all three in one module (mesh_sidecar: one VM, one context per request)",
+            vec!["mesh_sidecar.yaml"],
+            all3_expect.clone(),
+        ),
+        s(
             "trace-core",
             "trace-propagation doing only the Lua job (no export, no request id)",
             vec!["trace_core.yaml"],
@@ -229,8 +235,8 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let list = all(1);
-        assert_eq!(list.len(), 12);
-        assert_eq!(all(2).len(), 10);
+        assert_eq!(list.len(), 13);
+        assert_eq!(all(2).len(), 11);
         for s in &list {
             let text = render(s, &bench_dir, &vars)?;
             assert!(!text.contains("{{"), "{}", s.key);

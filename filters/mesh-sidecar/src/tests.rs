@@ -1,0 +1,166 @@
+//! Unit tests of the one-module sidecar on the SDK test host: configuration errors name the
+//! section, one request goes through all three policies, ticks and callouts reach the right
+//! policy.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+use meshwasm::prelude::*;
+use meshwasm::testing::{FilterHarness, TestHost};
+
+use super::*;
+
+const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn all_three(export: bool) -> String {
+    let export = if export {
+        r#","export":{"cluster":"collector","format":"zipkin"}"#
+    } else {
+        ""
+    };
+    format!(
+        r#"{{
+          "trace": {{"service_name": "frontend", "sampling_rate": 1.0{export}}},
+          "metrics": {{"reporter": "source",
+                       "identity": {{"service": "frontend", "version": "v1"}},
+                       "signing_key": "{KEY}"}},
+          "retries": {{"rules": [{{"name": "orders-read",
+                                   "match": {{"path": {{"prefix": "/orders"}}, "methods": ["GET"]}},
+                                   "policy": {{"retry_on": ["5xx"], "num_retries": 2}}}}]}}
+        }}"#
+    )
+}
+
+fn error(config: &str) -> ConfigError {
+    FilterHarness::<MeshSidecar>::new(config).err().unwrap()
+}
+
+#[test]
+fn configuration_errors_name_the_section() {
+    let e = error("{}");
+    assert_eq!(e.path, ".");
+    assert!(e.reason.contains("at least one"), "{e}");
+    let e = error(r#"{"tracing": {}}"#);
+    assert_eq!(e.path, "tracing");
+    assert!(e.reason.starts_with("unknown field `tracing`"), "{e}");
+    // A parse error inside a section, and a check a policy makes after parsing.
+    let e = error(r#"{"retries": {"rules": [{"policy": {"num_retries": "x"}}]}}"#);
+    assert_eq!(e.path, "retries.rules[0].policy.num_retries", "{e}");
+    let e = error(r#"{"trace": {"sampling_rate": 2.0}}"#);
+    assert_eq!(e.path, "trace.sampling_rate", "{e}");
+    let e = error(r#"{"metrics": {"reporter": "source", "signing_key": "hex:00"}}"#);
+    assert!(e.path.starts_with("metrics.signing_key"), "{e}");
+    assert_eq!(
+        within("retries", ConfigError::new("[0]", "x")).path,
+        "retries[0]"
+    );
+}
+
+#[test]
+fn one_request_goes_through_all_three_policies() {
+    let h = FilterHarness::<MeshSidecar>::new(&all_three(false)).unwrap();
+    let mut s = h.stream();
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/orders/7"),
+            (":authority", "orders"),
+            ("traceparent", PARENT),
+            // A client trying to order retries and pass as another service.
+            ("x-envoy-max-retries", "10"),
+            ("x-mesh-peer", "v1;s=admin;t=1"),
+        ],
+        true,
+    );
+    let sent = |name: &str| s.host().map_value(MapKind::RequestHeaders, name);
+    // Trace: a child of the caller's span, in W3C and B3.
+    let child = sent("traceparent").unwrap();
+    assert!(
+        child.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"),
+        "{child}"
+    );
+    assert!(!child.contains("00f067aa0ba902b7"), "{child}");
+    assert_eq!(
+        sent("x-b3-traceid").as_deref(),
+        Some("4bf92f3577b34da6a3ce929d0e0e4736")
+    );
+    assert_eq!(
+        sent("x-b3-parentspanid").as_deref(),
+        Some("00f067aa0ba902b7")
+    );
+    // Metrics: our own signed identity replaced the client's.
+    let peer = s.host().map_values(MapKind::RequestHeaders, "x-mesh-peer");
+    assert_eq!(peer.len(), 1, "{peer:?}");
+    assert!(peer[0].starts_with("v1;s=frontend;v=v1;"), "{peer:?}");
+    // Retries: the rule's policy, not the client's.
+    assert_eq!(sent("x-envoy-max-retries").as_deref(), Some("2"));
+    assert_eq!(sent("x-envoy-retry-on").as_deref(), Some("5xx"));
+
+    s.response_headers(&[(":status", "200"), ("x-envoy-attempt-count", "2")], true);
+    let host = s.host();
+    host.set_property_int("response.code", 200);
+    host.set_stream_property(
+        "request.duration",
+        meshwasm::properties::encode_duration(Duration::from_millis(12)),
+    );
+    host.set_property_str("xds.cluster_name", "orders");
+    s.log();
+    let counters: Vec<String> = h
+        .host()
+        .metrics()
+        .into_iter()
+        .map(|m| format!("{m:?}"))
+        .collect();
+    let has = |prefix: &str| counters.iter().any(|c| c.contains(prefix));
+    assert!(has("meshwasm_trace_requests_total"), "{counters:#?}");
+    assert!(has("mesh_requests_total;.reporter=source"), "{counters:#?}");
+    assert_eq!(
+        h.host()
+            .counter("meshwasm_retry_retries_total;.rule=orders-read"),
+        Some(1)
+    );
+}
+
+#[test]
+fn ticks_and_callouts_reach_the_policies_that_use_them() {
+    // Span export ticks at most every 100 ms, the retry budget's refunds every second.
+    let h = FilterHarness::<MeshSidecar>::new(&all_three(true)).unwrap();
+    assert_eq!(h.host().tick_period(), Some(Duration::from_millis(100)));
+    let only_retries = r#"{"retries": {"rules": []}}"#;
+    let h2 = FilterHarness::<MeshSidecar>::new(only_retries).unwrap();
+    assert_eq!(
+        h2.host().tick_period(),
+        Some(route_retries::REFUND_FLUSH_PERIOD)
+    );
+    let only_metrics =
+        format!(r#"{{"metrics": {{"reporter": "destination", "signing_key": "{KEY}"}}}}"#);
+    let h3 = FilterHarness::<MeshSidecar>::with_host(TestHost::new(), &only_metrics).unwrap();
+    assert_eq!(h3.host().tick_period(), None);
+
+    // A sampled request's span goes out in a callout on the tick; its answer is taken.
+    h.tick(); // starts the export interval
+    let mut s = h.stream();
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/orders/1"),
+            ("traceparent", PARENT),
+        ],
+        true,
+    );
+    s.response_headers(&[(":status", "200")], true);
+    s.log();
+    h.advance_and_tick(Duration::from_secs(2));
+    let callouts = h.host().take_callouts();
+    assert_eq!(callouts.len(), 1, "{callouts:?}");
+    assert_eq!(callouts[0].cluster, "collector");
+    h.respond_to_callout(callouts[0].token, Some(202), &[], b"");
+    assert_eq!(
+        h.host()
+            .counter("meshwasm_trace_spans_total;.outcome=exported"),
+        Some(1),
+        "{:#?}",
+        h.host().metrics()
+    );
+}

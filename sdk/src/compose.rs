@@ -1,0 +1,252 @@
+//! Running several filters in one module. Each proxy-wasm filter costs a VM per worker, a
+//! context per request and a call into the VM per phase; filters that always run together can
+//! share all three by being called one after another from one root and one request type.
+//!
+//! [`PhaseHost`] is the host those filters share during one phase callback: it remembers the
+//! header maps, properties and clock already read in that callback, so the second and third
+//! filter looking at the same request headers, at `xds.cluster_name` or at the time cost no
+//! hostcall (a callback takes microseconds: one clock reading serves it). Writes go to
+//! the proxy at once and update what it remembers, so every filter sees the previous filters'
+//! changes exactly as it would through the proxy. Build one per callback and drop it at the
+//! end: between callbacks the proxy (and other filters in the chain) may change anything.
+
+use std::cell::RefCell;
+use std::time::{Duration, SystemTime};
+
+use crate::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
+
+type Pairs = Vec<(String, Bytes)>;
+
+/// A [`Host`] over another one that serves repeated reads within one phase callback from memory.
+pub struct PhaseHost<'a> {
+    inner: &'a dyn Host,
+    maps: RefCell<Vec<(MapKind, Pairs)>>,
+    properties: RefCell<Vec<(String, Option<Bytes>)>>,
+    now: std::cell::Cell<Option<SystemTime>>,
+}
+
+/// The cache key of a property path (segments cannot contain NUL in Envoy's attribute names).
+fn property_key(path: &[&str]) -> String {
+    path.join("\0")
+}
+
+impl<'a> PhaseHost<'a> {
+    /// Wraps `inner` for one callback.
+    pub fn new(inner: &'a dyn Host) -> PhaseHost<'a> {
+        PhaseHost {
+            inner,
+            maps: RefCell::new(Vec::new()),
+            properties: RefCell::new(Vec::new()),
+            now: std::cell::Cell::new(None),
+        }
+    }
+
+    fn with_map<T>(&self, map: MapKind, f: impl FnOnce(&mut Pairs) -> T) -> Option<T> {
+        let mut maps = self.maps.borrow_mut();
+        maps.iter_mut().find(|(m, _)| *m == map).map(|(_, p)| f(p))
+    }
+}
+
+impl Host for PhaseHost<'_> {
+    fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
+        // From a map already read whole; a single lookup does not justify reading one.
+        match self.with_map(map, |pairs| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }) {
+            Some(found) => found,
+            None => self.inner.header(map, name),
+        }
+    }
+
+    fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
+        if let Some(pairs) = self.with_map(map, |pairs| pairs.clone()) {
+            return pairs;
+        }
+        let pairs = self.inner.headers(map);
+        self.maps.borrow_mut().push((map, pairs.clone()));
+        pairs
+    }
+
+    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
+        self.inner.set_header(map, name, value);
+        self.with_map(map, |pairs| {
+            pairs.retain(|(k, _)| k != name);
+            if let Some(v) = value {
+                pairs.push((name.to_string(), v.to_vec()));
+            }
+        });
+    }
+
+    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
+        self.inner.add_header(map, name, value);
+        self.with_map(map, |pairs| pairs.push((name.to_string(), value.to_vec())));
+    }
+
+    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
+        self.inner.buffer(kind, start, max)
+    }
+
+    fn set_buffer(
+        &self,
+        kind: BufferKind,
+        start: usize,
+        size: usize,
+        value: &[u8],
+    ) -> Result<(), HostError> {
+        self.inner.set_buffer(kind, start, size, value)
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Bytes> {
+        let key = property_key(path);
+        if let Some((_, v)) = self.properties.borrow().iter().find(|(k, _)| *k == key) {
+            return v.clone();
+        }
+        let value = self.inner.property(path);
+        self.properties.borrow_mut().push((key, value.clone()));
+        value
+    }
+
+    fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
+        let key = property_key(path);
+        self.properties.borrow_mut().retain(|(k, _)| *k != key);
+        self.inner.set_property(path, value)
+    }
+
+    fn now(&self) -> SystemTime {
+        if let Some(t) = self.now.get() {
+            return t;
+        }
+        let t = self.inner.now();
+        self.now.set(Some(t));
+        t
+    }
+
+    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
+        self.inner.set_tick_period(period)
+    }
+
+    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
+        self.inner.define_metric(kind, name)
+    }
+
+    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError> {
+        self.inner.increment_metric(id, offset)
+    }
+
+    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
+        self.inner.record_metric(id, value)
+    }
+
+    fn metric(&self, id: u32) -> Result<u64, HostError> {
+        self.inner.metric(id)
+    }
+
+    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
+        self.inner.shared_data(key)
+    }
+
+    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
+        self.inner.set_shared_data(key, value, cas)
+    }
+
+    fn http_call(
+        &self,
+        cluster: &str,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+        timeout: Duration,
+    ) -> Result<u32, HostError> {
+        self.inner.http_call(cluster, headers, body, timeout)
+    }
+
+    fn send_response(
+        &self,
+        status: u32,
+        headers: &[(&str, &str)],
+        body: Option<&[u8]>,
+    ) -> Result<(), HostError> {
+        self.inner.send_response(status, headers, body)
+    }
+
+    fn resume_request(&self) -> Result<(), HostError> {
+        self.inner.resume_request()
+    }
+
+    fn resume_response(&self) -> Result<(), HostError> {
+        self.inner.resume_response()
+    }
+}
+
+/// The action of a phase run by several filters: the first that pauses pauses the stream.
+pub fn merge(a: crate::filter::Action, b: crate::filter::Action) -> crate::filter::Action {
+    use crate::filter::Action;
+    if a == Action::Pause || b == Action::Pause {
+        Action::Pause
+    } else {
+        Action::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::filter::Action;
+    use crate::testing::TestHost;
+
+    #[test]
+    fn reads_once_and_sees_its_own_writes() {
+        let host = TestHost::new();
+        host.set_map(
+            MapKind::RequestHeaders,
+            &[("traceparent", "a"), ("x-b3-sampled", "1")],
+        );
+        host.set_property_str("xds.cluster_name", "orders");
+        let phase = PhaseHost::new(&host);
+        // Before the map is read whole, single lookups go to the proxy.
+        assert_eq!(
+            phase.header(MapKind::RequestHeaders, "traceparent"),
+            Some(b"a".to_vec())
+        );
+        assert_eq!(phase.headers(MapKind::RequestHeaders).len(), 2);
+        phase.set_header(MapKind::RequestHeaders, "traceparent", Some(b"b"));
+        phase.set_header(MapKind::RequestHeaders, "x-b3-sampled", None);
+        phase.add_header(MapKind::RequestHeaders, "x-new", b"1");
+        let seen = phase.snapshot(MapKind::RequestHeaders);
+        assert_eq!(seen.get("traceparent"), Some(&b"b"[..]));
+        assert!(!seen.contains("x-b3-sampled"));
+        assert_eq!(
+            phase.header(MapKind::RequestHeaders, "x-new"),
+            Some(b"1".to_vec())
+        );
+        // The proxy got every write.
+        assert_eq!(
+            host.map_value(MapKind::RequestHeaders, "traceparent")
+                .as_deref(),
+            Some("b")
+        );
+        assert_eq!(
+            host.map_value(MapKind::RequestHeaders, "x-b3-sampled"),
+            None
+        );
+        // Properties: read once, absent ones too; a write forgets the cached value.
+        assert_eq!(
+            phase.property(&["xds", "cluster_name"]),
+            phase.property(&["xds", "cluster_name"])
+        );
+        assert_eq!(phase.property(&["xds", "route_name"]), None);
+        // One clock reading per callback.
+        let t = phase.now();
+        host.advance(std::time::Duration::from_secs(1));
+        assert_eq!(phase.now(), t);
+        assert_eq!(
+            PhaseHost::new(&host).now(),
+            t + std::time::Duration::from_secs(1)
+        );
+        assert_eq!(merge(Action::Continue, Action::Pause), Action::Pause);
+        assert_eq!(merge(Action::Continue, Action::Continue), Action::Continue);
+    }
+}
