@@ -1,6 +1,7 @@
 //! The shipped configs beyond `envoy --mode validate`: the remote-code sidecar variant loads the
 //! filters from an HTTP server with their sha256 and refuses a wrong hash; and the manifests in
-//! examples/k8s reference filters that exist, with configurations the filters themselves accept.
+//! examples/k8s reference filters that exist, with configurations the filters themselves accept;
+//! the one-module sidecar carries exactly the three-module sidecar's filter configurations.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -197,6 +198,7 @@ fn check_filter_config(filter: &str, config: &str) -> Result<(), String> {
             FilterHarness::<service_metrics::ServiceMetrics>::new(config).map(|_| ())
         }
         "route_retries" => FilterHarness::<route_retries::RouteRetries>::new(config).map(|_| ()),
+        "mesh_sidecar" => FilterHarness::<mesh_sidecar::MeshSidecar>::new(config).map(|_| ()),
         other => return Err(format!("unknown filter {other}")),
     };
     result.map_err(|e| format!("{filter}: {e}"))
@@ -394,5 +396,71 @@ fn k8s_sidecar_pod_loads_existing_filters_and_its_bootstrap_validates() {
         "{file}: envoy --mode validate failed:\n{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// envoy-configs/sidecar-one-module.yaml
+
+/// `(root_id, configuration)` of every wasm filter in a config, in order.
+fn wasm_filter_configs(text: &str) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut root = None;
+    for line in text.lines() {
+        if let Some(r) = field(line, "root_id") {
+            root = Some(r.to_string());
+        } else if let Some(v) = field(line, "value") {
+            if let Some(r) = root.take() {
+                let json = v
+                    .trim_start_matches('\'')
+                    .trim_end_matches('\'')
+                    .replace("''", "'");
+                out.push((r, json));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn the_one_module_sidecar_carries_the_sidecars_filter_configs() {
+    let dir = workspace_root().join("envoy-configs");
+    let three = wasm_filter_configs(&fs::read_to_string(dir.join("sidecar.yaml")).unwrap());
+    let one =
+        wasm_filter_configs(&fs::read_to_string(dir.join("sidecar-one-module.yaml")).unwrap());
+    // Per listener (outbound, then inbound), the three-module sidecar's sections in order.
+    let mut expected = Vec::new();
+    let mut sections: Vec<String> = Vec::new();
+    for (root, json) in three
+        .iter()
+        .chain([("end".to_string(), String::new())].iter())
+    {
+        let key = match root.as_str() {
+            "trace_propagation" => "trace",
+            "service_metrics" => "metrics",
+            "route_retries" => "retries",
+            _ => "",
+        };
+        if (key == "trace" || key.is_empty()) && !sections.is_empty() {
+            expected.push(format!("{{{}}}", sections.join(",")));
+            sections.clear();
+        }
+        if !key.is_empty() {
+            sections.push(format!("\"{key}\":{json}"));
+        }
+    }
+    let got: Vec<String> = one
+        .iter()
+        .filter(|(r, _)| r == "mesh_sidecar")
+        .map(|(_, j)| j.clone())
+        .collect();
+    assert_eq!(got.len(), 2, "{one:?}");
+    assert_eq!(got, expected);
+    for json in &got {
+        check_filter_config("mesh_sidecar", json).unwrap();
+    }
+    assert!(
+        check_filter_config("mesh_sidecar", r#"{"retries":{"rules":[{}]}}"#)
+            .is_err_and(|e| e.contains("retries.rules[0]"))
     );
 }
