@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use meshwasm::prelude::*;
-use meshwasm::testing::{FilterHarness, HttpStream, TestHost};
+use meshwasm::testing::{CountingHost, FilterHarness, HttpStream, TestHost};
 
 use super::*;
 use crate::budget::{key, Window};
@@ -482,130 +482,6 @@ fn bad_configs_name_the_field() {
     );
 }
 
-/// Counts the hostcalls made through it (each is one proxy-wasm hostcall in Envoy), by call and
-/// argument, and delegates to the test host; as `xtask/src/bench/hostcalls.rs` counts them.
-struct Counting<'a> {
-    inner: &'a TestHost,
-    calls: std::cell::RefCell<Vec<String>>,
-}
-
-impl<'a> Counting<'a> {
-    fn new(inner: &'a TestHost) -> Self {
-        Counting {
-            inner,
-            calls: std::cell::RefCell::new(Vec::new()),
-        }
-    }
-    fn bump(&self, call: String) {
-        self.calls.borrow_mut().push(call);
-    }
-    /// The calls since the last `take`.
-    fn take(&self) -> Vec<String> {
-        std::mem::take(&mut *self.calls.borrow_mut())
-    }
-}
-
-impl Host for Counting<'_> {
-    fn header(&self, map: MapKind, name: &str) -> Option<Vec<u8>> {
-        self.bump(format!("get_header_map_value {map:?} {name}"));
-        self.inner.header(map, name)
-    }
-    fn headers(&self, map: MapKind) -> Vec<(String, Vec<u8>)> {
-        self.bump(format!("get_header_map_pairs {map:?}"));
-        self.inner.headers(map)
-    }
-    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
-        let call = if value.is_some() { "replace" } else { "remove" };
-        self.bump(format!("{call}_header_map_value {map:?} {name}"));
-        self.inner.set_header(map, name, value)
-    }
-    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
-        self.bump(format!("add_header_map_value {map:?} {name}"));
-        self.inner.add_header(map, name, value)
-    }
-    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Vec<u8>> {
-        self.bump("get_buffer_bytes".into());
-        self.inner.buffer(kind, start, max)
-    }
-    fn set_buffer(
-        &self,
-        kind: BufferKind,
-        start: usize,
-        size: usize,
-        value: &[u8],
-    ) -> Result<(), HostError> {
-        self.bump("set_buffer_bytes".into());
-        self.inner.set_buffer(kind, start, size, value)
-    }
-    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
-        self.bump(format!("get_property {}", path.join(".")));
-        self.inner.property(path)
-    }
-    fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
-        self.bump(format!("set_property {}", path.join(".")));
-        self.inner.set_property(path, value)
-    }
-    fn now(&self) -> std::time::SystemTime {
-        self.bump("get_current_time_nanoseconds".into());
-        self.inner.now()
-    }
-    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
-        self.bump("set_tick_period_milliseconds".into());
-        self.inner.set_tick_period(period)
-    }
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
-        self.bump("define_metric".into());
-        self.inner.define_metric(kind, name)
-    }
-    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError> {
-        self.bump("increment_metric".into());
-        self.inner.increment_metric(id, offset)
-    }
-    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
-        self.bump("record_metric".into());
-        self.inner.record_metric(id, value)
-    }
-    fn metric(&self, id: u32) -> Result<u64, HostError> {
-        self.bump("get_metric".into());
-        self.inner.metric(id)
-    }
-    fn shared_data(&self, key: &str) -> (Option<Vec<u8>>, Option<u32>) {
-        self.bump("get_shared_data".into());
-        self.inner.shared_data(key)
-    }
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
-        self.bump("set_shared_data".into());
-        self.inner.set_shared_data(key, value, cas)
-    }
-    fn http_call(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<u32, HostError> {
-        self.bump("http_call".into());
-        self.inner.http_call(cluster, headers, body, timeout)
-    }
-    fn send_response(
-        &self,
-        status: u32,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<(), HostError> {
-        self.bump("send_local_response".into());
-        self.inner.send_response(status, headers, body)
-    }
-    fn resume_request(&self) -> Result<(), HostError> {
-        self.bump("continue_stream request".into());
-        self.inner.resume_request()
-    }
-    fn resume_response(&self) -> Result<(), HostError> {
-        self.bump("continue_stream response".into());
-        self.inner.resume_response()
-    }
-}
-
 /// The calls of one steady-state request (after a warm-up one) with `config`, the request as
 /// the bench presents it (`xtask/src/bench/hostcalls.rs`) plus `extra` request headers, and a
 /// first-try 200: (request headers, response headers, log).
@@ -631,10 +507,10 @@ fn hostcalls(config: &str, extra: &[(&str, &str)]) -> (Vec<String>, Vec<String>,
         stream.set_map(MapKind::RequestHeaders, &headers);
         stream.set_property_str("xds.route_name", "orders");
         stream.set_property_str("xds.cluster_name", "upstream");
-        let c = Counting::new(&stream);
+        let c = CountingHost::new(&stream);
         let mut http = root.new_http(&c);
         http.on_request_headers(&root, &c, true);
-        let request = c.take();
+        let request = c.take_names();
         stream.set_map(
             MapKind::ResponseHeaders,
             &[
@@ -644,9 +520,9 @@ fn hostcalls(config: &str, extra: &[(&str, &str)]) -> (Vec<String>, Vec<String>,
             ],
         );
         http.on_response_headers(&root, &c, true);
-        let response = c.take();
+        let response = c.take_names();
         http.on_log(&root, &c);
-        out = (request, response, c.take());
+        out = (request, response, c.take_names());
     }
     out
 }

@@ -1,19 +1,19 @@
-//! Hostcalls per request per filter, counted on the SDK's test host: a [`Host`] wrapper that
-//! counts every call (each is one proxy-wasm hostcall in Envoy, see `sdk/src/abi.rs`) and
-//! delegates to [`TestHost`], with the filter's `RootFilter`/`HttpFilter` driven through one
-//! request the way Envoy drives it (request headers, response headers, log). The request,
-//! response and properties are what Envoy presents for the bench's request; the filter
-//! configurations are read from the same `bench/configs/filters/*.yaml` the scenarios load.
+//! Hostcalls per request per filter, counted on the SDK's test host: [`CountingHost`] records
+//! every call (each is one proxy-wasm hostcall in Envoy, see `sdk/src/abi.rs`) and delegates
+//! to [`TestHost`], with the filter's `RootFilter`/`HttpFilter` driven through one request the
+//! way Envoy drives it (request headers, response headers, log). The request, response and
+//! properties are what Envoy presents for the bench's request; the filter configurations are
+//! read from the same `bench/configs/filters/*.yaml` the scenarios load.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use meshwasm::filter::{HttpFilter, RootFilter};
-use meshwasm::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
+use meshwasm::host::{BufferKind, MapKind};
 use meshwasm::properties;
-use meshwasm::testing::TestHost;
+use meshwasm::testing::{CountingHost, HostCall, TestHost};
 
 use crate::Result;
 
@@ -45,31 +45,19 @@ impl Counts {
     }
 }
 
-/// Counts the calls made through it, then delegates to the test host.
-struct Counting<'a> {
-    inner: &'a TestHost,
-    calls: RefCell<BTreeMap<String, u64>>,
-}
-
-impl<'a> Counting<'a> {
-    fn new(inner: &'a TestHost) -> Self {
-        Counting {
-            inner,
-            calls: RefCell::new(BTreeMap::new()),
-        }
+/// A call's key in [`Counts::detail`] and BENCHMARKS.md: the full hostcall name, then the map
+/// by its short name and the argument (`proxy_get_header_map_value request traceparent`).
+fn key(call: &HostCall) -> String {
+    let mut key = format!("proxy_{}", call.name);
+    if let Some(map) = call.map {
+        key.push(' ');
+        key.push_str(map_name(map));
     }
-    fn bump(&self, call: &str, arg: &str) {
-        let key = if arg.is_empty() {
-            call.to_string()
-        } else {
-            format!("{call} {arg}")
-        };
-        *self.calls.borrow_mut().entry(key).or_default() += 1;
+    if let Some(arg) = &call.arg {
+        key.push(' ');
+        key.push_str(arg);
     }
-    /// The calls since the last `take`.
-    fn take(&self) -> BTreeMap<String, u64> {
-        std::mem::take(&mut *self.calls.borrow_mut())
-    }
+    key
 }
 
 fn map_name(map: MapKind) -> &'static str {
@@ -80,126 +68,6 @@ fn map_name(map: MapKind) -> &'static str {
         MapKind::ResponseTrailers => "response-trailers",
         MapKind::CalloutResponseHeaders => "callout",
         MapKind::CalloutResponseTrailers => "callout-trailers",
-    }
-}
-
-impl Host for Counting<'_> {
-    fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
-        self.bump(
-            "proxy_get_header_map_value",
-            &format!("{} {name}", map_name(map)),
-        );
-        self.inner.header(map, name)
-    }
-    fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
-        self.bump("proxy_get_header_map_pairs", map_name(map));
-        self.inner.headers(map)
-    }
-    fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
-        let call = if value.is_some() {
-            "proxy_replace_header_map_value"
-        } else {
-            "proxy_remove_header_map_value"
-        };
-        self.bump(call, &format!("{} {name}", map_name(map)));
-        self.inner.set_header(map, name, value)
-    }
-    fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
-        self.bump(
-            "proxy_add_header_map_value",
-            &format!("{} {name}", map_name(map)),
-        );
-        self.inner.add_header(map, name, value)
-    }
-    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
-        self.bump("proxy_get_buffer_bytes", "");
-        self.inner.buffer(kind, start, max)
-    }
-    fn set_buffer(
-        &self,
-        kind: BufferKind,
-        start: usize,
-        size: usize,
-        value: &[u8],
-    ) -> std::result::Result<(), HostError> {
-        self.bump("proxy_set_buffer_bytes", "");
-        self.inner.set_buffer(kind, start, size, value)
-    }
-    fn property(&self, path: &[&str]) -> Option<Bytes> {
-        self.bump("proxy_get_property", &path.join("."));
-        self.inner.property(path)
-    }
-    fn set_property(
-        &self,
-        path: &[&str],
-        value: Option<&[u8]>,
-    ) -> std::result::Result<(), HostError> {
-        self.bump("proxy_set_property", &path.join("."));
-        self.inner.set_property(path, value)
-    }
-    fn now(&self) -> SystemTime {
-        self.bump("proxy_get_current_time_nanoseconds", "");
-        self.inner.now()
-    }
-    fn set_tick_period(&self, period: Duration) -> std::result::Result<(), HostError> {
-        self.bump("proxy_set_tick_period_milliseconds", "");
-        self.inner.set_tick_period(period)
-    }
-    fn define_metric(&self, kind: MetricKind, name: &str) -> std::result::Result<u32, HostError> {
-        self.bump("proxy_define_metric", "");
-        self.inner.define_metric(kind, name)
-    }
-    fn increment_metric(&self, id: u32, offset: i64) -> std::result::Result<(), HostError> {
-        self.bump("proxy_increment_metric", "");
-        self.inner.increment_metric(id, offset)
-    }
-    fn record_metric(&self, id: u32, value: u64) -> std::result::Result<(), HostError> {
-        self.bump("proxy_record_metric", "");
-        self.inner.record_metric(id, value)
-    }
-    fn metric(&self, id: u32) -> std::result::Result<u64, HostError> {
-        self.bump("proxy_get_metric", "");
-        self.inner.metric(id)
-    }
-    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
-        self.bump("proxy_get_shared_data", "");
-        self.inner.shared_data(key)
-    }
-    fn set_shared_data(
-        &self,
-        key: &str,
-        value: &[u8],
-        cas: Option<u32>,
-    ) -> std::result::Result<(), HostError> {
-        self.bump("proxy_set_shared_data", "");
-        self.inner.set_shared_data(key, value, cas)
-    }
-    fn http_call(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> std::result::Result<u32, HostError> {
-        self.bump("proxy_http_call", "");
-        self.inner.http_call(cluster, headers, body, timeout)
-    }
-    fn send_response(
-        &self,
-        status: u32,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> std::result::Result<(), HostError> {
-        self.bump("proxy_send_local_response", "");
-        self.inner.send_response(status, headers, body)
-    }
-    fn resume_request(&self) -> std::result::Result<(), HostError> {
-        self.bump("proxy_continue_stream", "request");
-        self.inner.resume_request()
-    }
-    fn resume_response(&self) -> std::result::Result<(), HostError> {
-        self.bump("proxy_continue_stream", "response");
-        self.inner.resume_response()
     }
 }
 
@@ -282,7 +150,7 @@ fn count<F: RootFilter>(name: &str, config: &str) -> Result<Counts> {
     for i in 0..=measured {
         let stream = host.new_stream();
         script_request(&stream);
-        let c = Counting::new(&stream);
+        let c = CountingHost::with_names(&stream, key);
         let mut http = root.new_http(&c);
         http.on_request_headers(&root, &c, true);
         let request = c.take();
