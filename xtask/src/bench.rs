@@ -387,7 +387,10 @@ struct Export {
 fn span_export(running: &[Running], collector: &Upstream) -> Export {
     let lines = running
         .iter()
-        .filter(|r| r.scenario.filters.contains(&"trace_propagation.yaml"))
+        .filter(|r| {
+            let f = &r.scenario.filters;
+            f.contains(&"trace_propagation.yaml") || f.contains(&"mesh_sidecar.yaml")
+        })
         .map(|r| {
             let stats = r
                 .proxy
