@@ -284,7 +284,11 @@ fn k8s_wasm_plugins_reference_existing_filters_with_valid_configs() {
                 .unwrap_or_else(|e| panic!("{file}: {name}'s pluginConfig is not JSON: {e}"));
             check_filter_config(name, config).unwrap_or_else(|e| panic!("{file}: {e}"));
             assert!(["CLIENT", "SERVER"].contains(&get("mode")), "{file}");
-            plugins.push((name.to_string(), get("mode").to_string()));
+            plugins.push((
+                name.to_string(),
+                get("mode").to_string(),
+                serde_json::from_str::<serde_json::Value>(config).unwrap(),
+            ));
         }
     }
     for (filter, mode) in [
@@ -293,10 +297,36 @@ fn k8s_wasm_plugins_reference_existing_filters_with_valid_configs() {
         ("service_metrics", "CLIENT"),
         ("service_metrics", "SERVER"),
         ("route_retries", "CLIENT"),
+        ("mesh_sidecar", "CLIENT"),
+        ("mesh_sidecar", "SERVER"),
     ] {
         assert!(
-            plugins.iter().any(|(f, m)| f == filter && m == mode),
+            plugins.iter().any(|(f, m, _)| f == filter && m == mode),
             "no WasmPlugin for {filter} in {mode} mode: {plugins:?}"
+        );
+    }
+    // The one-module plugins carry the per-filter plugins' configurations, one section each.
+    let config = |filter: &str, mode: &str| {
+        plugins
+            .iter()
+            .find(|(f, m, _)| f == filter && m == mode)
+            .map(|(_, _, c)| c.clone())
+    };
+    for mode in ["CLIENT", "SERVER"] {
+        let mut expected = serde_json::Map::new();
+        for (filter, section) in [
+            ("trace_propagation", "trace"),
+            ("service_metrics", "metrics"),
+            ("route_retries", "retries"),
+        ] {
+            if let Some(c) = config(filter, mode) {
+                expected.insert(section.to_string(), c);
+            }
+        }
+        assert_eq!(
+            config("mesh_sidecar", mode),
+            Some(serde_json::Value::Object(expected)),
+            "mesh_sidecar in {mode} mode"
         );
     }
 }
