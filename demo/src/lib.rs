@@ -49,6 +49,8 @@ pub struct DemoOptions {
     pub keep_running: bool,
     /// Draw a progress bar on stderr.
     pub progress_bar: bool,
+    /// Sidecars with the three policies in one module (`envoy-configs/sidecar-one-module.yaml`).
+    pub one_module: bool,
 }
 
 /// Reads every sidecar's `/stats/prometheus` once histograms have caught up with the counters
@@ -131,6 +133,7 @@ pub fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<Report, String>
         work_dir: options.out_dir.join("mesh"),
         failure_rate: options.failure_rate,
         concurrency: 1,
+        one_module: options.one_module,
     })?;
     for i in &mesh.instances {
         say(

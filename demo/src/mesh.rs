@@ -36,6 +36,9 @@ pub struct MeshOptions {
     pub failure_rate: f64,
     /// Envoy worker threads per sidecar.
     pub concurrency: u32,
+    /// Run `sidecar-one-module.yaml` (the three policies in one module) instead of
+    /// `sidecar.yaml` (three filters).
+    pub one_module: bool,
 }
 
 /// One instance of a service: its app and its sidecar.
@@ -112,10 +115,18 @@ impl Mesh {
     /// Starts the collector, the apps, the EDS files and one sidecar per instance, and waits
     /// until every sidecar is ready.
     pub fn start(options: &MeshOptions) -> Result<Mesh, String> {
-        let template_path = options.configs_dir.join("sidecar.yaml");
+        let (template_file, filters): (&str, &[&str]) = if options.one_module {
+            ("sidecar-one-module.yaml", &["mesh_sidecar"])
+        } else {
+            (
+                "sidecar.yaml",
+                &["trace_propagation", "service_metrics", "route_retries"],
+            )
+        };
+        let template_path = options.configs_dir.join(template_file);
         let template = fs::read_to_string(&template_path)
             .map_err(|e| format!("could not read {}: {e}", template_path.display()))?;
-        for filter in ["trace_propagation", "service_metrics", "route_retries"] {
+        for filter in filters {
             let wasm = options.filters_dir.join(format!("{filter}.wasm"));
             if !wasm.is_file() {
                 return Err(format!(

@@ -36,7 +36,23 @@ fn demo_prints_a_trace_retries_and_the_service_graph() {
     for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
         integration::wasm_path(wasm);
     }
-    let dir = out_dir("demo");
+    check_demo(false);
+}
+
+/// The same demo with `--one-module`: sidecars from `sidecar-one-module.yaml` give the same
+/// trace tree, retries and service graph.
+#[test]
+fn demo_with_the_three_policies_in_one_module() {
+    integration::wasm_path("mesh-sidecar");
+    check_demo(true);
+}
+
+fn check_demo(one_module: bool) {
+    let dir = out_dir(if one_module {
+        "demo-one-module"
+    } else {
+        "demo"
+    });
     let options = DemoOptions {
         envoy: find_envoy().unwrap(),
         filters_dir: filters_dir(),
@@ -48,6 +64,7 @@ fn demo_prints_a_trace_retries_and_the_service_graph() {
         failure_rate: 0.25,
         keep_running: false,
         progress_bar: false,
+        one_module,
     };
     let mut out = Vec::new();
     let report = meshwasm_demo::run(&options, &mut out).unwrap();
@@ -165,6 +182,7 @@ fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
         // No injected failures: every client error would be the endpoint change's.
         failure_rate: 0.0,
         concurrency: 1,
+        one_module: false,
     })
     .unwrap();
     let entry = mesh.entry_port().unwrap();

@@ -24,6 +24,7 @@ struct Options {
     keep_running: bool,
     quick: bool,
     no_build: bool,
+    one_module: bool,
 }
 
 fn value<'a>(flag: &str, args: &mut impl Iterator<Item = &'a String>) -> Result<&'a String> {
@@ -47,6 +48,7 @@ fn parse(args: &[String]) -> Result<Options> {
         keep_running: false,
         quick: false,
         no_build: false,
+        one_module: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -65,6 +67,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--keep-running" => options.keep_running = true,
             "--quick" => options.quick = true,
             "--no-build" => options.no_build = true,
+            "--one-module" => options.one_module = true,
             other => return Err(format!("unknown option for `demo`: {other}")),
         }
     }
@@ -109,6 +112,7 @@ pub fn main(args: &[String]) -> Result<()> {
         failure_rate: options.failure_rate,
         keep_running: options.keep_running,
         progress_bar: std::io::stderr().is_terminal(),
+        one_module: options.one_module,
     };
     meshwasm_demo::run(&demo, &mut std::io::stdout()).map(|_| ())
 }
@@ -144,6 +148,7 @@ mod tests {
         assert!(parse(&args(&["--failure-rate", "1.5"])).is_err());
         assert!(parse(&args(&["--duration", "-1"])).is_err());
         assert!(parse(&args(&["--loud"])).is_err());
+        assert!(parse(&args(&["--one-module"]))?.one_module);
         Ok(())
     }
 }

@@ -31,7 +31,7 @@ tasks:
                                 config in envoy-configs/ with Envoy, then the integration tests
   fuzz [--seconds N] [target...] run the cargo-fuzz targets in fuzz/ for N seconds each (default 30)
   render-configs <out-dir>      render the templates in envoy-configs/ into <out-dir>
-  demo [--requests N] [--rps R] [--duration S] [--failure-rate F] [--keep-running] [--quick]
+  demo [--requests N] [--rps R] [--duration S] [--failure-rate F] [--keep-running] [--quick] [--one-module]
                                 a local mesh on 127.0.0.1: frontend -> orders -> inventory, each
                                 with a sidecar Envoy running the filters; prints a trace, retries,
                                 the service graph; writes target/demo/report.html
