@@ -6,11 +6,12 @@
 //!
 //! It proves that calls from region-b to inventory:
 //! 1. stay in region-b while its instance answers (region-a and the front proxy see nothing);
-//! 2. cross to region-a through the front proxy, with 200s, once region-b's instance answers 503
-//!    or stops (refuses connections): the cluster's outlier detection (`consecutive_5xx: 5`)
-//!    ejects it after a bounded number of failed calls (each call is tried three times by
-//!    route_retries' `inventory-read` rule), region-b then sees no call, and the caller's
-//!    identity (`x-mesh-peer`) crosses the front proxy;
+//! 2. cross to region-a through the front proxy once region-b's instance answers 503 or stops
+//!    (refuses connections), without a single failed call: each call's retry goes to the next
+//!    priority (`retry_priority: previous_priorities` on the inventory route), and outlier
+//!    detection (`consecutive_gateway_failure: 3`, enforced) ejects the instance after three
+//!    such failures, after which region-b sees no call; the caller's identity (`x-mesh-peer`)
+//!    crosses the front proxy;
 //! 3. come back to region-b once the instance answers again and its ejection ends (after the
 //!    503 case; a stopped instance's port is gone).
 //!
@@ -40,12 +41,12 @@ const FRONT_PROXY: &str = include_str!("../../envoy-configs/front-proxy.yaml");
 const REGION_A: &str = "inventory in region-a";
 const REGION_B: &str = "inventory in region-b";
 
-/// The most failed calls between region-b's instance starting to fail and calls being served
-/// by region-a. Ejection takes 5 consecutive 5xx (`consecutive_5xx: 5`): the three attempts of
-/// the first call and two of the second, whose third attempt can already go to region-a. The
-/// ejection is posted to Envoy's main thread and from there to the workers, so on a slow machine
-/// another call or two may still reach the failing instance.
-const MAX_FAILED_CALLS: usize = 3;
+/// The calls after region-b's instance starts failing by which outlier detection must have
+/// ejected it. Each call's first attempt goes to region-b and fails, its retry goes to region-a;
+/// the third consecutive gateway failure ejects region-b. The ejection is posted to Envoy's main
+/// thread and from there to the workers, so on a slow machine a call or two more may still try
+/// region-b first.
+const CALLS_TO_EJECT: usize = 5;
 
 /// Region-b's sidecar and region-a's front proxy, their test servers, and the EDS directory.
 struct Regions {
@@ -315,33 +316,40 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
         Failure::Answers503 => (r.inventory_b.requests().len() - CALLS) as u64,
         Failure::Stops => r.host_count(b, "cx_connect_fail"),
     };
-    let mut failed = Vec::new();
-    let first_a = loop {
+    // Every call is answered, from region-a, until and after the ejection.
+    let mut calls = 0;
+    let mut first_a = None;
+    while r.sidecar_stat("cluster.inventory.outlier_detection.ejections_active") != 1 {
         let resp = r.call();
-        if resp.status == 200 {
-            break resp;
-        }
-        failed.push(resp.status);
-        assert!(
-            failed.len() <= MAX_FAILED_CALLS,
-            "{failure:?}: still failing after {} calls: {failed:?}; sidecar stats:\n{}",
-            failed.len(),
+        calls += 1;
+        assert_eq!(
+            (resp.status, resp.body.as_str()),
+            (200, REGION_A),
+            "{failure:?}: call {calls} after region-b started failing; sidecar stats:\n{}",
             outlier_stats(r)
         );
-    };
-    let failover_after = failing_since.elapsed();
+        first_a.get_or_insert((resp, failing_since.elapsed()));
+        assert!(
+            calls <= CALLS_TO_EJECT,
+            "{failure:?}: region-b not ejected after {calls} calls; sidecar stats:\n{}",
+            outlier_stats(r)
+        );
+    }
+    let (first_a, failover_after) = first_a.unwrap();
     assert_eq!(first_a.body, REGION_A, "{first_a:?}");
-    // Outlier detection ejected region-b's instance after `consecutive_5xx` (5) failed attempts
-    // (a refused connection counts as a 5xx: the config does not split local-origin errors).
-    // `consecutive_gateway_failure: 3` is only detected at the third attempt, not enforced
-    // (`enforcing_consecutive_gateway_failure` defaults to 0 %).
+    // Outlier detection ejected region-b's instance after `consecutive_gateway_failure` (3)
+    // failed attempts (a refused connection counts too: the config does not split local-origin
+    // errors). Before the shipped config set `enforcing_consecutive_gateway_failure: 100`, the
+    // gateway rule was only detected and the ejection waited for `consecutive_5xx` (5).
     assert_eventually!(
         r.sidecar_stat("cluster.inventory.outlier_detection.ejections_active") == 1,
         "{}",
         outlier_stats(r)
     );
     assert_eq!(
-        r.sidecar_stat("cluster.inventory.outlier_detection.ejections_enforced_consecutive_5xx"),
+        r.sidecar_stat(
+            "cluster.inventory.outlier_detection.ejections_enforced_consecutive_gateway_failure"
+        ),
         1,
         "{}",
         outlier_stats(r)
@@ -352,13 +360,12 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
     assert_eq!(r.host_stat(fp, "health_flags"), "healthy");
     let attempts = failed_attempts(r);
     assert!(
-        (5..=3 * MAX_FAILED_CALLS as u64).contains(&attempts),
+        (3..=CALLS_TO_EJECT as u64).contains(&attempts),
         "{attempts} failed attempts on region-b"
     );
     println!(
-        "{failure:?}: {} failed calls ({failed:?}), {attempts} failed attempts on region-b, \
-         first region-a answer {failover_after:?} after region-b started failing\n{}",
-        failed.len(),
+        "{failure:?}: 0 failed calls, {calls} calls to eject, {attempts} failed attempts on \
+         region-b, first region-a answer {failover_after:?} after region-b started failing\n{}",
         outlier_stats(r)
     );
 
