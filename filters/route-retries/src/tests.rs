@@ -558,6 +558,12 @@ fn hostcalls_per_request_stay_low() {
     assert!(log.is_empty(), "{log:?}");
     assert!(request.len() + response.len() + log.len() <= 11);
 
+    // A tick with no refund held makes no hostcall at all.
+    let h = harness(BENCH_CONFIG);
+    let counting = CountingHost::new(h.host());
+    h.root().on_tick(&counting);
+    assert!(counting.take_names().is_empty());
+
     // A rule that needs no property reads only the cluster (the budget's key); client headers
     // cost a call only when present (then one removal each).
     let config =
