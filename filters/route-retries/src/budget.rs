@@ -253,15 +253,25 @@ pub const MAX_REFUND_CLUSTERS: usize = 256;
 
 /// Unused reservations a worker owes back, per cluster: (second recorded, retries to return).
 /// A worker talks to a handful of clusters, so a list searched in place is enough.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Refunds {
     by_cluster: Vec<(String, Vec<(u64, u32)>)>,
+    /// The budget's window: at most this many seconds are held per cluster.
+    window_seconds: u32,
 }
 
 impl Refunds {
+    /// No refunds, for a budget of `window_seconds`.
+    pub fn new(window_seconds: u32) -> Refunds {
+        Refunds {
+            by_cluster: Vec::new(),
+            window_seconds,
+        }
+    }
+
     /// Holds `amount` retries to return to `cluster`'s bucket of `second`. False when this
     /// worker already holds refunds for [`MAX_REFUND_CLUSTERS`] other clusters: write it now.
-    pub fn hold(&mut self, cluster: &str, second: u64, amount: u32, window_seconds: u32) -> bool {
+    pub fn hold(&mut self, cluster: &str, second: u64, amount: u32) -> bool {
         if amount == 0 {
             return true;
         }
@@ -279,7 +289,7 @@ impl Refunds {
             None => held.push((second, amount)),
         }
         // More seconds than the window has: the oldest can only be dropped by it anyway.
-        while held.len() > window_seconds.max(1) as usize {
+        while held.len() > self.window_seconds.max(1) as usize {
             let oldest = (0..held.len()).min_by_key(|&j| held[j].0).unwrap_or(0);
             held.swap_remove(oldest);
         }
@@ -295,10 +305,10 @@ impl Refunds {
     }
 
     /// Puts back refunds whose write did not go through.
-    pub fn restore(&mut self, cluster: &str, held: Vec<(u64, u32)>, window_seconds: u32) {
+    pub fn restore(&mut self, cluster: &str, held: Vec<(u64, u32)>) {
         for (second, amount) in held {
             // A full list drops the refund: the budget errs on the safe side.
-            let _ = self.hold(cluster, second, amount, window_seconds);
+            let _ = self.hold(cluster, second, amount);
         }
     }
 
@@ -390,7 +400,7 @@ pub fn flush(host: &dyn Host, params: &BudgetParams, refunds: &mut Refunds) -> u
         let held = refunds.take(&cluster);
         if update(host, params, &cluster, now, |w| give_back(w, now, &held)).is_none() {
             failed += 1;
-            refunds.restore(&cluster, held, params.window_seconds);
+            refunds.restore(&cluster, held);
         }
     }
     failed
@@ -581,24 +591,24 @@ mod tests {
 
     #[test]
     fn refunds_merge_by_second_stay_bounded_and_survive_failed_writes() {
-        let mut r = Refunds::default();
-        assert!(r.hold("c", 100, 2, 3));
-        assert!(r.hold("c", 100, 1, 3));
-        assert!(r.hold("c", 100, 0, 3));
+        let mut r = Refunds::new(3);
+        assert!(r.hold("c", 100, 2));
+        assert!(r.hold("c", 100, 1));
+        assert!(r.hold("c", 100, 0));
         assert_eq!(r.held("c"), 3);
         // More seconds than the window holds: the oldest go (the window would drop them).
         for second in 101..=105 {
-            assert!(r.hold("c", second, 1, 3));
+            assert!(r.hold("c", second, 1));
         }
         let mut kept = r.take("c");
         kept.sort_unstable();
         assert_eq!(kept, vec![(103, 1), (104, 1), (105, 1)]);
         // A full map refuses new clusters (the caller writes at once) but not known ones.
         for i in 0..MAX_REFUND_CLUSTERS {
-            assert!(r.hold(&format!("k{i}"), 1, 1, 3));
+            assert!(r.hold(&format!("k{i}"), 1, 1));
         }
-        assert!(!r.hold("new", 1, 1, 3));
-        assert!(r.hold("k0", 1, 1, 3));
+        assert!(!r.hold("new", 1, 1));
+        assert!(r.hold("k0", 1, 1));
         assert_eq!(r.held("k0"), 2);
 
         // A flush that loses every CAS round keeps the refund; the next one writes it.
@@ -608,8 +618,8 @@ mod tests {
         };
         let now = now_seconds(&host);
         let a = admit(&host, &P, "c", 3, &[]);
-        let mut r = Refunds::default();
-        assert!(r.hold("c", a.second, 3, P.window_seconds));
+        let mut r = Refunds::new(P.window_seconds);
+        assert!(r.hold("c", a.second, 3));
         host.losses.set(MAX_CAS_TRIES);
         assert_eq!(flush(&host, &P, &mut r), 1);
         assert_eq!(r.held("c"), 3);

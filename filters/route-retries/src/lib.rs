@@ -116,6 +116,7 @@ impl RootFilter for RouteRetries {
 
     fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
         let rules = config.compile()?;
+        let refunds = RefCell::new(Refunds::new(rules.budget.window_seconds));
         let fam = |name: &str| MetricFamily::counter(name, &["rule"]);
         let root = RouteRetries {
             rules,
@@ -127,7 +128,7 @@ impl RootFilter for RouteRetries {
             stripped: fam(names::CLIENT_HEADERS_STRIPPED),
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
-            refunds: RefCell::new(Refunds::default()),
+            refunds,
         };
         // Define every rule's series now, so they exist (at 0) before the first request.
         let labels: Vec<String> = root
@@ -272,8 +273,7 @@ impl HttpFilter for RouteRetriesRequest {
         let admission = budget::admit(host, root.budget(), cluster, wanted, &held);
         if admission.contended {
             root.contended.inc(host);
-            let window = root.budget().window_seconds;
-            root.refunds.borrow_mut().restore(cluster, held, window);
+            root.refunds.borrow_mut().restore(cluster, held);
         } else {
             self.budget = Some((cluster.to_string(), admission.second));
         }
@@ -325,13 +325,10 @@ impl HttpFilter for RouteRetriesRequest {
         if let Some((cluster, second)) = &self.budget {
             // A refund waits for this worker's next write; retries beyond the reservation
             // (not expected from Envoy) are charged at once.
-            let window = root.budget().window_seconds;
-            let refund = self.granted.saturating_sub(retries);
-            let held = retries <= self.granted
-                && root
-                    .refunds
-                    .borrow_mut()
-                    .hold(cluster, *second, refund, window);
+            let held = self
+                .granted
+                .checked_sub(retries)
+                .is_some_and(|refund| root.refunds.borrow_mut().hold(cluster, *second, refund));
             if !held
                 && !budget::settle(host, root.budget(), cluster, *second, self.granted, retries)
             {

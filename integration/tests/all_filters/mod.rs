@@ -29,9 +29,6 @@ pub enum Layout {
 }
 
 impl Layout {
-    /// Both layouts, for tests that must hold for each.
-    pub const ALL: [Layout; 2] = [Layout::ThreeModules, Layout::OneModule];
-
     /// The Envoy template of this layout.
     pub fn template(self) -> &'static str {
         match self {

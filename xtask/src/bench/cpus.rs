@@ -27,8 +27,9 @@ impl Cpus {
         Cpus { taskset, cores }
     }
 
+    /// `taskset`, when the bench pins (`detect` finds it only with two cores or more).
     fn pinning(&self) -> Option<&PathBuf> {
-        self.taskset.as_ref().filter(|_| self.cores >= 2)
+        self.taskset.as_ref()
     }
 
     /// The core list of the load side.
