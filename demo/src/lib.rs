@@ -1,21 +1,23 @@
-//! The local mesh of `cargo xtask demo`: small HTTP services that copy trace headers
-//! ([`service`]), a Zipkin span collector ([`collector`]), one sidecar Envoy per instance running
-//! `envoy-configs/sidecar.yaml` with the three meshwasm filters ([`mesh`], [`envoy`]), a traffic
-//! driver, and the report ([`report`]): a trace tree, retries and absorbed failures, the service
-//! graph from the sidecars' metrics, and `report.html`.
+//! The local mesh of `cargo xtask demo` (binary `meshwasm-demo`, options in [`cli`]): small HTTP
+//! services that copy trace headers ([`service`]), the toolkit's Zipkin span collector
+//! ([`collector`]), one sidecar Envoy per instance running `envoy-configs/sidecar.yaml` with the
+//! three meshwasm filters ([`mesh`]), a traffic driver, and the report ([`report`], [`trace`]):
+//! a trace tree, retries and absorbed failures, the service graph from the sidecars' metrics,
+//! and `report.html`.
 //!
-//! Everything listens on 127.0.0.1. [`run`] is the whole demo; the integration tests use
-//! [`mesh::Mesh`] directly too.
+//! Everything listens on 127.0.0.1, on ports the kernel chose for whoever holds them; every
+//! process and server comes from the native toolkit (`meshwasm-toolkit`). [`run`] is the whole
+//! demo; the integration tests use [`mesh::Mesh`] directly too.
 
 #![forbid(unsafe_code)]
 
-pub mod collector;
-pub mod envoy;
-pub mod http;
+pub mod cli;
 pub mod mesh;
-pub mod prom;
 pub mod report;
 pub mod service;
+pub mod trace;
+
+pub use toolkit::{collector, prom};
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -26,7 +28,7 @@ use std::time::{Duration, Instant};
 use mesh::{Mesh, MeshOptions, Progress, Traffic};
 use report::Report;
 
-/// What `cargo xtask demo` was asked for, with the paths it found.
+/// What the demo (`meshwasm-demo`, `cargo xtask demo`) was asked for, with the paths it found.
 #[derive(Debug, Clone)]
 pub struct DemoOptions {
     /// The Envoy binary.

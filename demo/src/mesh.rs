@@ -3,15 +3,14 @@
 //! endpoints in EDS files the sidecars watch, a span collector, and the traffic driver.
 
 use std::fs;
-use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::collector::Collector;
-use crate::envoy::{render, EnvoyProcess, EnvoySpec, Watchdog};
-use crate::http;
+use toolkit::collector::Collector;
+use toolkit::{http, prom, Envoy};
+
 use crate::service::{Service, ServiceConfig};
 
 /// The services and who calls whom: (service, next service, instances, simulated work).
@@ -47,42 +46,38 @@ pub struct Instance {
     pub service: String,
     /// The instance, e.g. `inventory-2`.
     pub name: String,
-    /// Its sidecar's outbound listener (where its app sends calls).
+    /// Its sidecar's outbound listener (where its app sends calls), as Envoy bound it.
     pub outbound_port: u16,
-    /// Its sidecar's inbound listener (its endpoint in EDS).
+    /// Its sidecar's inbound listener (its endpoint in EDS), as Envoy bound it.
     pub inbound_port: u16,
     /// The sidecar (declared before `app`: stopped first).
-    pub sidecar: EnvoyProcess,
+    pub sidecar: Envoy,
     /// The app.
     pub app: Service,
 }
 
-/// The running mesh; dropping it stops every process it started.
+/// How long a sidecar may take to become ready, and then to see its endpoints.
+const SIDECAR_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The running mesh; dropping it stops every process it started (and the toolkit's watchdog
+/// stops the sidecars if this process dies first).
 pub struct Mesh {
     /// Every instance, in [`TOPOLOGY`] order.
     pub instances: Vec<Instance>,
     /// The span collector.
     pub collector: Collector,
     eds_dir: PathBuf,
-    /// Dropped last: by then every Envoy is stopped and it exits without signalling anything.
-    watchdog: Watchdog,
 }
 
-/// `n` free loopback ports (bound together, then released).
-fn free_ports(n: usize) -> Result<Vec<u16>, String> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("could not find a free port: {e}"))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("could not find a free port: {e}"))
-}
-
-/// The EDS file of `cluster` with one endpoint per port (the format of envoy-configs/eds/).
+/// The EDS file of `cluster` with one endpoint per port (the format of envoy-configs/eds/); with
+/// no port, a cluster with no endpoint.
 pub fn eds_yaml(cluster: &str, ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return format!(
+            "resources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  \
+             cluster_name: {cluster}\n  endpoints: []\n"
+        );
+    }
     let mut out = format!(
         "resources:\n- \"@type\": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment\n  \
          cluster_name: {cluster}\n  endpoints:\n  - locality: {{ region: region-a }}\n    lb_endpoints:\n"
@@ -112,8 +107,13 @@ pub fn write_eds(dir: &Path, cluster: &str, ports: &[u16]) -> Result<(), String>
 }
 
 impl Mesh {
-    /// Starts the collector, the apps, the EDS files and one sidecar per instance, and waits
-    /// until every sidecar is ready.
+    /// Starts the collector, the apps, one sidecar per instance (in parallel) and the EDS
+    /// files, and waits until every sidecar is ready and sees every endpoint.
+    ///
+    /// No port is picked ahead: each app binds its own port first, then its sidecar starts with
+    /// `{{PORT_APP}}` and `{{PORT_COLLECTOR}}` set and binds its admin, outbound and inbound
+    /// listeners on port 0; once it is ready the app learns its outbound port and the EDS files
+    /// (empty until then) get every sidecar's inbound port.
     pub fn start(options: &MeshOptions) -> Result<Mesh, String> {
         let (template_file, filters): (&str, &[&str]) = if options.one_module {
             ("sidecar-one-module.yaml", &["mesh_sidecar"])
@@ -142,117 +142,155 @@ impl Mesh {
         let eds_dir = options.work_dir.join("eds");
         fs::create_dir_all(&eds_dir)
             .map_err(|e| format!("could not create {}: {e}", eds_dir.display()))?;
+        // Every cluster starts with no endpoint: the sidecars' inbound ports exist only once
+        // they are up.
+        for (service, _, _, _) in TOPOLOGY {
+            write_eds(&eds_dir, service, &[])?;
+        }
         let collector = Collector::start()?;
-        let mut watchdog = Watchdog::start()?;
 
-        // Ports first: an app must know its sidecar's outbound port, a sidecar its app's port.
-        let count: usize = TOPOLOGY.iter().map(|t| t.2).sum();
-        let ports = free_ports(3 * count)?;
-        let mut planned = Vec::new();
+        // Apps first: each holds its port from the start; its sidecar is told the port.
+        let mut apps = Vec::new();
         let mut seed = 0x5eed_u64;
         for (service, calls, instances, work) in TOPOLOGY {
             for i in 1..=instances {
-                let k = planned.len();
-                let (admin, outbound, inbound) = (ports[3 * k], ports[3 * k + 1], ports[3 * k + 2]);
                 seed = seed
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let app = Service::start(
-                    ServiceConfig {
-                        name: service.to_string(),
-                        calls: calls.map(str::to_string),
-                        outbound_port: outbound,
-                        failure_rate: if service == "inventory" {
-                            options.failure_rate
-                        } else {
-                            0.0
-                        },
-                        work,
-                        seed,
+                let app = Service::start(ServiceConfig {
+                    name: service.to_string(),
+                    calls: calls.map(str::to_string),
+                    outbound_port: Arc::default(),
+                    failure_rate: if service == "inventory" {
+                        options.failure_rate
+                    } else {
+                        0.0
                     },
-                    0,
-                )?;
-                planned.push((
-                    service,
-                    format!("{service}-{i}"),
-                    admin,
-                    outbound,
-                    inbound,
-                    app,
-                ));
+                    work,
+                    seed,
+                })?;
+                apps.push((service, format!("{service}-{i}"), app));
             }
         }
-        for (service, _, _, _) in TOPOLOGY {
-            let inbound: Vec<u16> = planned
-                .iter()
-                .filter(|p| p.0 == service)
-                .map(|p| p.4)
-                .collect();
-            write_eds(&eds_dir, service, &inbound)?;
-        }
 
+        // The sidecars, side by side: spawn every one, then wait for each. Admin, outbound and
+        // inbound ports are left to Envoy (port 0) and read back from it.
+        let filters_dir = options.filters_dir.display().to_string();
+        let eds = eds_dir.display().to_string();
+        let collector_port = collector.port().to_string();
         let mut spawned = Vec::new();
-        for (service, name, admin, outbound, inbound, app) in planned {
-            let vars = [
-                ("FILTERS_DIR", options.filters_dir.display().to_string()),
-                ("EDS_DIR", eds_dir.display().to_string()),
-                ("PORT_ADMIN", admin.to_string()),
-                ("PORT_OUTBOUND", outbound.to_string()),
-                ("PORT_INBOUND", inbound.to_string()),
-                ("PORT_APP", app.port().to_string()),
-                ("PORT_COLLECTOR", collector.port().to_string()),
-            ];
-            let config = render(&template, &vars)
-                .map_err(|e| format!("{}: {e}", template_path.display()))?;
-            let dir = options.work_dir.join(&name);
-            let sidecar = EnvoyProcess::spawn(
-                EnvoySpec {
-                    bin: &options.envoy,
-                    name: &name,
-                    config: &config,
-                    dir: &dir,
-                    admin_port: admin,
-                    args: vec![
-                        "--service-cluster".into(),
-                        service.to_string(),
-                        "--service-node".into(),
-                        name.clone(),
-                        "--concurrency".into(),
-                        options.concurrency.to_string(),
-                        "--log-level".into(),
-                        "warn".into(),
-                        // Histograms reach the admin endpoint at each flush (default 5 s): the
-                        // demo reads them right after the traffic.
-                        "--config-yaml".into(),
-                        "{stats_flush_interval: 0.5s}".into(),
-                    ],
-                    env: vec![
-                        ("MESH_VERSION".into(), "v1".into()),
-                        ("MESH_REGION".into(), "region-a".into()),
-                        ("MESH_ZONE".into(), "region-a-1".into()),
-                        ("MESH_NAMESPACE".into(), "demo".into()),
-                    ],
-                },
-                &mut watchdog,
-            )?;
+        for (service, name, app) in apps {
+            let sidecar = Envoy::builder(&template)
+                .name(&name)
+                .bin(&options.envoy)
+                .dir(&options.work_dir.join(&name))
+                .concurrency(options.concurrency)
+                .log_level("warn")
+                .var("FILTERS_DIR", filters_dir.as_str())
+                .var("EDS_DIR", eds.as_str())
+                .var("PORT_APP", app.port().to_string())
+                .var("PORT_COLLECTOR", collector_port.as_str())
+                .arg("--service-cluster")
+                .arg(service)
+                .arg("--service-node")
+                .arg(&name)
+                // Histograms reach the admin endpoint at each flush (default 5 s): the demo
+                // reads them right after the traffic.
+                .arg("--config-yaml")
+                .arg("{stats_flush_interval: 0.5s}")
+                .env("MESH_VERSION", "v1")
+                .env("MESH_REGION", "region-a")
+                .env("MESH_ZONE", "region-a-1")
+                .env("MESH_NAMESPACE", "demo")
+                .spawn()
+                .map_err(|e| format!("{name}: {e}"))?;
             spawned.push(Instance {
                 service: service.to_string(),
                 name,
-                outbound_port: outbound,
-                inbound_port: inbound,
+                outbound_port: 0,
+                inbound_port: 0,
                 sidecar,
                 app,
             });
         }
         for instance in &mut spawned {
-            instance.sidecar.wait_ready(Duration::from_secs(60))?;
+            instance.sidecar.wait_ready(SIDECAR_PATIENCE)?;
+            let port = |placeholder: &str| {
+                instance.sidecar.try_port(placeholder).ok_or_else(|| {
+                    format!(
+                        "{}: no port for {{{{{placeholder}}}}} in {}",
+                        instance.name,
+                        template_path.display()
+                    )
+                })
+            };
+            let (outbound, inbound) = (port("PORT_OUTBOUND")?, port("PORT_INBOUND")?);
+            instance.outbound_port = outbound;
+            instance.inbound_port = inbound;
+            instance
+                .app
+                .config()
+                .set_outbound_port(instance.outbound_port);
         }
-        Ok(Mesh {
+        let mesh = Mesh {
             instances: spawned,
             collector,
             eds_dir,
-            watchdog,
-        })
+        };
+        for (service, _, _, _) in TOPOLOGY {
+            let all: Vec<&str> = mesh
+                .instances
+                .iter()
+                .filter(|i| i.service == service)
+                .map(|i| i.name.as_str())
+                .collect();
+            mesh.set_endpoints(service, &all)?;
+        }
+        mesh.wait_for_endpoints(SIDECAR_PATIENCE)?;
+        Ok(mesh)
+    }
+
+    /// Waits until every sidecar's `frontend`, `orders` and `inventory` clusters hold exactly
+    /// the instances of the EDS files, all healthy (stats `cluster.<service>.membership_total`
+    /// and `membership_healthy`), or fails naming the sidecar and cluster still behind.
+    pub fn wait_for_endpoints(&self, patience: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + patience;
+        let expected: Vec<(&str, u64)> = TOPOLOGY
+            .iter()
+            .map(|(service, _, _, _)| {
+                let n = self
+                    .instances
+                    .iter()
+                    .filter(|i| i.service == *service)
+                    .count();
+                (*service, n as u64)
+            })
+            .collect();
+        for instance in &self.instances {
+            loop {
+                let stats = instance
+                    .sidecar
+                    .admin_get("/stats?filter=membership_")
+                    .map(|r| r.body)
+                    .unwrap_or_default();
+                let behind = expected.iter().find(|(service, n)| {
+                    ["total", "healthy"].iter().any(|what| {
+                        let stat = format!("cluster.{service}.membership_{what}");
+                        prom::envoy_stat(&stats, &stat) != Some(*n)
+                    })
+                });
+                let Some((service, n)) = behind else { break };
+                if Instant::now() >= deadline {
+                    return Err(format!(
+                        "{}'s sidecar does not see the {n} endpoint(s) of {service} within \
+                         {patience:?}; its membership stats:\n{stats}",
+                        instance.name
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        Ok(())
     }
 
     /// The instance called `name`, e.g. `inventory-2`.
@@ -285,11 +323,6 @@ impl Mesh {
     /// The pids of the sidecar Envoys.
     pub fn envoy_pids(&self) -> Vec<u32> {
         self.instances.iter().map(|i| i.sidecar.pid()).collect()
-    }
-
-    /// Keeps the watchdog referenced (it acts when the process ends).
-    pub fn watchdog(&self) -> &Watchdog {
-        &self.watchdog
     }
 }
 
@@ -365,6 +398,7 @@ pub fn drive(port: u16, traffic: &Traffic, progress: &Progress) -> TrafficResult
                     port,
                     &path,
                     &[("host", "frontend")],
+                    b"",
                     Duration::from_secs(15),
                 )
                 .map(|r| r.status)
@@ -404,11 +438,11 @@ mod tests {
     #[test]
     fn generated_eds_files_match_the_shipped_format() {
         let shipped = include_str!("../../envoy-configs/eds/inventory.yaml");
-        let rendered = render(
+        let rendered = toolkit::render(
             shipped,
             &[
-                ("PORT_INVENTORY_1_INBOUND", "7001".into()),
-                ("PORT_INVENTORY_2_INBOUND", "7002".into()),
+                ("PORT_INVENTORY_1_INBOUND", "7001"),
+                ("PORT_INVENTORY_2_INBOUND", "7002"),
             ],
         );
         let body: String = rendered

@@ -5,9 +5,11 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use crate::collector::{build_trees, render_tree, Span};
+use toolkit::collector::Span;
+use toolkit::prom::{self, Histogram, Sample};
+
 use crate::mesh::TrafficResult;
-use crate::prom::{self, Histogram, Sample};
+use crate::trace::{build_trees, render_tree};
 
 /// One edge of the service graph.
 #[derive(Debug, Clone)]

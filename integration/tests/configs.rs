@@ -1,16 +1,15 @@
 //! The shipped configs beyond `envoy --mode validate`: the remote-code sidecar variant loads the
 //! filters from an HTTP server with their sha256 and refuses a wrong hash; and the manifests in
 //! examples/k8s reference filters that exist, with configurations the filters themselves accept;
-//! the one-module sidecar carries exactly the three-module sidecar's filter configurations.
+//! the one-module sidecars are what `cargo xtask derive-configs` makes of the three-module ones,
+//! with configurations mesh_sidecar accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use integration::upstream::Upstream;
+use integration::upstream::{Reply, Server, Upstream};
 use integration::{assert_eventually, filters_dir, http_get, wasm_path, workspace_root, Envoy};
 use meshwasm::testing::FilterHarness;
 use sha2::{Digest, Sha256};
@@ -25,56 +24,31 @@ fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// An HTTP server on a background thread answering `GET /<filter>.wasm` with the built file;
-/// returns its port and a fetch counter.
-fn wasm_server() -> (u16, Arc<AtomicUsize>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
+/// An HTTP server answering `GET /<filter>.wasm` with the built file (404 for anything else),
+/// counting every request; returns it (it stops when dropped) and the counter.
+fn wasm_server() -> (Server, Arc<AtomicUsize>) {
     let fetches = Arc::new(AtomicUsize::new(0));
     let f = Arc::clone(&fetches);
     let dir = filters_dir();
-    std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let (dir, f) = (dir.clone(), Arc::clone(&f));
-            std::thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut start = String::new();
-                    if reader.read_line(&mut start).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    loop {
-                        let mut h = String::new();
-                        if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    f.fetch_add(1, Ordering::SeqCst);
-                    let name = start
-                        .split_whitespace()
-                        .nth(1)
-                        .unwrap_or("/")
-                        .trim_start_matches('/');
-                    let body = FILTERS
-                        .iter()
-                        .any(|x| format!("{x}.wasm") == name)
-                        .then(|| fs::read(dir.join(name)).ok())
-                        .flatten();
-                    let mut w = &conn;
-                    let ok = match body {
-                        Some(body) => w
-                            .write_all(format!("HTTP/1.1 200 OK\r\ncontent-type: application/wasm\r\ncontent-length: {}\r\n\r\n", body.len()).as_bytes())
-                            .and_then(|()| w.write_all(&body)),
-                        None => w.write_all(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"),
-                    };
-                    if ok.is_err() {
-                        return;
-                    }
-                }
-            });
+    let server = Server::start("wasm-server", move |req| {
+        f.fetch_add(1, Ordering::SeqCst);
+        let name = req.path.trim_start_matches('/');
+        let body = FILTERS
+            .iter()
+            .any(|x| format!("{x}.wasm") == name)
+            .then(|| fs::read(dir.join(name)).ok())
+            .flatten();
+        match body {
+            Some(body) => Reply {
+                status: 200,
+                headers: vec![("content-type".into(), "application/wasm".into())],
+                body,
+            },
+            None => Reply::new(404, Vec::new()),
         }
-    });
-    (port, fetches)
+    })
+    .unwrap();
+    (server, fetches)
 }
 
 fn hashes(wrong: Option<&str>) -> Vec<(String, String)> {
@@ -113,7 +87,7 @@ fn remote_wasm_with_the_right_sha256_runs_all_three_filters() {
     let (server, fetches) = wasm_server();
     let upstream = Upstream::start().unwrap();
     let collector = Upstream::start().unwrap();
-    let envoy = builder(server, upstream.port(), collector.port(), None)
+    let envoy = builder(server.port(), upstream.port(), collector.port(), None)
         .start()
         .unwrap();
     assert!(fetches.load(Ordering::SeqCst) >= 3);
@@ -139,7 +113,7 @@ fn remote_wasm_with_a_wrong_sha256_is_refused() {
     let upstream = Upstream::start().unwrap();
     let collector = Upstream::start().unwrap();
     let envoy = builder(
-        server,
+        server.port(),
         upstream.port(),
         collector.port(),
         Some("route_retries"),
@@ -167,7 +141,7 @@ fn remote_wasm_with_a_wrong_sha256_is_refused() {
         3,
     );
     let mut b = Envoy::builder(&closed)
-        .var("PORT_WASM_SERVER", server.to_string())
+        .var("PORT_WASM_SERVER", server.port().to_string())
         .var("PORT_UPSTREAM", upstream.port().to_string())
         .var("PORT_COLLECTOR", collector.port().to_string());
     for (name, value) in hashes(Some("route_retries")) {
@@ -430,7 +404,7 @@ fn k8s_sidecar_pod_loads_existing_filters_and_its_bootstrap_validates() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// envoy-configs/sidecar-one-module.yaml
+// The one-module sidecars, derived from the three-module ones (toolkit::derive)
 
 /// `(root_id, configuration)` of every wasm filter in a config, in order.
 fn wasm_filter_configs(text: &str) -> Vec<(String, String)> {
@@ -452,41 +426,53 @@ fn wasm_filter_configs(text: &str) -> Vec<(String, String)> {
     out
 }
 
+/// Every derived config (the one-module sidecars, `toolkit::derive::DERIVED`) is what its
+/// three-module original gives today, so a listener, route or cluster cannot drift between them.
 #[test]
-fn the_one_module_sidecar_carries_the_sidecars_filter_configs() {
-    let dir = workspace_root().join("envoy-configs");
-    let three = wasm_filter_configs(&fs::read_to_string(dir.join("sidecar.yaml")).unwrap());
-    let one =
-        wasm_filter_configs(&fs::read_to_string(dir.join("sidecar-one-module.yaml")).unwrap());
-    // Per listener (outbound, then inbound), the three-module sidecar's sections in order.
-    let mut expected = Vec::new();
-    let mut sections: Vec<String> = Vec::new();
-    for (root, json) in three
-        .iter()
-        .chain([("end".to_string(), String::new())].iter())
-    {
-        let key = match root.as_str() {
-            "trace_propagation" => "trace",
-            "service_metrics" => "metrics",
-            "route_retries" => "retries",
-            _ => "",
+fn derived_configs_are_regenerated_from_their_originals() {
+    let root = toolkit::workspace_root();
+    let mut stale = Vec::new();
+    for d in toolkit::derive::DERIVED {
+        let expected = d.expected(&root).unwrap_or_else(|e| panic!("{e}"));
+        let committed = fs::read_to_string(root.join(d.derived)).unwrap_or_default();
+        if committed == expected {
+            continue;
+        }
+        let (mut a, mut b) = (committed.lines(), expected.lines());
+        let mut line = 1;
+        let (committed_line, generated_line) = loop {
+            match (a.next(), b.next()) {
+                (x, y) if x != y => break (x.unwrap_or("<end>"), y.unwrap_or("<end>")),
+                (None, None) => break ("<end>", "<end: a newline differs>"),
+                _ => line += 1,
+            }
         };
-        if (key == "trace" || key.is_empty()) && !sections.is_empty() {
-            expected.push(format!("{{{}}}", sections.join(",")));
-            sections.clear();
-        }
-        if !key.is_empty() {
-            sections.push(format!("\"{key}\":{json}"));
-        }
+        stale.push(format!(
+            "{} (from {}), line {line}:\n  committed: {committed_line}\n  generated: {generated_line}",
+            d.derived, d.source
+        ));
     }
-    let got: Vec<String> = one
-        .iter()
-        .filter(|(r, _)| r == "mesh_sidecar")
-        .map(|(_, j)| j.clone())
-        .collect();
-    assert_eq!(got.len(), 2, "{one:?}");
-    assert_eq!(got, expected);
-    for json in &got {
+    assert!(
+        stale.is_empty(),
+        "derived configs differ from what their originals give: run `{}` and commit them\n{}",
+        toolkit::derive::COMMAND,
+        stale.join("\n")
+    );
+}
+
+/// The shipped one-module sidecar's configurations pass mesh_sidecar's own checks.
+#[test]
+fn the_one_module_sidecars_configs_pass_mesh_sidecars_checks() {
+    let text = fs::read_to_string(
+        workspace_root()
+            .join("envoy-configs")
+            .join("sidecar-one-module.yaml"),
+    )
+    .unwrap();
+    let configs = wasm_filter_configs(&text);
+    let roots: Vec<&str> = configs.iter().map(|(r, _)| r.as_str()).collect();
+    assert_eq!(roots, ["mesh_sidecar", "mesh_sidecar"], "{configs:?}");
+    for (_, json) in &configs {
         check_filter_config("mesh_sidecar", json).unwrap();
     }
     assert!(

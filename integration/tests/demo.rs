@@ -6,21 +6,11 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
-use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use integration::{assert_eventually, envoy::find_envoy, filters_dir, workspace_root};
 use meshwasm_demo::mesh::{self, Mesh, MeshOptions, Progress, Traffic};
 use meshwasm_demo::{prom, DemoOptions};
-
-/// The tests here each run a mesh of a dozen processes on ports picked before they bind them:
-/// one mesh at a time, or one mesh's client connections (on ephemeral ports) can take a port
-/// that another mesh picked and has not bound yet (seen once in CI: "Address already in use").
-static ONE_MESH: Mutex<()> = Mutex::new(());
-
-fn one_mesh_at_a_time() -> MutexGuard<'static, ()> {
-    ONE_MESH.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 fn out_dir(name: &str) -> PathBuf {
     workspace_root()
@@ -43,7 +33,6 @@ fn summary(text: &str, key: &str) -> f64 {
 
 #[test]
 fn demo_prints_a_trace_retries_and_the_service_graph() {
-    let _mesh = one_mesh_at_a_time();
     for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
         integration::wasm_path(wasm);
     }
@@ -54,7 +43,6 @@ fn demo_prints_a_trace_retries_and_the_service_graph() {
 /// trace tree, retries and service graph.
 #[test]
 fn demo_with_the_three_policies_in_one_module() {
-    let _mesh = one_mesh_at_a_time();
     integration::wasm_path("mesh-sidecar");
     check_demo(true);
 }
@@ -167,7 +155,7 @@ fn inventory_hosts(mesh: &Mesh) -> Vec<String> {
         .instance("orders-1")
         .unwrap()
         .sidecar
-        .admin("/clusters")
+        .admin_get("/clusters")
         .unwrap()
         .body;
     let mut hosts: Vec<String> = text
@@ -182,7 +170,6 @@ fn inventory_hosts(mesh: &Mesh) -> Vec<String> {
 
 #[test]
 fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
-    let _mesh = one_mesh_at_a_time();
     for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
         integration::wasm_path(wasm);
     }

@@ -30,8 +30,7 @@ use std::time::{Duration, Instant};
 
 use integration::upstream::{Reply, Upstream};
 use integration::{
-    assert_eventually, free_ports, http_get, http_request, render, wasm_path, workspace_root,
-    Envoy, Response,
+    assert_eventually, http_get, http_request, render, wasm_path, workspace_root, Envoy, Response,
 };
 
 const SIDECAR: &str = include_str!("../../envoy-configs/sidecar-region-b.yaml");
@@ -76,7 +75,7 @@ impl Drop for TempDir {
 fn reply(status: u16, body: &str) -> Reply {
     Reply {
         status,
-        body: body.to_string(),
+        body: body.into(),
         ..Reply::default()
     }
 }
@@ -111,18 +110,16 @@ impl Regions {
 
         // The endpoint files: region-b's inventory lists the region-b test server and region-a's
         // front proxy; region-a's lists its two test servers. No call goes to frontend or
-        // orders: their endpoints are free loopback ports nobody listens on.
-        let [front_proxy_port, front_proxy_admin, frontend_a, orders_a, frontend_b, orders_b] =
-            <[u16; 6]>::try_from(free_ports(6).unwrap()).unwrap();
-        let vars: Vec<(String, String)> = [
+        // orders: their endpoints are port 1, where nothing listens. Region-a's files are
+        // rendered first; region-b's once the front proxy is up and has told its port.
+        let mut vars: Vec<(String, String)> = [
             ("PORT_INVENTORY_B1_INBOUND", inventory_b.port()),
-            ("PORT_FRONT_PROXY", front_proxy_port),
             ("PORT_INVENTORY_1_INBOUND", inventory_a[0].port()),
             ("PORT_INVENTORY_2_INBOUND", inventory_a[1].port()),
-            ("PORT_FRONTEND_1_INBOUND", frontend_a),
-            ("PORT_ORDERS_1_INBOUND", orders_a),
-            ("PORT_FRONTEND_B1_INBOUND", frontend_b),
-            ("PORT_ORDERS_B1_INBOUND", orders_b),
+            ("PORT_FRONTEND_1_INBOUND", 1),
+            ("PORT_ORDERS_1_INBOUND", 1),
+            ("PORT_FRONTEND_B1_INBOUND", 1),
+            ("PORT_ORDERS_B1_INBOUND", 1),
         ]
         .into_iter()
         .map(|(n, p)| (n.to_string(), p.to_string()))
@@ -140,41 +137,38 @@ impl Regions {
         let eds = dir.0.join("eds");
         let shipped = workspace_root().join("envoy-configs").join("eds");
         render_eds(&shipped, &eds, &vars);
-        render_eds(&shipped.join("region-b"), &eds.join("region-b"), &vars);
 
         let eds_dir = eds.display().to_string();
         let collector_port = collector.port().to_string();
-        let (sidecar, front_proxy) = std::thread::scope(|s| {
-            let front_proxy = s.spawn(|| {
-                Envoy::builder(FRONT_PROXY)
-                    .var("EDS_DIR", eds_dir.as_str())
-                    .var("PORT_FRONT_PROXY", front_proxy_port.to_string())
-                    .var("PORT_FRONT_PROXY_ADMIN", front_proxy_admin.to_string())
-                    // The harness finds the admin endpoint under PORT_ADMIN, which this template
-                    // calls PORT_FRONT_PROXY_ADMIN (a name of its own, so that one set of
-                    // rendered ports can serve a sidecar and a front proxy).
-                    .var("PORT_ADMIN", front_proxy_admin.to_string())
-                    .var("PORT_COLLECTOR", collector_port.as_str())
-                    .arg("--service-cluster")
-                    .arg("front-proxy-region-a")
-                    .arg("--service-node")
-                    .arg("front-proxy-a-1")
-                    .start()
-            });
-            let sidecar = Envoy::builder(SIDECAR)
-                .var("EDS_DIR", eds_dir.as_str())
-                .var("PORT_COLLECTOR", collector_port.as_str())
-                .arg("--service-cluster")
-                .arg("orders")
-                .arg("--service-node")
-                .arg("orders-b-1")
-                // An admin runtime layer (the shipped bootstrap has none), so that the test can
-                // shorten the ejection through `/runtime_modify`; nothing is overridden at start.
-                .arg("--config-yaml")
-                .arg("{layered_runtime: {layers: [{name: admin, admin_layer: {}}]}}")
-                .start();
-            (sidecar.unwrap(), front_proxy.join().unwrap().unwrap())
-        });
+        let front_proxy = Envoy::builder(FRONT_PROXY)
+            .name("front-proxy-a-1")
+            .var("EDS_DIR", eds_dir.as_str())
+            .var("PORT_COLLECTOR", collector_port.as_str())
+            .arg("--service-cluster")
+            .arg("front-proxy-region-a")
+            .arg("--service-node")
+            .arg("front-proxy-a-1")
+            .start()
+            .unwrap();
+        let front_proxy_port = front_proxy.port("PORT_FRONT_PROXY");
+        vars.push(("PORT_FRONT_PROXY".into(), front_proxy_port.to_string()));
+        render_eds(&shipped.join("region-b"), &eds.join("region-b"), &vars);
+        let sidecar = Envoy::builder(SIDECAR)
+            .name("orders-b-1")
+            .var("EDS_DIR", eds_dir.as_str())
+            // No call reaches this sidecar's own app: port 1, where nothing listens.
+            .var("PORT_APP", "1")
+            .var("PORT_COLLECTOR", collector_port.as_str())
+            .arg("--service-cluster")
+            .arg("orders")
+            .arg("--service-node")
+            .arg("orders-b-1")
+            // An admin runtime layer (the shipped bootstrap has none), so that the test can
+            // shorten the ejection through `/runtime_modify`; nothing is overridden at start.
+            .arg("--config-yaml")
+            .arg("{layered_runtime: {layers: [{name: admin, admin_layer: {}}]}}")
+            .start()
+            .unwrap();
         Regions {
             sidecar,
             front_proxy,
@@ -188,14 +182,12 @@ impl Regions {
 
     /// One call from region-b's app to inventory, through the sidecar's outbound listener.
     ///
-    /// The request is in absolute form (`GET http://inventory/items/42`): its authority,
-    /// `inventory`, is what Envoy routes on (the harness client's own `host` header names the
-    /// listener's address).
+    /// `Host: inventory` is what Envoy routes on.
     fn call(&self) -> Response {
         http_get(
             self.sidecar.port("PORT_OUTBOUND"),
-            "http://inventory/items/42",
-            &[],
+            "/items/42",
+            &[("host", "inventory")],
         )
         .unwrap()
     }

@@ -66,6 +66,7 @@ struct Flaky {
 
 impl Flaky {
     fn start() -> Flaky {
+        // Raw socket: `reset` and `hang` close without an answer; a server library always answers.
         let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
         let port = listener.local_addr().unwrap().port();
         let state = Arc::new(State::default());
@@ -120,6 +121,7 @@ impl Flaky {
 impl Drop for Flaky {
     fn drop(&mut self) {
         self.state.stop.store(true, Ordering::SeqCst);
+        // Raw socket: wakes the raw server's blocking accept so that it sees `stop` and returns.
         let _ = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port));
         for c in self.state.conns.lock().unwrap().drain(..) {
             let _ = c.shutdown(Shutdown::Both);

@@ -7,15 +7,13 @@
 
 mod all_filters;
 
-use std::io::{BufRead, BufReader, Write};
-use std::net::{Ipv4Addr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use all_filters::{start, stat_sum, Configs};
-use integration::upstream::Reply;
+use integration::upstream::{Reply, Server};
 use integration::{assert_eventually, http_get, Envoy};
 
 fn source_count(envoy: &Envoy, service: &str) -> u64 {
@@ -150,46 +148,23 @@ fn outside_clients_cannot_order_retries() {
     );
 }
 
-/// An app that answers 200 after 300 ms, counting requests.
-fn slow_app() -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
+/// An app that answers 200 after 300 ms, counting requests; it stops when dropped.
+fn slow_app() -> (Server, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&count);
-    thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            let c = Arc::clone(&c);
-            thread::spawn(move || {
-                let mut reader = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut line = String::new();
-                    loop {
-                        line.clear();
-                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        if line.trim().is_empty() {
-                            break;
-                        }
-                    }
-                    c.fetch_add(1, Ordering::SeqCst);
-                    thread::sleep(Duration::from_millis(300));
-                    let mut w = &conn;
-                    if w.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow")
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, count)
+    let server = Server::start("slow-app", move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        thread::sleep(Duration::from_millis(300));
+        Reply::new(200, "slow")
+    })
+    .unwrap();
+    (server, count)
 }
 
 #[test]
 fn outside_clients_cannot_set_timeouts() {
-    let (port, count) = slow_app();
+    let (app, count) = slow_app();
+    let port = app.port();
     let sidecar = {
         // The same sidecar, with the slow app behind the inbound listener.
         let mut builder = Envoy::builder(all_filters::TEMPLATE)

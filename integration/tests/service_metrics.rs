@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use integration::upstream::{Reply, Upstream};
 use integration::{
-    assert_eventually, free_ports, http_get, patience, start_expecting_failure, wasm_path,
-    workspace_root, yaml_single_quoted, Envoy,
+    assert_eventually, http_get, patience, start_expecting_failure, wasm_path, workspace_root,
+    yaml_single_quoted, Envoy,
 };
 use serde_json::Value;
 
@@ -42,7 +42,7 @@ fn start_app() -> Upstream {
         Reply {
             status,
             headers: Vec::new(),
-            body: format!("status {status}"),
+            body: format!("status {status}").into_bytes(),
         }
     })
     .unwrap()
@@ -294,11 +294,13 @@ struct Prometheus {
 impl Prometheus {
     fn start(targets: &[u16]) -> Prometheus {
         let bin = find_tool("prometheus", "PROMETHEUS_BIN");
-        let port = free_ports(1).unwrap()[0];
+        static RUNS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let dir = workspace_root()
             .join("target")
             .join("integration-tmp")
-            .join(format!("prometheus-{}-{port}", std::process::id()));
+            .join(format!("prometheus-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("data")).unwrap();
         let targets: Vec<String> = targets.iter().map(|p| format!("'127.0.0.1:{p}'")).collect();
         let config = format!(
@@ -318,13 +320,29 @@ impl Prometheus {
                 "--storage.tsdb.path={}",
                 dir.join("data").display()
             ))
-            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            // Port 0: the kernel picks; Prometheus logs the address it listens on.
+            .arg("--web.listen-address=127.0.0.1:0")
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", bin.display()));
-        Prometheus { child, port, dir }
+        let mut prometheus = Prometheus {
+            child,
+            port: 0,
+            dir,
+        };
+        let mut port = None;
+        assert_eventually!(
+            {
+                port = listening_port(&prometheus.log());
+                port.is_some()
+            },
+            "prometheus did not say where it listens; log:\n{}",
+            prometheus.log()
+        );
+        prometheus.port = port.unwrap_or_default();
+        prometheus
     }
 
     fn log(&self) -> String {
@@ -373,6 +391,18 @@ impl Drop for Prometheus {
             let _ = fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+/// The port of `msg="Listening on" address=127.0.0.1:<port>` in Prometheus' log.
+fn listening_port(log: &str) -> Option<u16> {
+    log.lines()
+        .filter(|l| l.contains("Listening on"))
+        .find_map(|l| l.split("address=127.0.0.1:").nth(1))
+        .and_then(|rest| {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            digits.parse().ok()
+        })
+        .filter(|port| *port != 0)
 }
 
 fn url_encode(s: &str) -> String {

@@ -19,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use all_filters::{start_lds, start_with, stat_sum, vm_stats, Configs};
+use integration::upstream::{Reply, Server};
 use integration::{assert_eventually, http_get, http_request, Envoy};
 
 // ---------------------------------------------------------------------------------------------
@@ -27,6 +28,7 @@ use integration::{assert_eventually, http_get, http_request, Envoy};
 /// Sends `n` GETs on one keep-alive connection (reconnecting if the server closes it); returns
 /// (served with 200, other outcomes as text).
 fn keepalive_client(port: u16, n: u64, path: &str, done: &AtomicU64) -> (u64, Vec<String>) {
+    // Raw socket: requests share one keep-alive connection; the toolkit's client opens one each.
     let mut ok = 0;
     let mut errors = Vec::new();
     let mut conn: Option<(TcpStream, BufReader<TcpStream>)> = None;
@@ -96,55 +98,32 @@ fn read_response(r: &mut BufReader<TcpStream>) -> Result<(u16, bool), String> {
     Ok((status, keep))
 }
 
-/// A collector that answers every request with `status` and keeps nothing; `None`: accepts
-/// connections and never answers. Returns its port and the number of requests it answered.
-fn collector(status: Option<u16>) -> (u16, Arc<AtomicU64>) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
-    let port = listener.local_addr().unwrap().port();
+/// A collector that answers every request with `status` and keeps nothing; returns it (it stops
+/// when dropped) and the number of requests it answered.
+fn collector(status: u16) -> (Server, Arc<AtomicU64>) {
     let count = Arc::new(AtomicU64::new(0));
     let c = Arc::clone(&count);
-    let held = Arc::new(Mutex::new(Vec::new()));
+    let server = Server::start_nonblocking("collector", 1, move |_| {
+        c.fetch_add(1, Ordering::SeqCst);
+        Reply::new(status, Vec::new())
+    })
+    .unwrap();
+    (server, count)
+}
+
+/// A collector that accepts connections and never answers; returns its port (it listens until
+/// the test process ends).
+fn hanging_collector() -> u16 {
+    // Raw socket: it accepts and never answers; a server library always answers.
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
     thread::spawn(move || {
+        let mut held = Vec::new();
         for conn in listener.incoming().flatten() {
-            let Some(status) = status else {
-                held.lock().unwrap().push(conn);
-                continue;
-            };
-            let c = Arc::clone(&c);
-            thread::spawn(move || {
-                let mut r = BufReader::new(conn.try_clone().unwrap());
-                loop {
-                    let mut len = 0usize;
-                    let mut first = true;
-                    loop {
-                        let mut h = String::new();
-                        if r.read_line(&mut h).unwrap_or(0) == 0 {
-                            return;
-                        }
-                        let h = h.trim_end().to_ascii_lowercase();
-                        if h.is_empty() && !first {
-                            break;
-                        }
-                        first = false;
-                        if let Some(v) = h.strip_prefix("content-length:") {
-                            len = v.trim().parse().unwrap_or(0);
-                        }
-                    }
-                    let mut body = vec![0; len];
-                    if r.read_exact(&mut body).is_err() {
-                        return;
-                    }
-                    c.fetch_add(1, Ordering::SeqCst);
-                    let msg = format!("HTTP/1.1 {status} X\r\ncontent-length: 0\r\n\r\n");
-                    let mut w = &conn;
-                    if w.write_all(msg.as_bytes()).is_err() {
-                        return;
-                    }
-                }
-            });
+            held.push(conn);
         }
     });
-    (port, count)
+    port
 }
 
 /// The Envoy process's resident set size in KiB, found by its config path in /proc.
@@ -179,8 +158,8 @@ fn soak_requests() -> u64 {
 #[test]
 fn soak_serves_every_request_with_flat_memory() {
     let total = soak_requests();
-    let (collector_port, exports) = collector(Some(202));
-    let sidecar = start_with(&Configs::default(), Some(collector_port), 2);
+    let (sink, exports) = collector(202);
+    let sidecar = start_with(&Configs::default(), Some(sink.port()), 2);
     let done = Arc::new(AtomicU64::new(0));
     // Warm-up: a tenth of the requests (at least 2000), then measure.
     let warm = (total / 10).max(2000);
@@ -281,8 +260,8 @@ fn all_served(port: u16, n: usize) {
 
 #[test]
 fn collector_answering_500_costs_spans_not_requests() {
-    let (port, answered) = collector(Some(500));
-    let sidecar = start_with(&Configs::default(), Some(port), 2);
+    let (sink, answered) = collector(500);
+    let sidecar = start_with(&Configs::default(), Some(sink.port()), 2);
     all_served(sidecar.outbound(), 200);
     assert_eventually!(answered.load(Ordering::SeqCst) >= 1);
     assert_eventually!(
@@ -298,12 +277,9 @@ fn collector_answering_500_costs_spans_not_requests() {
 
 #[test]
 fn collector_down_or_hanging_costs_spans_not_requests_and_the_buffer_stays_bounded() {
-    let down = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let (hanging, _) = collector(None);
+    // Port 1 (tcpmux): nothing listens there on a test machine, so connections are refused.
+    let down = 1;
+    let hanging = hanging_collector();
     for (what, port) in [("down", down), ("hanging", hanging)] {
         let sidecar = start_with(&Configs::default(), Some(port), 2);
         // More spans than the buffers hold (1000 per worker): 3000 requests on keep-alive.
@@ -331,6 +307,7 @@ fn collector_down_or_hanging_costs_spans_not_requests_and_the_buffer_stays_bound
 
 /// An upstream that closes every other connection's first request without answering.
 fn resetting_upstream() -> (u16, Arc<AtomicU64>, Arc<AtomicBool>) {
+    // Raw socket: it closes connections without an answer; a server library always answers.
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
     let port = listener.local_addr().unwrap().port();
     let resets = Arc::new(AtomicU64::new(0));

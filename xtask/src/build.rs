@@ -29,18 +29,6 @@ const WASM_OPT_FEATURES: [&str; 4] = [
     "--enable-mutable-globals",
 ];
 
-/// `cargo xtask build [--no-opt]`.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut optimize = true;
-    for arg in args {
-        match arg.as_str() {
-            "--no-opt" => optimize = false,
-            other => return Err(format!("unknown option for `build`: {other}")),
-        }
-    }
-    build(optimize).map(|_| ())
-}
-
 /// A workspace member compiled to a `.wasm` filter.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WasmCrate {
@@ -151,132 +139,46 @@ pub fn ensure_wasm_target() -> Result<()> {
     run(Command::new("rustup").args(["target", "add", WASM_TARGET]))
 }
 
-/// The wasm crates of the workspace: directories under `filters/`, `examples/`, `bench/` and
-/// `integration/` with a Cargo.toml that the root manifest lists as a member, sorted by path.
+/// The wasm crates of the workspace, from `cargo metadata`: members with a `cdylib` target whose
+/// manifest sits in a directory under `filters/`, `examples/`, `bench/` or `integration/`, sorted
+/// by path.
 pub fn wasm_crates() -> Result<Vec<WasmCrate>> {
-    let root = project_root();
-    let manifest = read(&root.join("Cargo.toml"))?;
-    let members = workspace_members(&manifest);
-    let mut crates = Vec::new();
-    for parent in WASM_CRATE_PARENTS {
-        let Ok(entries) = fs::read_dir(root.join(parent)) else {
-            continue;
-        };
-        let mut dirs: Vec<PathBuf> = entries
-            .filter_map(|entry| entry.ok().map(|e| e.path()))
-            .filter(|dir| dir.join("Cargo.toml").is_file())
-            .collect();
-        dirs.sort();
-        for dir in dirs {
-            let Some(dir_name) = dir.file_name().and_then(|n| n.to_str()) else {
-                continue;
-            };
-            let relative = format!("{parent}/{dir_name}");
-            if !is_member(&relative, &members) {
-                continue;
-            }
-            let crate_manifest = dir.join("Cargo.toml");
-            let text = read(&crate_manifest)?;
-            let package = package_name(&text)
-                .ok_or_else(|| format!("no [package] name in {}", crate_manifest.display()))?;
-            crates.push(WasmCrate {
-                package,
-                separate: separate_build(&text),
-            });
-        }
-    }
-    Ok(crates)
+    let metadata = cargo_metadata::MetadataCommand::new()
+        .manifest_path(project_root().join("Cargo.toml"))
+        .no_deps()
+        .exec()
+        .map_err(|e| format!("cargo metadata: {e}"))?;
+    Ok(wasm_crates_of(&metadata))
 }
 
-/// The strings of `members = [...]` in the `[workspace]` table of a root Cargo.toml.
-fn workspace_members(manifest: &str) -> Vec<String> {
-    let mut in_workspace = false;
-    let mut collecting = false;
-    let mut list = String::new();
-    for line in manifest.lines() {
-        let line = strip_comment(line).trim();
-        if !collecting && line.starts_with('[') {
-            in_workspace = line == "[workspace]";
-            continue;
-        }
-        if in_workspace && !collecting {
-            if let Some(value) = key_value(line, "members") {
-                collecting = true;
-                list.push_str(value);
-            }
-        } else if collecting {
-            list.push_str(line);
-        }
-        if collecting && list.contains(']') {
-            break;
-        }
-    }
-    list.split('"')
-        .skip(1)
-        .step_by(2)
-        .map(|m| m.trim_end_matches('/').to_string())
-        .collect()
-}
-
-/// Whether `relative` (like `filters/foo`) matches a member entry, literally or as `dir/*`.
-fn is_member(relative: &str, members: &[String]) -> bool {
-    members.iter().any(|member| {
-        member == relative
-            || member.strip_suffix("/*").is_some_and(|prefix| {
-                relative
-                    .rsplit_once('/')
-                    .is_some_and(|(parent, _)| parent == prefix)
+fn wasm_crates_of(metadata: &cargo_metadata::Metadata) -> Vec<WasmCrate> {
+    let root = metadata.workspace_root.as_std_path();
+    let mut found: Vec<(PathBuf, WasmCrate)> = metadata
+        .workspace_packages()
+        .into_iter()
+        .filter(|p| {
+            p.targets
+                .iter()
+                .any(|t| t.kind.contains(&cargo_metadata::TargetKind::CDyLib))
+        })
+        .filter_map(|p| {
+            let dir = p.manifest_path.parent()?.as_std_path();
+            let relative = dir.strip_prefix(root).ok()?;
+            let parent = relative.parent()?.to_str()?;
+            WASM_CRATE_PARENTS.contains(&parent).then(|| {
+                let separate = p.metadata["meshwasm"]["separate-build"].as_bool() == Some(true);
+                (
+                    relative.to_path_buf(),
+                    WasmCrate {
+                        package: p.name.to_string(),
+                        separate,
+                    },
+                )
             })
-    })
-}
-
-/// The `name` of the `[package]` table of a Cargo.toml.
-/// Whether a manifest sets `separate-build = true` under `[package.metadata.meshwasm]`.
-fn separate_build(manifest: &str) -> bool {
-    let mut in_table = false;
-    for line in manifest.lines() {
-        let line = strip_comment(line).trim();
-        if line.starts_with('[') {
-            in_table = line == "[package.metadata.meshwasm]";
-        } else if in_table && key_value(line, "separate-build").map(str::trim) == Some("true") {
-            return true;
-        }
-    }
-    false
-}
-
-fn package_name(manifest: &str) -> Option<String> {
-    let mut in_package = false;
-    for line in manifest.lines() {
-        let line = strip_comment(line).trim();
-        if line.starts_with('[') {
-            in_package = line == "[package]";
-        } else if in_package {
-            if let Some(value) = key_value(line, "name") {
-                return Some(value.trim().trim_matches('"').to_string());
-            }
-        }
-    }
-    None
-}
-
-/// The text after `key =` on a TOML line, if the line sets `key`.
-fn key_value<'a>(line: &'a str, key: &str) -> Option<&'a str> {
-    let (left, right) = line.split_once('=')?;
-    (left.trim() == key).then_some(right.trim())
-}
-
-/// The line without a trailing `# comment` (a `#` inside a string is kept).
-fn strip_comment(line: &str) -> &str {
-    let mut in_string = false;
-    for (i, c) in line.char_indices() {
-        match c {
-            '"' => in_string = !in_string,
-            '#' if !in_string => return &line[..i],
-            _ => {}
-        }
-    }
-    line
+        })
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found.into_iter().map(|(_, c)| c).collect()
 }
 
 /// `wasm-opt` on PATH, else in `target/tools/`, else installed there with npm (binaryen).
@@ -372,84 +274,40 @@ fn file_size(path: &Path) -> Result<u64> {
         .map_err(|e| format!("could not read {}: {e}", path.display()))
 }
 
-fn read(path: &Path) -> Result<String> {
-    fs::read_to_string(path).map_err(|e| format!("could not read {}: {e}", path.display()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    const ROOT: &str = r#"
-[workspace]
-resolver = "2"
-members = [
-    "sdk",
-    "examples/add-headers", # the first example
-    "filters/*",
-]
-
-[workspace.package]
-name = "not-a-member"
-"#;
-
     #[test]
-    fn parses_members_across_lines_and_comments() {
-        assert_eq!(
-            workspace_members(ROOT),
-            ["sdk", "examples/add-headers", "filters/*"]
-        );
-        assert_eq!(
-            workspace_members("[workspace]\nmembers = [\"a\", \"b/\"]\n"),
-            ["a", "b"]
-        );
-    }
-
-    #[test]
-    fn matches_literal_and_glob_members() {
-        let members = workspace_members(ROOT);
-        assert!(is_member("examples/add-headers", &members));
-        assert!(is_member("filters/route-retries", &members));
-        assert!(!is_member("examples/k8s", &members));
-        assert!(!is_member("filters/a/b", &members));
-    }
-
-    #[test]
-    fn reads_the_package_name_only() {
-        let manifest = "[package]\nname = \"route-retries\" # filter\nversion = \"1\"\n\
-                        [lib]\nname = \"other\"\n";
-        assert_eq!(package_name(manifest).as_deref(), Some("route-retries"));
-        assert_eq!(package_name("[lib]\nname = \"x\"\n"), None);
+    fn finds_the_wasm_crates_and_their_build_flag_from_cargo_metadata() -> Result<()> {
+        let crates = wasm_crates()?;
+        let names: Vec<&str> = crates.iter().map(|c| c.package.as_str()).collect();
+        for expected in [
+            "trace-propagation",
+            "route-retries",
+            "service-metrics",
+            "mesh-sidecar",
+            "add-headers",
+            "bare-trace",
+        ] {
+            assert!(names.contains(&expected), "{expected} not in {names:?}");
+        }
+        // Native crates are not wasm crates, even under the same parents.
+        for native in ["meshwasm", "integration", "xtask", "meshwasm-toolkit"] {
+            assert!(!names.contains(&native), "{native} in {names:?}");
+        }
+        let separate: Vec<&str> = crates
+            .iter()
+            .filter(|c| c.separate)
+            .map(|c| c.package.as_str())
+            .collect();
+        assert_eq!(separate, ["mesh-sidecar"]);
         let krate = WasmCrate {
             package: "route-retries".into(),
             separate: false,
         };
         assert_eq!(krate.file_stem(), "route_retries");
-    }
-
-    #[test]
-    fn reads_the_separate_build_flag_in_its_table_only() {
-        let yes = "[package]
-name = \"m\"
-[package.metadata.meshwasm]
-separate-build = true # own run
-";
-        assert!(separate_build(yes));
-        assert!(!separate_build(
-            "[package]
-name = \"m\"
-"
-        ));
-        assert!(!separate_build(
-            "[features]
-separate-build = true
-"
-        ));
-        assert!(!separate_build(
-            "[package.metadata.meshwasm]
-separate-build = false
-"
-        ));
+        Ok(())
     }
 
     #[test]

@@ -32,25 +32,15 @@ pub struct Cell {
     pub not_run: Option<String>,
 }
 
-/// Command-line entry point.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut versions: Vec<String> = VERSIONS.iter().map(|v| v.to_string()).collect();
-    let mut write_readme = true;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--versions" => {
-                versions = it
-                    .next()
-                    .ok_or("--versions needs a list, e.g. --versions 1.40.0,1.39.3")?
-                    .split(',')
-                    .map(|v| v.trim().to_string())
-                    .filter(|v| !v.is_empty())
-                    .collect();
-            }
-            "--no-readme" => write_readme = false,
-            other => return Err(format!("unknown option for `compat`: {other}")),
-        }
+/// `cargo xtask compat [--versions a,b] [--no-readme]`: `versions` empty means [`VERSIONS`].
+pub fn main(versions: Vec<String>, write_readme: bool) -> Result<()> {
+    let mut versions: Vec<String> = versions
+        .into_iter()
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .collect();
+    if versions.is_empty() {
+        versions = VERSIONS.iter().map(|v| v.to_string()).collect();
     }
     build::build(true)?;
     let (prometheus, promtool) = crate::prometheus::ensure()?;
@@ -100,8 +90,8 @@ pub fn main(args: &[String]) -> Result<()> {
 fn envoy_for(version: &str) -> Result<PathBuf> {
     std::env::remove_var("ENVOY_BIN");
     std::env::set_var("MESHWASM_ENVOY_VERSION", version);
-    let bin = integration::envoy::find_envoy()?;
-    let found = integration::envoy::envoy_version(&bin)?;
+    let bin = toolkit::find::find_envoy()?;
+    let found = toolkit::find::envoy_version(&bin)?;
     if found != version {
         return Err(format!(
             "asked for {version} but found {found} at {} (func-e or an `envoy` on PATH wins \

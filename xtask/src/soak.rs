@@ -9,22 +9,8 @@ use crate::{build, cargo, envoy, run, target_dir, Result};
 /// Requests of `cargo xtask soak` without `--requests`.
 pub const DEFAULT_REQUESTS: u64 = 300_000;
 
-/// Command-line entry point.
-pub fn main(args: &[String]) -> Result<()> {
-    let mut requests = DEFAULT_REQUESTS;
-    let mut it = args.iter();
-    while let Some(arg) = it.next() {
-        match arg.as_str() {
-            "--requests" => {
-                requests = it
-                    .next()
-                    .and_then(|n| n.replace('_', "").parse().ok())
-                    .filter(|n| *n >= 2000)
-                    .ok_or("--requests needs a number of at least 2000")?;
-            }
-            other => return Err(format!("unknown option for `soak`: {other}")),
-        }
-    }
+/// `cargo xtask soak --requests N`.
+pub fn main(requests: u64) -> Result<()> {
     build::build(true)?;
     let bin = envoy::find()?;
     let filters_dir = std::path::absolute(target_dir().join("filters"))

@@ -53,7 +53,7 @@ pub fn run(root: &Path) -> Result<(), String> {
     let node_path = write_env_stub(&tools)?;
 
     // The SDK itself (with its wasm32-only proxy-wasm dependency) must build for this target.
-    run_cmd(cargo(root).args(["build", "-p", "meshwasm", "--lib", "--target", TARGET]))?;
+    crate::run(cargo(root).args(["build", "-p", "meshwasm", "--lib", "--target", TARGET]))?;
 
     let mut test = cargo(root);
     test.args([
@@ -61,7 +61,7 @@ pub fn run(root: &Path) -> Result<(), String> {
     ])
     .env(RUNNER_ENV, &runner)
     .env("NODE_PATH", node_path);
-    run_cmd(&mut test)
+    crate::run(&mut test)
 }
 
 /// A `Command` for `$CARGO` (else `cargo` on PATH), started in `root`.
@@ -70,26 +70,6 @@ fn cargo(root: &Path) -> Command {
     let mut cmd = Command::new(program);
     cmd.current_dir(root);
     cmd
-}
-
-/// The command line of `cmd`, for messages.
-fn display(cmd: &Command) -> String {
-    let mut parts = vec![cmd.get_program().to_string_lossy().into_owned()];
-    parts.extend(cmd.get_args().map(|a| a.to_string_lossy().into_owned()));
-    parts.join(" ")
-}
-
-/// Runs `cmd` with inherited stdio after echoing it; fails unless it exits successfully.
-fn run_cmd(cmd: &mut Command) -> Result<(), String> {
-    println!("$ {}", display(cmd));
-    let status = cmd
-        .status()
-        .map_err(|e| format!("could not start `{}`: {e}", display(cmd)))?;
-    if status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{}` failed ({status})", display(cmd)))
-    }
 }
 
 /// Runs `cmd` quietly: `Some(stdout)` when it started and succeeded.
@@ -108,7 +88,7 @@ fn ensure_target(root: &Path) -> Result<(), String> {
         .current_dir(root);
     match quiet_output(&mut list) {
         Some(installed) if installed.lines().any(|l| l.trim() == TARGET) => Ok(()),
-        Some(_) => run_cmd(
+        Some(_) => crate::run(
             Command::new("rustup")
                 .args(["target", "add", TARGET])
                 .current_dir(root),
@@ -180,7 +160,7 @@ fn ensure_runner(root: &Path, tools: &Path, version: &str) -> Result<PathBuf, St
         cmd.arg("--root")
             .arg(tools)
             .args(["wasm-bindgen-cli", "--version", version]);
-        run_cmd(&mut cmd)
+        crate::run(&mut cmd)
     };
     if let Err(e) = install(true) {
         // wasm-bindgen-cli's own lockfile can pin a dependency version that the registry index

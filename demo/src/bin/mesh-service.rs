@@ -1,65 +1,49 @@
-//! `mesh-service`: one demo service instance on its own, for running the mesh by hand or in a
-//! container: `mesh-service --name orders --port 9001 --calls inventory --outbound 8000
-//! [--failure-rate 0.2] [--work-ms 1]`. It calls `--calls` through the sidecar's outbound
-//! listener (`127.0.0.1:<outbound>`, `Host: <service>`), copying the trace headers.
+//! `mesh-service`: one demo service instance on its own, for running the mesh by hand:
+//! `mesh-service --name orders --calls inventory --outbound 8000 [--failure-rate 0.2]
+//! [--work-ms 1]` prints the loopback port it listens on and calls `--calls` through the
+//! sidecar's outbound listener (`127.0.0.1:<outbound>`, `Host: <service>`), copying the trace
+//! headers.
 
 use std::process::ExitCode;
+use std::sync::atomic::AtomicU16;
+use std::sync::Arc;
 use std::time::Duration;
 
+use clap::Parser;
 use meshwasm_demo::service::{Service, ServiceConfig};
 
-fn parse(args: &[String]) -> Result<(ServiceConfig, u16), String> {
-    let mut config = ServiceConfig {
-        name: String::new(),
-        calls: None,
-        outbound_port: 8000,
-        failure_rate: 0.0,
-        work: Duration::ZERO,
-        seed: u64::from(std::process::id()),
-    };
-    let mut port = 0;
-    let mut it = args.iter();
-    while let Some(flag) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{flag} needs a value"))?
-            .clone();
-        let bad = |e: String| format!("{flag} {value}: {e}");
-        match flag.as_str() {
-            "--name" => config.name = value,
-            "--port" => port = value.parse().map_err(|e| bad(format!("{e}")))?,
-            "--calls" => config.calls = Some(value),
-            "--outbound" => {
-                config.outbound_port = value.parse().map_err(|e| bad(format!("{e}")))?
-            }
-            "--failure-rate" => {
-                config.failure_rate = value.parse().map_err(|e| bad(format!("{e}")))?
-            }
-            "--work-ms" => {
-                config.work = Duration::from_millis(value.parse().map_err(|e| bad(format!("{e}")))?)
-            }
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    if config.name.is_empty() {
-        return Err("--name is required".into());
-    }
-    Ok((config, port))
+/// One demo service instance on a loopback port the kernel chooses (printed at start).
+#[derive(Debug, Parser)]
+#[command(name = "mesh-service")]
+struct Args {
+    /// The service name, e.g. `orders`
+    #[arg(long)]
+    name: String,
+    /// The next service it calls for every request (`Host` header at its sidecar)
+    #[arg(long, value_name = "SERVICE")]
+    calls: Option<String>,
+    /// Its sidecar's outbound listener port, where calls go
+    #[arg(long, value_name = "PORT", default_value_t = 8000)]
+    outbound: u16,
+    /// The fraction of requests answered 503, 0 to 1
+    #[arg(long, value_name = "F", default_value_t = 0.0)]
+    failure_rate: f64,
+    /// Simulated work per request: a sleep between 0 and twice this many ms
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    work_ms: u64,
 }
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let (config, port) = match parse(&args) {
-        Ok(parsed) => parsed,
-        Err(e) => {
-            eprintln!(
-                "error: {e}\nusage: mesh-service --name <service> [--port <port>] [--calls <service>] \
-                 [--outbound <port>] [--failure-rate <0..1>] [--work-ms <ms>]"
-            );
-            return ExitCode::from(2);
-        }
+    let args = Args::parse();
+    let config = ServiceConfig {
+        name: args.name,
+        calls: args.calls,
+        outbound_port: Arc::new(AtomicU16::new(args.outbound)),
+        failure_rate: args.failure_rate,
+        work: Duration::from_millis(args.work_ms),
+        seed: u64::from(std::process::id()),
     };
-    match Service::start(config.clone(), port) {
+    match Service::start(config.clone()) {
         Ok(service) => {
             println!(
                 "{} listening on 127.0.0.1:{}{}",
@@ -67,7 +51,7 @@ fn main() -> ExitCode {
                 service.port(),
                 config
                     .calls
-                    .map(|c| format!(", calling {c} via 127.0.0.1:{}", config.outbound_port))
+                    .map(|c| format!(", calling {c} via 127.0.0.1:{}", args.outbound))
                     .unwrap_or_default()
             );
             loop {

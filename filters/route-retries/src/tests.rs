@@ -483,7 +483,7 @@ fn bad_configs_name_the_field() {
 }
 
 /// The calls of one steady-state request (after a warm-up one) with `config`, the request as
-/// the bench presents it (`xtask/src/bench/hostcalls.rs`) plus `extra` request headers, and a
+/// the bench presents it (`bench/runner/src/hostcalls.rs`) plus `extra` request headers, and a
 /// first-try 200: (request headers, response headers, log).
 fn hostcalls(config: &str, extra: &[(&str, &str)]) -> (Vec<String>, Vec<String>, Vec<String>) {
     let host = TestHost::new();

@@ -523,7 +523,7 @@ fn readme_and_envoy_configs_ship_every_stats_tag() {
 
 /// The calls of one steady-state request (after a warm-up one) through a root configured with
 /// `config`, the request and response as the bench presents them
-/// (`xtask/src/bench/hostcalls.rs`): (request headers, response headers, log).
+/// (`bench/runner/src/hostcalls.rs`): (request headers, response headers, log).
 fn hostcalls(config: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let host = TestHost::new();
     host.set_vm_property("xds.node.id", b"frontend-5c2a".to_vec());

@@ -1,7 +1,7 @@
 //! Shared by the reliability tests: one sidecar Envoy with all three filters on an outbound and an
 //! inbound listener (`integration/configs/all_filters.yaml`), statically or served by file-based
-//! LDS, with its upstream, app and collector; raw-socket requests; and the stats checks that show
-//! a filter counted something and that no wasm VM failed.
+//! LDS, with its upstream, app and collector; raw-socket requests for malformed bytes; and the
+//! stats checks that show a filter counted something and that no wasm VM failed.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use integration::upstream::{Reply, Upstream};
-use integration::{filters_dir, free_ports, render, wasm_path, yaml_single_quoted, Envoy};
+use integration::{filters_dir, render, wasm_path, yaml_single_quoted, Envoy};
 
 /// The sidecar template.
 pub const TEMPLATE: &str = include_str!("../../configs/all_filters.yaml");
@@ -90,29 +90,8 @@ impl Configs {
             ("METRICS_IN".into(), q(&self.metrics_in)),
             ("RETRIES_IN".into(), q(&self.retries_in)),
             ("FAILURE_POLICY".into(), self.failure_policy.clone()),
-            (
-                "MESH_OUT".into(),
-                q(&one_module(
-                    &self.trace_out,
-                    &self.metrics_out,
-                    &self.retries_out,
-                )),
-            ),
-            (
-                "MESH_IN".into(),
-                q(&one_module(
-                    &self.trace_in,
-                    &self.metrics_in,
-                    &self.retries_in,
-                )),
-            ),
         ]
     }
-}
-
-/// The mesh_sidecar configuration holding the three filter configurations.
-fn one_module(trace: &str, metrics: &str, retries: &str) -> String {
-    format!(r#"{{"trace":{trace},"metrics":{metrics},"retries":{retries}}}"#)
 }
 
 /// A running sidecar and the test servers around it.
@@ -132,12 +111,20 @@ pub struct Sidecar {
 impl Sidecar {
     /// The outbound listener's port.
     pub fn outbound(&self) -> u16 {
-        self.envoy.listener_port()
+        self.listener("outbound")
     }
 
     /// The inbound listener's port.
     pub fn inbound(&self) -> u16 {
-        self.envoy.port("PORT_INBOUND")
+        self.listener("inbound")
+    }
+
+    /// The port of listener `name` (static or from LDS), as Envoy bound it.
+    fn listener(&self, name: &str) -> u16 {
+        match self.envoy.listener(name) {
+            Some(port) => port,
+            None => panic!("no listener {name}: {:?}", self.envoy.listeners()),
+        }
     }
 }
 
@@ -273,16 +260,20 @@ pub fn start_lds(configs: &Configs) -> Sidecar {
         ..Reply::default()
     })
     .unwrap();
-    let ports = free_ports(3).unwrap();
+    static LDS_DIRS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = LDS_DIRS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
     let dir = integration::workspace_root()
         .join("target")
         .join("integration-tmp")
-        .join(format!("lds-{}-{}", std::process::id(), ports[0]));
+        .join(format!("lds-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
+    // The listeners bind port 0 (Envoy chooses; the test reads the ports back by listener name),
+    // and keep their sockets across updates of their filter chains.
     let mut vars: Vec<(String, String)> = vec![
-        ("PORT_ADMIN".into(), ports[0].to_string()),
-        ("PORT_LISTENER".into(), ports[1].to_string()),
-        ("PORT_INBOUND".into(), ports[2].to_string()),
+        ("PORT_ADMIN".into(), "0".into()),
+        ("PORT_LISTENER".into(), "0".into()),
+        ("PORT_INBOUND".into(), "0".into()),
         ("PORT_UPSTREAM".into(), upstream.port().to_string()),
         ("PORT_APP".into(), app.port().to_string()),
         ("PORT_COLLECTOR".into(), collector.port().to_string()),
@@ -296,6 +287,8 @@ pub fn start_lds(configs: &Configs) -> Sidecar {
     };
     lds.push(configs);
     vars.extend(configs.vars());
+    // The bootstrap's admin binds port 0 too: Envoy reports where.
+    vars.retain(|(k, _)| k != "PORT_ADMIN");
     let mut builder = Envoy::builder(&lds_bootstrap());
     for (k, v) in vars {
         builder = builder.var(&k, v);
@@ -361,8 +354,10 @@ pub fn active_vms(envoy: &Envoy) -> u64 {
 
 /// Sends `bytes` as they are to `127.0.0.1:port` and reads until the peer closes (send
 /// `connection: close`); returns the status code (0 when the connection closed without a
-/// response) and the raw response.
+/// response) and the raw response. For malformed requests (non-UTF-8 or control bytes in header
+/// values) that an HTTP client refuses to send; anything else goes through `http_get`.
 pub fn raw_request(port: u16, bytes: &[u8]) -> (u16, String) {
+    // Raw socket: exact bytes (non-UTF-8, control characters) a client library refuses to send.
     let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
     stream

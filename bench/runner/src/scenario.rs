@@ -155,7 +155,11 @@ fn indent(text: &str, n: usize) -> String {
         .collect()
 }
 
-/// The bootstrap of `scenario`, with every placeholder filled.
+/// The bootstrap template of `scenario`: the scenario's filters in place of `{{HTTP_FILTERS}}`
+/// and every placeholder in `vars` (plus `BENCH_DIR`) filled. What is left are the ports that
+/// Envoy binds itself (`{{PORT_ADMIN}}`, `{{PORT_LISTENER}}`): [`toolkit::Envoy`] renders them as
+/// 0 and reads the real ports back. A placeholder `vars` does not fill and Envoy cannot bind is
+/// an error here.
 pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) -> Result<String> {
     let configs = bench_dir.join("configs");
     let read = |path: &Path| {
@@ -169,9 +173,17 @@ pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) 
     let template = template.replace("{{HTTP_FILTERS}}\n", &filters);
     let mut all_vars = vars.to_vec();
     all_vars.push(("BENCH_DIR".to_string(), bench_dir.display().to_string()));
-    integration::render(&template, &all_vars)
+    // Envoy's own ports stay placeholders; everything else must have a value now.
+    for port in ENVOY_PORTS {
+        all_vars.push((port.to_string(), format!("{{{{{port}}}}}")));
+    }
+    toolkit::render(&template, &all_vars)
         .map_err(|e| format!("bench/configs for scenario `{}`: {e}", scenario.key))
 }
+
+/// The placeholders of the bench bootstrap that Envoy binds on port 0 (the toolkit reads the
+/// ports back): never given a value by the bench.
+pub const ENVOY_PORTS: [&str; 2] = ["PORT_ADMIN", "PORT_LISTENER"];
 
 /// Checks the upstream's view of the probe request against the expectations that concern
 /// headers; `sent_span` is the span id of the probe's `traceparent`.
@@ -223,10 +235,8 @@ mod tests {
 
     #[test]
     fn every_scenario_renders_to_a_complete_config() -> Result<()> {
-        let bench_dir = crate::project_root().join("bench");
+        let bench_dir = toolkit::workspace_root().join("bench");
         let vars: Vec<(String, String)> = [
-            ("PORT_ADMIN", "1"),
-            ("PORT_LISTENER", "2"),
             ("PORT_UPSTREAM", "3"),
             ("PORT_COLLECTOR", "4"),
             ("FILTERS_DIR", "/f"),
@@ -239,7 +249,21 @@ mod tests {
         assert_eq!(all(2).len(), 11);
         for s in &list {
             let text = render(s, &bench_dir, &vars)?;
-            assert!(!text.contains("{{"), "{}", s.key);
+            // Only Envoy's own ports are left, each once: the toolkit binds them on port 0.
+            assert_eq!(
+                toolkit::template::placeholders(&text),
+                ENVOY_PORTS.map(String::from),
+                "{}",
+                s.key
+            );
+            for port in ENVOY_PORTS {
+                assert_eq!(
+                    text.matches(&format!("{{{{{port}}}}}")).count(),
+                    1,
+                    "{}",
+                    s.key
+                );
+            }
             assert_eq!(
                 text.matches("envoy.filters.http.wasm").count()
                     + text.matches("envoy.filters.http.lua").count(),

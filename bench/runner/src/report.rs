@@ -461,7 +461,7 @@ pub fn svg_chart(rows: &[Row], title: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::scenario;
+    use crate::scenario;
 
     fn sample(rps: f64, p50: f64) -> Sample {
         Sample {

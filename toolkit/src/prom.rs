@@ -1,5 +1,6 @@
-//! Reading Envoy's `/stats/prometheus`: samples with labels, sums over label sets, and
-//! histogram quantiles from cumulative buckets (as Prometheus' `histogram_quantile`).
+//! Reading Envoy's stats: the Prometheus text format of `/stats/prometheus` (samples with
+//! labels, sums over label sets, histogram quantiles from cumulative buckets as Prometheus'
+//! `histogram_quantile`), and the `name: value` lines of `/stats`. The one parser of each.
 
 use std::collections::BTreeMap;
 
@@ -106,6 +107,14 @@ fn parse_value(text: &str) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         v => v.parse().ok(),
     }
+}
+
+/// The value of counter or gauge `name` in Envoy's `/stats` text (`name: value` lines).
+pub fn envoy_stat(stats: &str, name: &str) -> Option<u64> {
+    stats.lines().find_map(|line| {
+        let (n, v) = line.split_once(": ")?;
+        (n == name).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// The sum of `name` over the samples whose labels `keep` accepts.
@@ -236,5 +245,13 @@ odd{a="x\"y,z}"} 3
         assert_eq!(h.quantile(0.99), Some(5.0));
         assert_eq!(h.bars()[1], (1.0, 5.0, 6.0));
         assert_eq!(Histogram::default().quantile(0.5), None);
+    }
+
+    #[test]
+    fn reads_envoy_stats_lines() {
+        let stats = "cluster.a.upstream_rq: 3\nhttp.x.rq_total: 12\nbad: x\n";
+        assert_eq!(envoy_stat(stats, "http.x.rq_total"), Some(12));
+        assert_eq!(envoy_stat(stats, "bad"), None);
+        assert_eq!(envoy_stat(stats, "http.x"), None);
     }
 }

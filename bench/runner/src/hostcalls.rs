@@ -261,7 +261,7 @@ mod tests {
     /// The one-module scenario runs exactly the three filters' configurations.
     #[test]
     fn the_mesh_snippet_holds_the_three_configs() {
-        let dir = crate::project_root().join("bench/configs/filters");
+        let dir = toolkit::workspace_root().join("bench/configs/filters");
         let config = |f: &str| snippet_config(&std::fs::read_to_string(dir.join(f)).unwrap());
         let (trace, metrics, retries) = (
             config("trace_propagation.yaml").unwrap(),
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn counts_every_bench_filter() -> Result<()> {
-        let dir = crate::project_root().join("bench/configs/filters");
+        let dir = toolkit::workspace_root().join("bench/configs/filters");
         let counts = count_all(&dir)?;
         assert_eq!(counts.len(), 7);
         for c in &counts {

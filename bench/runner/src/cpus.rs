@@ -7,6 +7,8 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+use toolkit::cmd;
+
 use crate::Result;
 
 /// Where the bench's processes run.
@@ -20,7 +22,7 @@ impl Cpus {
     pub fn detect() -> Cpus {
         let cores = std::thread::available_parallelism().map_or(1, usize::from);
         let taskset = if cores >= 2 {
-            crate::find_on_path("taskset")
+            cmd::find_on_path("taskset")
         } else {
             None
         };
@@ -56,21 +58,24 @@ impl Cpus {
         let Some(taskset) = self.pinning() else {
             return Ok(());
         };
-        let mut cmd = Command::new(taskset);
-        cmd.args(["-a", "-p", "-c", &self.load_cores()])
+        let mut taskset = Command::new(taskset);
+        taskset
+            .args(["-a", "-p", "-c", &self.load_cores()])
             .arg(std::process::id().to_string());
-        crate::output(&mut cmd).map(|_| ())
+        cmd::output(&mut taskset).map(|_| ())
     }
 
-    /// The command that starts `program` on the cores of an Envoy with `workers` workers.
-    pub fn command_for_envoy(&self, program: &std::path::Path, workers: u32) -> Command {
+    /// The command that runs an Envoy with `workers` workers on its cores (given to
+    /// [`toolkit::EnvoyBuilder::wrapper`]; it `exec`s Envoy): `taskset -c <cores>`, or nothing
+    /// when the bench does not pin.
+    pub fn envoy_wrapper(&self, workers: u32) -> Vec<String> {
         match self.pinning() {
-            Some(taskset) => {
-                let mut cmd = Command::new(taskset);
-                cmd.args(["-c", &self.envoy_cores(workers)]).arg(program);
-                cmd
-            }
-            None => Command::new(program),
+            Some(taskset) => vec![
+                taskset.display().to_string(),
+                "-c".to_string(),
+                self.envoy_cores(workers),
+            ],
+            None => Vec::new(),
         }
     }
 
@@ -114,10 +119,8 @@ mod tests {
             cores: 1,
         };
         assert_eq!(one.describe(), "not pinned (one core)");
-        assert_eq!(
-            one.command_for_envoy(std::path::Path::new("envoy"), 1)
-                .get_program(),
-            "envoy"
-        );
+        assert!(one.envoy_wrapper(1).is_empty());
+        assert_eq!(two.envoy_wrapper(1), ["/usr/bin/taskset", "-c", "0"]);
+        assert_eq!(two.envoy_wrapper(2), ["/usr/bin/taskset", "-c", "0-1"]);
     }
 }

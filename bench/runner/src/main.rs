@@ -1,15 +1,20 @@
-//! `cargo xtask bench`: what our filters cost, as ratios, side by side with no filter, Envoy's
-//! Lua filter and a bare proxy-wasm filter (issue #7). Envoy (`--concurrency 1` by default)
-//! proxies to a fast keep-alive upstream in this process; `wrk` drives it closed-loop over
+//! `meshwasm-bench`, run by `cargo xtask bench`: what our filters cost, as ratios, side by side
+//! with no filter, Envoy's Lua filter and a bare proxy-wasm filter (issue #7). Each scenario's
+//! Envoy (`--concurrency 1` by default) is a [`toolkit::Envoy`] on ports it binds itself,
+//! proxying to a fast keep-alive upstream in this process; `wrk` drives it closed-loop over
 //! keep-alive HTTP/1.1 connections. Every scenario runs in interleaved rounds after a warm-up,
 //! and the report gives medians and spread. A full run writes `BENCHMARKS.md` and
-//! `docs/bench.svg`; `--quick` (the smoke check of `cargo xtask test`) writes only under
-//! `target/bench/` and checks that the numbers are sane, never that targets are met.
+//! `docs/bench.svg`; `--quick` (and `--smoke`, the check of `cargo xtask test`) writes only
+//! under `target/bench/` and checks that the numbers are sane, never that targets are met.
+//!
+//! It never builds the filters: it loads them from [`toolkit::filters_dir`] (`cargo xtask bench`
+//! builds them first unless `--no-build`).
+
+#![forbid(unsafe_code)]
 
 mod cpus;
 mod hostcalls;
 mod load;
-mod proxy;
 mod report;
 mod scenario;
 mod upstream;
@@ -17,75 +22,90 @@ mod upstream;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{build, project_root, target_dir, Result};
+use clap::Parser;
 use load::Shape;
-use proxy::{Launch, Proxy};
 use report::{Measured, WasmSize};
 use scenario::{Expect, Scenario};
+use toolkit::{target_dir, workspace_root, Envoy};
 use upstream::Upstream;
 
-/// Options of `cargo xtask bench`.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// Every step reports failure as a message that names what failed.
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Options of `cargo xtask bench` (all of them reach this binary).
+#[derive(Parser, Clone, Debug, PartialEq, Eq)]
+#[command(
+    name = "meshwasm-bench",
+    version,
+    about = "What the meshwasm filters cost inside Envoy: throughput, latency, RSS, hostcalls \
+             and sizes against no filter, the wasm floor, Lua and a bare proxy-wasm filter. \
+             Writes BENCHMARKS.md and docs/bench.svg (--quick, --smoke: target/bench/ only).",
+    long_about = None,
+    after_help = "Run it as `cargo xtask bench [options]`, which builds the filters first. This \
+                  binary never builds them: it loads the .wasm files from $MESHWASM_FILTERS_DIR, \
+                  default <target>/filters."
+)]
 pub struct Options {
-    /// A short run: one round of one-second runs, results under `target/bench/` only.
+    /// A short run: one round of one-second runs, no warm-up; results under target/bench/ only.
+    #[arg(long)]
     pub quick: bool,
-    /// Envoy `--concurrency` of the main scenarios.
+    /// The smoke check of `cargo xtask test`: a --quick run on the filters already built.
+    #[arg(long)]
+    pub smoke: bool,
+    /// Envoy --concurrency (workers) of the main scenarios; all three filters and the
+    /// baseline also run at 2 workers when N is not 2.
+    #[arg(
+        long,
+        value_name = "N",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..=64)
+    )]
     pub concurrency: u32,
-    /// Run `cargo xtask build` first.
-    pub build: bool,
+    /// For `cargo xtask bench`: do not build the filters first. Accepted and ignored here: this
+    /// binary never builds them.
+    #[arg(long)]
+    pub no_build: bool,
+}
+
+impl Options {
+    /// A short run (`--quick` or `--smoke`).
+    fn quick(&self) -> bool {
+        self.quick || self.smoke
+    }
 }
 
 impl Default for Options {
     fn default() -> Self {
         Options {
             quick: false,
+            smoke: false,
             concurrency: 1,
-            build: true,
+            no_build: false,
         }
     }
 }
 
-fn parse(args: &[String]) -> Result<Options> {
-    let mut options = Options::default();
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--quick" => options.quick = true,
-            "--no-build" => options.build = false,
-            "--concurrency" => {
-                let n = args
-                    .next()
-                    .ok_or("--concurrency needs a number of workers, e.g. --concurrency 2")?;
-                options.concurrency = n
-                    .parse()
-                    .ok()
-                    .filter(|n| (1..=64).contains(n))
-                    .ok_or_else(|| format!("--concurrency: `{n}` is not a number from 1 to 64"))?;
-            }
-            other => return Err(format!("unknown option for `bench`: {other}")),
-        }
-    }
-    Ok(options)
-}
-
-/// `cargo xtask bench [--quick] [--concurrency N] [--no-build]`.
-pub fn main(args: &[String]) -> Result<()> {
-    let options = parse(args)?;
-    let command = format!("cargo xtask bench {}", args.join(" "));
-    run(&options, command.trim())
-}
-
-/// The smoke check `cargo xtask test` runs after building the filters: `bench --quick`.
-pub fn smoke() -> Result<()> {
-    let options = Options {
-        quick: true,
-        build: false,
-        ..Options::default()
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let options = Options::parse();
+    // The command as the user types it, for the report.
+    let command = if options.smoke {
+        "cargo xtask test (bench --smoke)".to_string()
+    } else {
+        format!("cargo xtask bench {}", args.join(" "))
+            .trim()
+            .to_string()
     };
-    run(&options, "cargo xtask bench --quick --no-build")
+    match run(&options, &command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Durations and connections of a run.
@@ -133,16 +153,20 @@ const WASM_FILES: [&str; 5] = [
 /// A scenario's running Envoy.
 struct Running {
     scenario: Scenario,
-    proxy: Proxy,
+    envoy: Envoy,
 }
 
 fn run(options: &Options, command: &str) -> Result<()> {
     let started = Instant::now();
-    if options.build {
-        build::build(true)?;
+    if cfg!(debug_assertions) {
+        println!(
+            "notice: meshwasm-bench was built without --release: its upstream then spends several \
+             times more CPU per request, on the core wrk uses (`cargo xtask bench` runs a release \
+             build)"
+        );
     }
-    let filters_dir = std::path::absolute(target_dir().join("filters"))
-        .map_err(|e| format!("no absolute path for target/filters: {e}"))?;
+    let filters_dir = std::path::absolute(toolkit::filters_dir())
+        .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
     for file in WASM_FILES {
         if !filters_dir.join(file).is_file() {
             return Err(format!(
@@ -151,11 +175,10 @@ fn run(options: &Options, command: &str) -> Result<()> {
             ));
         }
     }
-    let bench_dir = project_root().join("bench");
-    let envoy = crate::envoy::find()?;
-    let envoy_version = integration::envoy::envoy_version(&envoy)?;
+    let bench_dir = workspace_root().join("bench");
+    let (envoy, envoy_version) = toolkit::find::find_and_report()?;
     let wrk = load::ensure_wrk()?;
-    let plan = Plan::new(options.quick);
+    let plan = Plan::new(options.quick());
     let cpus = cpus::Cpus::detect();
     let machine = Machine {
         placement: cpus.describe(),
@@ -192,7 +215,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
     let url = |r: &Running| {
         format!(
             "http://127.0.0.1:{}{}",
-            r.proxy.listener_port(),
+            r.envoy.listener_port(),
             hostcalls::PATH
         )
     };
@@ -206,7 +229,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
         if plan.warmup.seconds > 0 {
             load::run(&wrk, &url(r), &headers, plan.warmup)?;
         }
-        let rss_kib = r.proxy.rss_kib()?;
+        let rss_kib = r.envoy.rss_kib()?;
         println!(
             "{:<12} RSS {:.1} MiB",
             r.scenario.key,
@@ -225,11 +248,17 @@ fn run(options: &Options, command: &str) -> Result<()> {
             plan.rounds, plan.throughput.connections, plan.throughput.seconds, plan.latency.seconds
         );
         for (r, m) in running.iter().zip(measured.iter_mut()) {
+            let cpu_before = r.envoy.cpu_time()?;
             let tp = load::run(&wrk, &url(r), &headers, plan.throughput)?;
+            let cpu = r.envoy.cpu_time()?.saturating_sub(cpu_before);
             let lat = load::run(&wrk, &url(r), &headers, plan.latency)?;
             println!(
-                "{:<12} {:>8.0} req/s   p50 {:>7.1} us  p99 {:>7.1} us (1 connection)",
-                r.scenario.key, tp.rps, lat.p50_us, lat.p99_us
+                "{:<12} {:>8.0} req/s  Envoy CPU {:>5.1} us/req   p50 {:>7.1} us  p99 {:>7.1} us (1 connection)",
+                r.scenario.key,
+                tp.rps,
+                cpu.as_secs_f64() * 1e6 / tp.requests.max(1) as f64,
+                lat.p50_us,
+                lat.p99_us
             );
             m.throughput.push(tp);
             m.latency.push(lat);
@@ -270,7 +299,8 @@ fn run(options: &Options, command: &str) -> Result<()> {
     Ok(())
 }
 
-/// Starts every scenario's Envoy at once, then waits for each to be ready.
+/// Starts every scenario's Envoy at once, then waits for each to be ready. Each binds its
+/// admin and listener on port 0; the toolkit reads the ports back.
 fn start_all(
     envoy: &Path,
     scenarios: &[Scenario],
@@ -284,40 +314,33 @@ fn start_all(
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir).map_err(|e| format!("clearing {}: {e}", run_dir.display()))?;
     }
-    let ports = integration::free_ports(2 * scenarios.len())?;
+    let vars: Vec<(String, String)> = [
+        ("PORT_UPSTREAM", upstream.port().to_string()),
+        ("PORT_COLLECTOR", collector.port().to_string()),
+        ("FILTERS_DIR", filters_dir.display().to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
     let mut running = Vec::new();
-    for (i, (scenario, ports)) in scenarios.iter().zip(ports.chunks(2)).enumerate() {
-        let (admin_port, listener_port) = (ports[0], ports[1]);
-        let vars: Vec<(String, String)> = [
-            ("PORT_ADMIN", admin_port.to_string()),
-            ("PORT_LISTENER", listener_port.to_string()),
-            ("PORT_UPSTREAM", upstream.port().to_string()),
-            ("PORT_COLLECTOR", collector.port().to_string()),
-            ("FILTERS_DIR", filters_dir.display().to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        let config = scenario::render(scenario, bench_dir, &vars)?;
-        let index = u32::try_from(i).map_err(|_| "too many scenarios".to_string())?;
-        let proxy = Proxy::spawn(&Launch {
-            bin: envoy,
-            cpus,
-            name: &scenario.key,
-            config: &config,
-            concurrency: scenario.concurrency,
-            dir: &run_dir,
-            admin_port,
-            listener_port,
-            base_id: (std::process::id() % 100_000) * 1000 + 900 + index,
-        })?;
+    for scenario in scenarios {
+        let template = scenario::render(scenario, bench_dir, &vars)?;
+        let envoy = Envoy::builder(&template)
+            .name(&scenario.key)
+            .bin(envoy)
+            .dir(&run_dir.join(&scenario.key))
+            .concurrency(scenario.concurrency)
+            .log_level("warn")
+            .wrapper(cpus.envoy_wrapper(scenario.concurrency))
+            .spawn()
+            .map_err(|e| format!("scenario `{}`: {e}", scenario.key))?;
         running.push(Running {
             scenario: scenario.clone(),
-            proxy,
+            envoy,
         });
     }
     for r in &mut running {
-        r.proxy.wait_ready(Duration::from_secs(120))?;
+        r.envoy.wait_ready(Duration::from_secs(120))?;
     }
     Ok(running)
 }
@@ -326,8 +349,8 @@ fn start_all(
 fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
     let key = &r.scenario.key;
     upstream.capture_next();
-    let response = integration::http_get(
-        r.proxy.listener_port(),
+    let response = toolkit::http_get(
+        r.envoy.listener_port(),
         hostcalls::PATH,
         &[("traceparent", hostcalls::TRACEPARENT)],
     )
@@ -347,8 +370,7 @@ fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
     for e in &r.scenario.expect {
         if let Expect::Stat(name) = e {
             let counted = wait_for(Duration::from_secs(10), || {
-                r.proxy
-                    .stats(name)
+                stats_matching(&r.envoy, name)
                     .iter()
                     .any(|(_, v)| *v >= 1)
                     .then_some(())
@@ -356,12 +378,25 @@ fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
             if counted.is_none() {
                 return Err(format!(
                     "probe of `{key}`: no stat `{name}` counted the probe; log:\n{}",
-                    r.proxy.log()
+                    r.envoy.log()
                 ));
             }
         }
     }
     Ok(())
+}
+
+/// Counter and gauge lines of `envoy`'s admin `/stats` whose names contain `filter`.
+fn stats_matching(envoy: &Envoy, filter: &str) -> Vec<(String, u64)> {
+    envoy
+        .stats()
+        .lines()
+        .filter_map(|line| {
+            let (name, value) = line.rsplit_once(": ")?;
+            let value = value.trim().parse().ok()?;
+            name.contains(filter).then(|| (name.to_string(), value))
+        })
+        .collect()
 }
 
 fn wait_for<T>(patience: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
@@ -392,9 +427,7 @@ fn span_export(running: &[Running], collector: &Upstream) -> Export {
             f.contains(&"trace_propagation.yaml") || f.contains(&"mesh_sidecar.yaml")
         })
         .map(|r| {
-            let stats = r
-                .proxy
-                .stats("meshwasm_trace_spans_total;.outcome=")
+            let stats = stats_matching(&r.envoy, "meshwasm_trace_spans_total;.outcome=")
                 .into_iter()
                 .filter_map(|(name, v)| Some((name.rsplit_once('=')?.1.to_string(), v)))
                 .collect();
@@ -558,12 +591,12 @@ fn write_outputs(ctx: &Context<'_>) -> Result<()> {
     let title = format!(
         "meshwasm filters in Envoy {}: cost against no filter (cargo xtask bench{})",
         ctx.envoy_version,
-        if ctx.options.quick { " --quick" } else { "" }
+        if ctx.options.quick() { " --quick" } else { "" }
     );
     let svg = report::svg_chart(ctx.rows, &title);
     let csv = samples_csv(ctx.measured);
     let mut written = Vec::new();
-    if ctx.options.quick {
+    if ctx.options.quick() {
         written.push(write(out_dir.join("quick.svg"), &svg)?);
         written.push(write(out_dir.join("quick.csv"), &csv)?);
         written.push(write(
@@ -573,9 +606,12 @@ fn write_outputs(ctx: &Context<'_>) -> Result<()> {
     } else {
         written.push(write(out_dir.join("bench.svg"), &svg)?);
         written.push(write(out_dir.join("bench.csv"), &csv)?);
-        written.push(write(project_root().join("docs").join("bench.svg"), &svg)?);
         written.push(write(
-            project_root().join("BENCHMARKS.md"),
+            workspace_root().join("docs").join("bench.svg"),
+            &svg,
+        )?);
+        written.push(write(
+            workspace_root().join("BENCHMARKS.md"),
             &markdown(ctx, "docs/bench.svg"),
         )?);
     }
@@ -671,7 +707,7 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
     }
     let _ = writeln!(
         s,
-        "\n## Hostcalls per request\n\nCounted on the SDK test host (`xtask/src/bench/hostcalls.rs`) \
+        "\n## Hostcalls per request\n\nCounted on the SDK test host (`bench/runner/src/hostcalls.rs`) \
          for one steady-state request as Envoy presents the bench request, with the scenario \
          configs. Each call is one proxy-wasm hostcall in Envoy. Span export adds, per batch of \
          spans, one `proxy_http_call` from the root's tick; not shown.\n"
@@ -700,8 +736,8 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
          - load generator: {}\n- CPU placement: {}\n\n\
          Every scenario is one Envoy with the bootstrap `bench/configs/sidecar.yaml` and the \
          filters of `bench/configs/filters/` before the router; all proxy to the same upstream, \
-         a keep-alive HTTP/1.1 server inside the bench process (a thread per connection, \
-         `200 ok`). Every request is `GET {}` with `traceparent: {}` (sampled), so the trace \
+         a keep-alive HTTP/1.1 server inside the bench process (the toolkit's server, one \
+         event-loop thread, `200 ok`). Every request is `GET {}` with `traceparent: {}` (sampled), so the trace \
          filters take the propagation path and the shipped trace config exports every span. \
          All Envoys start together and stay up; the runs interleave (A B C ... A B C ...), so \
          slow drifts of this shared 2-core machine hit every scenario alike. The spread columns \
@@ -752,7 +788,7 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
             }
         );
     }
-    let findings = project_root().join("bench").join("FINDINGS.md");
+    let findings = workspace_root().join("bench").join("FINDINGS.md");
     if let Ok(text) = fs::read_to_string(&findings) {
         let _ = writeln!(s, "\n{}", text.trim_end());
     }
@@ -763,25 +799,41 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
 mod tests {
     use super::*;
 
-    fn args(list: &[&str]) -> Vec<String> {
-        list.iter().map(|s| s.to_string()).collect()
+    fn parse(list: &[&str]) -> std::result::Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("meshwasm-bench").chain(list.iter().copied()))
     }
 
     #[test]
-    fn parses_options() -> Result<()> {
+    fn parses_options() -> std::result::Result<(), clap::Error> {
         assert_eq!(parse(&[])?, Options::default());
-        let o = parse(&args(&["--quick", "--concurrency", "2", "--no-build"]))?;
+        let o = parse(&["--quick", "--concurrency", "2", "--no-build"])?;
         assert_eq!(
             o,
             Options {
                 quick: true,
+                smoke: false,
                 concurrency: 2,
-                build: false
+                no_build: true
             }
         );
-        assert!(parse(&args(&["--concurrency"])).is_err());
-        assert!(parse(&args(&["--concurrency", "0"])).is_err());
-        assert!(parse(&args(&["--fast"])).is_err());
+        assert!(o.quick());
+        let smoke = parse(&["--smoke"])?;
+        assert!(smoke.quick() && !smoke.quick);
+        assert!(parse(&["--concurrency"]).is_err());
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        assert!(parse(&["--concurrency", "65"]).is_err());
+        assert!(parse(&["--fast"]).is_err());
         Ok(())
+    }
+
+    #[test]
+    fn help_names_every_option() {
+        let help = match parse(&["--help"]) {
+            Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelp => e.to_string(),
+            other => panic!("--help did not print help: {other:?}"),
+        };
+        for option in ["--quick", "--smoke", "--concurrency <N>", "--no-build"] {
+            assert!(help.contains(option), "{option} missing from:\n{help}");
+        }
     }
 }

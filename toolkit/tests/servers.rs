@@ -1,12 +1,12 @@
-//! Tests of the harness itself, without Envoy: the upstream server and the client round-trip,
-//! keep-alive and chunked bodies, template rendering and stats parsing.
+//! The toolkit's HTTP client and servers against each other, and against raw bytes where the
+//! test is about the wire (keep-alive, chunked bodies, EOF-delimited responses); no Envoy.
 
-use std::io::{BufReader, Write};
-use std::net::TcpStream;
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use super::*;
-use crate::http::{read_body, read_head};
-use crate::upstream::{Reply, Upstream};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+
+use toolkit::{assert_eventually, http_get, http_request, patience, Reply, Server, Upstream};
 
 #[test]
 fn client_and_upstream_round_trip() {
@@ -24,6 +24,11 @@ fn client_and_upstream_round_trip() {
         reqs[0].headers.iter().any(|(n, _)| n == "x-test"),
         "names are lowercase"
     );
+    assert!(
+        reqs[0].header("user-agent").is_none() && reqs[0].header("accept").is_none(),
+        "the client adds no headers of its own: {:?}",
+        reqs[0].headers
+    );
     assert!(reqs[0].body.is_empty());
 }
 
@@ -32,7 +37,7 @@ fn upstream_answers_the_configured_reply() {
     let upstream = Upstream::with_reply(Reply {
         status: 503,
         headers: vec![("X-From".to_string(), "upstream".to_string())],
-        body: "down".to_string(),
+        body: b"down".to_vec(),
     })
     .unwrap();
     let resp = http_request("POST", upstream.port(), "/p", &[], b"payload").unwrap();
@@ -43,6 +48,45 @@ fn upstream_answers_the_configured_reply() {
     upstream.set_reply(Reply::default());
     assert_eq!(http_get(upstream.port(), "/", &[]).unwrap().status, 200);
     assert_eq!(upstream.requests().len(), 2);
+}
+
+#[test]
+fn servers_take_more_header_fields_than_envoy_lets_through() {
+    let upstream = Upstream::start().unwrap();
+    let names: Vec<String> = (0..300).map(|i| format!("x-h{i}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "v")).collect();
+    let resp = http_get(upstream.port(), "/", &headers).unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(upstream.requests()[0].header("x-h299"), Some("v"));
+}
+
+#[test]
+fn client_sends_the_host_it_is_given() {
+    let upstream = Upstream::start().unwrap();
+    http_get(upstream.port(), "/", &[("host", "orders")]).unwrap();
+    assert_eq!(upstream.requests()[0].header("host"), Some("orders"));
+}
+
+/// Reads one response (status line, headers, content-length body) from a keep-alive connection.
+fn read_response(reader: &mut BufReader<TcpStream>) -> (String, Vec<u8>) {
+    let mut status = String::new();
+    reader.read_line(&mut status).unwrap();
+    let mut length = 0;
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some((n, v)) = line.split_once(':') {
+            if n.eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap();
+            }
+        }
+    }
+    let mut body = vec![0; length];
+    reader.read_exact(&mut body).unwrap();
+    (status, body)
 }
 
 #[test]
@@ -58,9 +102,9 @@ fn upstream_keeps_alive_and_reads_chunked_bodies() {
     .unwrap();
     let mut reader = BufReader::new(conn);
     for _ in 0..2 {
-        let (status, headers) = read_head(&mut reader).unwrap().unwrap();
+        let (status, body) = read_response(&mut reader);
         assert!(status.starts_with("HTTP/1.1 200"), "{status}");
-        assert_eq!(read_body(&mut reader, &headers, false).unwrap(), b"ok");
+        assert_eq!(body, b"ok");
     }
     let reqs = upstream.requests();
     assert_eq!(reqs.len(), 2);
@@ -80,7 +124,12 @@ fn client_reads_chunked_and_eof_delimited_responses() {
         ] {
             let (mut s, _) = listener.accept().unwrap();
             let mut reader = BufReader::new(s.try_clone().unwrap());
-            read_head(&mut reader).unwrap();
+            loop {
+                let mut line = String::new();
+                if reader.read_line(&mut line).unwrap() == 0 || line.trim().is_empty() {
+                    break;
+                }
+            }
             s.write_all(reply).unwrap();
         }
     });
@@ -94,13 +143,13 @@ fn client_reads_chunked_and_eof_delimited_responses() {
 
 #[test]
 fn client_fails_cleanly_when_nothing_listens() {
-    let port = free_ports(1).unwrap()[0];
-    let err = http_get(port, "/", &[]).unwrap_err();
-    assert!(err.contains(&format!("127.0.0.1:{port}")), "{err}");
+    // Port 1 (tcpmux) has no listener on a test machine: the connection is refused.
+    let err = http_get(1, "/", &[]).unwrap_err();
+    assert!(err.contains("127.0.0.1:1"), "{err}");
 }
 
 #[test]
-fn upstream_stops_on_drop() {
+fn servers_stop_on_drop() {
     let port = {
         let upstream = Upstream::start().unwrap();
         assert_eq!(http_get(upstream.port(), "/", &[]).unwrap().status, 200);
@@ -110,45 +159,20 @@ fn upstream_stops_on_drop() {
 }
 
 #[test]
-fn renders_placeholders_and_reports_missing_ones() {
-    let vars = [
-        ("A".to_string(), "1".to_string()),
-        ("B_C".to_string(), "two".to_string()),
-    ];
-    assert_eq!(
-        render("x: {{A}}\ny: '{{B_C}}{{A}}'", &vars).unwrap(),
-        "x: 1\ny: 'two1'"
-    );
-    let err = render("{{A}} {{NOPE}} {{NOPE}}", &vars).unwrap_err();
-    assert!(err.contains("NOPE"), "{err}");
-    assert_eq!(
-        placeholders("{{PORT_ADMIN}} {{PORT_LISTENER}} {{PORT_ADMIN}} {{ not one }}"),
-        ["PORT_ADMIN", "PORT_LISTENER"]
-    );
-}
-
-#[test]
-fn escapes_single_quoted_yaml() {
-    assert_eq!(yaml_single_quoted(r#"{"a": "it's"}"#), r#"{"a": "it''s"}"#);
-}
-
-#[test]
-fn parses_stats_lines() {
-    let stats = "cluster.x.upstream_rq_total: 3\nserver.live: 1\n\
-                 http.ingress.downstream_rq_time: P0(nan,1) P25(nan,1)\n";
-    assert_eq!(parse_stat(stats, "cluster.x.upstream_rq_total"), Some(3));
-    assert_eq!(parse_stat(stats, "server.live"), Some(1));
-    assert_eq!(parse_stat(stats, "http.ingress.downstream_rq_time"), None);
-    assert_eq!(parse_stat(stats, "missing"), None);
-}
-
-#[test]
-fn free_ports_are_distinct() {
-    let ports = free_ports(5).unwrap();
-    let mut sorted = ports.clone();
-    sorted.sort_unstable();
-    sorted.dedup();
-    assert_eq!(sorted.len(), 5, "{ports:?}");
+fn a_blocking_handler_does_not_hold_up_other_requests() {
+    let server = Server::start("slow", |req| {
+        if req.path == "/slow" {
+            std::thread::sleep(std::time::Duration::from_millis(500));
+        }
+        Reply::new(200, req.path.clone())
+    })
+    .unwrap();
+    let port = server.port();
+    let slow = std::thread::spawn(move || http_get(port, "/slow", &[]).unwrap());
+    let started = std::time::Instant::now();
+    assert_eq!(http_get(port, "/fast", &[]).unwrap().body, "/fast");
+    assert!(started.elapsed() < std::time::Duration::from_millis(400));
+    assert_eq!(slow.join().unwrap().body, "/slow");
 }
 
 #[test]
@@ -164,5 +188,5 @@ fn eventually_polls_until_true() {
 #[test]
 #[should_panic(expected = "not found: run `cargo xtask build` first")]
 fn wasm_path_panics_when_the_filter_is_not_built() {
-    wasm_path("no-such-filter-ever");
+    toolkit::wasm_path("no-such-filter-ever");
 }

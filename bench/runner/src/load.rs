@@ -5,7 +5,8 @@
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use crate::{display, find_on_path, output, Result};
+use crate::Result;
+use toolkit::cmd::{self, display, find_on_path, output};
 
 /// One wrk run's figures.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -51,11 +52,11 @@ pub fn ensure_wrk() -> Result<PathBuf> {
         &["update"][..],
         &["install", "-y", "--no-install-recommends", "wrk"][..],
     ] {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args)
+        let mut apt = Command::new("apt-get");
+        apt.args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null());
-        crate::run(&mut cmd)?;
+        cmd::run(&mut apt)?;
     }
     find().ok_or_else(|| "installed Debian's `wrk` but it is not on PATH".to_string())
 }
