@@ -181,13 +181,14 @@ fn wasm_crates_of(metadata: &cargo_metadata::Metadata) -> Vec<WasmCrate> {
     found.into_iter().map(|(_, c)| c).collect()
 }
 
-/// `wasm-opt` on PATH, else in `target/tools/`, else installed there with npm (binaryen).
+/// `wasm-opt` on PATH, else in the tools directory ([`crate::tools_dir`]), else installed there
+/// with npm (binaryen).
 /// `None`, with a notice, when none can be had.
 fn find_or_install_wasm_opt() -> Option<PathBuf> {
     if let Some(found) = find_on_path("wasm-opt") {
         return Some(found);
     }
-    let tools = target_dir().join("tools");
+    let tools = crate::tools_dir().join(BINARYEN_NPM.replace('@', "-"));
     let local = tools.join("node_modules").join(".bin").join("wasm-opt");
     if is_executable(&local) {
         return Some(local);

@@ -1,5 +1,5 @@
 //! `cargo xtask deny`: `cargo deny` over the workspace with `deny.toml`, installing cargo-deny
-//! into `target/tools/` when missing. Licenses, bans (duplicate versions, wildcards) and sources
+//! into the tools directory (`~/.cargo/meshwasm-tools/`) when missing. Licenses, bans (duplicate versions, wildcards) and sources
 //! need no network and always run; advisories need the RustSec database (a git repository on
 //! GitHub): it runs when the database can be fetched or a copy is already in
 //! `$CARGO_HOME/advisory-dbs/`, and is otherwise reported as skipped, with the reason.
@@ -7,9 +7,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{cargo, display, is_executable, project_root, run, target_dir, Result};
+use crate::{cargo, display, is_executable, project_root, run, Result};
 
-/// The cargo-deny release installed into `target/tools/` (`cargo install --locked`).
+/// The cargo-deny release installed into the tools directory (`~/.cargo/meshwasm-tools/`) (`cargo install --locked`).
 const CARGO_DENY_VERSION: &str = "0.20.2";
 
 /// The checks that work offline.
@@ -119,10 +119,10 @@ fn can_reach_github() -> bool {
     addrs.any(|a| TcpStream::connect_timeout(&a, std::time::Duration::from_secs(3)).is_ok())
 }
 
-/// `cargo-deny` in `target/tools/bin/`, installed there with `cargo install --locked` (from
-/// crates.io) when missing.
+/// `cargo-deny` of [`CARGO_DENY_VERSION`] in the tools directory ([`crate::tools_dir`]),
+/// installed there with `cargo install --locked` (from crates.io) when missing.
 pub fn ensure_cargo_deny() -> Result<PathBuf> {
-    let root = target_dir().join("tools");
+    let root = crate::tools_dir().join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
     let bin = root.join("bin").join("cargo-deny");
     if is_executable(&bin) {
         return Ok(bin);

@@ -1,6 +1,6 @@
 //! `cargo xtask fuzz [--seconds N] [target ...]`: runs the cargo-fuzz targets in `fuzz/` (every
 //! decoder and every filter's request path) for a bounded time each, installing cargo-fuzz into
-//! `target/tools/` when missing. Uses the stable toolchain with `--sanitizer none`, so no
+//! the tools directory (`~/.cargo/meshwasm-tools/`) when missing. Uses the stable toolchain with `--sanitizer none`, so no
 //! nightly is needed; libFuzzer's coverage guidance still applies.
 
 use std::path::PathBuf;
@@ -71,9 +71,10 @@ pub fn run_targets(targets: &[String], seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// `target/tools/bin/cargo-fuzz`, installed from crates.io when missing.
+/// `cargo-fuzz` in the tools directory ([`crate::tools_dir`]), installed from crates.io when
+/// missing.
 fn ensure_cargo_fuzz() -> Result<PathBuf> {
-    let tools = target_dir().join("tools");
+    let tools = crate::tools_dir().join("cargo-fuzz");
     let bin = tools.join("bin").join("cargo-fuzz");
     if is_executable(&bin) {
         return Ok(bin);

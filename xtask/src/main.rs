@@ -182,6 +182,22 @@ pub fn target_dir() -> PathBuf {
     toolkit::target_dir()
 }
 
+/// Where xtask installs the tools it needs (cargo-deny, cargo-fuzz, wasm-bindgen-cli, binaryen's
+/// wasm-opt), each in a directory named after its version: `$MESHWASM_TOOLS_DIR`, else
+/// `$CARGO_HOME/meshwasm-tools` (`~/.cargo/meshwasm-tools`). Outside `target/`, so every checkout
+/// on a machine (a fresh clone for CI included) builds each pinned tool once, not once per clone.
+pub fn tools_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MESHWASM_TOOLS_DIR").filter(|v| !v.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| target_dir().join("tools"));
+    cargo_home.join("meshwasm-tools")
+}
+
 /// A `Command` for the cargo that runs us (`$CARGO`), falling back to `cargo` on PATH,
 /// started in the workspace root.
 pub fn cargo() -> Command {

@@ -1,6 +1,6 @@
 //! The wasm unit tier: builds the SDK for wasm32-unknown-unknown and runs
 //! `sdk/tests/wasm_codecs.rs` under node with wasm-bindgen-test, installing what it needs
-//! (the rustup target, and `wasm-bindgen-test-runner` into `target/tools/` at exactly the
+//! (the rustup target, and `wasm-bindgen-test-runner` into the tools directory (`~/.cargo/meshwasm-tools/`) at exactly the
 //! `wasm-bindgen` version in Cargo.lock) when it is missing.
 //!
 //! Self-contained (plain `std::process`, cargo through `$CARGO`), so it is wired into the task
@@ -47,7 +47,7 @@ module.exports = new Proxy({}, {
 pub fn run(root: &Path) -> Result<(), String> {
     ensure_target(root)?;
     let version = locked_wasm_bindgen_version(root)?;
-    let tools = root.join("target").join("tools");
+    let tools = crate::tools_dir().join(format!("wasm-bindgen-{version}"));
     let runner = ensure_runner(root, &tools, &version)?;
     ensure_node()?;
     let node_path = write_env_stub(&tools)?;
