@@ -60,6 +60,11 @@ pub mod properties;
 pub mod testing;
 pub mod trace;
 
+/// What each host interaction costs inside Envoy: a filter author's price list, measured with
+/// `cargo xtask bench --cost-model` (the text of `sdk/docs/cost-model.md`).
+#[doc = include_str!("../docs/cost-model.md")]
+pub mod cost_model {}
+
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 pub mod abi;

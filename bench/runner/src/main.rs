@@ -1,5 +1,6 @@
-//! `meshwasm-bench`, run by `cargo xtask bench`: what our filters cost, as ratios, side by side
-//! with no filter, Envoy's Lua filter and a bare proxy-wasm filter (issue #7). Each scenario's
+//! `meshwasm-bench`, run by `cargo xtask bench`: what our filters cost, headlined as Envoy's CPU
+//! time per request, side by side with no filter, the wasm floor, Envoy's Lua filter, a bare
+//! proxy-wasm filter and Envoy's native tracing and retries (issues #7 and #13). Each scenario's
 //! Envoy (`--concurrency 1` by default) is a [`toolkit::Envoy`] on ports it binds itself,
 //! proxying to a fast keep-alive upstream in this process; `wrk` drives it closed-loop over
 //! keep-alive HTTP/1.1 connections. Every scenario runs in interleaved rounds after a warm-up,
@@ -12,6 +13,7 @@
 
 #![forbid(unsafe_code)]
 
+mod cost;
 mod cpus;
 mod hostcalls;
 mod load;
@@ -40,8 +42,9 @@ pub type Result<T> = std::result::Result<T, String>;
 #[command(
     name = "meshwasm-bench",
     version,
-    about = "What the meshwasm filters cost inside Envoy: throughput, latency, RSS, hostcalls \
-             and sizes against no filter, the wasm floor, Lua and a bare proxy-wasm filter. \
+    about = "What the meshwasm filters cost inside Envoy: CPU time per request, throughput, \
+             latency, RSS, hostcalls and sizes against no filter, the wasm floor, Lua, a bare \
+             proxy-wasm filter and Envoy's native tracing and retries. \
              Writes BENCHMARKS.md and docs/bench.svg (--quick, --smoke: target/bench/ only).",
     long_about = None,
     after_help = "Run it as `cargo xtask bench [options]`, which builds the filters first. This \
@@ -68,6 +71,10 @@ pub struct Options {
     /// binary never builds them.
     #[arg(long)]
     pub no_build: bool,
+    /// The cost model of issue 13 instead of the scenarios: Envoy CPU per proxy-wasm hostcall,
+    /// from bench/cost-probe doing each N times per request; writes target/bench/cost-model.md.
+    #[arg(long)]
+    pub cost_model: bool,
 }
 
 impl Options {
@@ -84,6 +91,7 @@ impl Default for Options {
             smoke: false,
             concurrency: 1,
             no_build: false,
+            cost_model: false,
         }
     }
 }
@@ -157,6 +165,9 @@ struct Running {
 }
 
 fn run(options: &Options, command: &str) -> Result<()> {
+    if options.cost_model {
+        return cost::run(options.quick(), command);
+    }
     let started = Instant::now();
     if cfg!(debug_assertions) {
         println!(
@@ -231,7 +242,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
         }
         let rss_kib = r.envoy.rss_kib()?;
         println!(
-            "{:<12} RSS {:.1} MiB",
+            "{:<17} RSS {:.1} MiB",
             r.scenario.key,
             rss_kib as f64 / 1024.0
         );
@@ -239,6 +250,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
             scenario: r.scenario.clone(),
             throughput: Vec::new(),
             latency: Vec::new(),
+            envoy_cpu: Vec::new(),
             rss_kib,
         });
     }
@@ -253,7 +265,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
             let cpu = r.envoy.cpu_time()?.saturating_sub(cpu_before);
             let lat = load::run(&wrk, &url(r), &headers, plan.latency)?;
             println!(
-                "{:<12} {:>8.0} req/s  Envoy CPU {:>5.1} us/req   p50 {:>7.1} us  p99 {:>7.1} us (1 connection)",
+                "{:<17} {:>8.0} req/s  Envoy CPU {:>5.1} us/req   p50 {:>7.1} us  p99 {:>7.1} us (1 connection)",
                 r.scenario.key,
                 tp.rps,
                 cpu.as_secs_f64() * 1e6 / tp.requests.max(1) as f64,
@@ -261,6 +273,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
                 lat.p99_us
             );
             m.throughput.push(tp);
+            m.envoy_cpu.push(cpu);
             m.latency.push(lat);
         }
     }
@@ -272,8 +285,10 @@ fn run(options: &Options, command: &str) -> Result<()> {
     sanity(&measured, &counts)?;
     let rows = report::rows(&measured);
     let targets = report::targets(&measured, &rows, &sizes);
+    let versus = report::versus(&measured, &rows);
     println!("\n{}", report::results_table(&rows));
     println!("{}", report::targets_table(&targets));
+    println!("{}", report::versus_table(&versus));
     let ctx = Context {
         command,
         options,
@@ -283,6 +298,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
         measured: &measured,
         rows: &rows,
         targets: &targets,
+        versus: &versus,
         counts: &counts,
         sizes: &sizes,
         export: &export,
@@ -368,6 +384,29 @@ fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
     scenario::check_headers(&r.scenario.expect, &head, trace, span)
         .map_err(|e| format!("probe of `{key}`: {e}"))?;
     for e in &r.scenario.expect {
+        if let Expect::Retried(tries) = e {
+            // The upstream fails this one every time: the response tells how often Envoy tried.
+            let failed = toolkit::http_get(
+                r.envoy.listener_port(),
+                hostcalls::PATH,
+                &[
+                    ("traceparent", hostcalls::TRACEPARENT),
+                    (upstream::STATUS_HEADER, "503"),
+                ],
+            )
+            .map_err(|e| format!("retry probe of `{key}`: {e}"))?;
+            let attempts = failed.header("x-envoy-attempt-count").unwrap_or("none");
+            if failed.status != 503 || attempts != tries.to_string() {
+                return Err(format!(
+                    "retry probe of `{key}`: expected 503 after {tries} tries, got {} after \
+                     {attempts}: {failed:?}",
+                    failed.status
+                ));
+            }
+            println!("{key:<17} retry probe: 503 after {attempts} tries");
+        }
+    }
+    for e in &r.scenario.expect {
         if let Expect::Stat(name) = e {
             let counted = wait_for(Duration::from_secs(10), || {
                 stats_matching(&r.envoy, name)
@@ -413,7 +452,8 @@ fn wait_for<T>(patience: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T
 }
 
 /// What became of the spans of the scenarios that export them (`meshwasm_trace_spans_total`
-/// by outcome), and how many export requests the collector answered.
+/// by outcome; Envoy's native tracers: their `tracing.<tracer>.*` counters), and how many
+/// export requests the collector answered.
 struct Export {
     lines: Vec<(String, Vec<(String, u64)>)>,
     collector_requests: u64,
@@ -433,6 +473,14 @@ fn span_export(running: &[Running], collector: &Upstream) -> Export {
                 .collect();
             (r.scenario.key.clone(), stats)
         })
+        .chain(running.iter().filter_map(|r| {
+            let prefix = r.scenario.native_tracer()?;
+            let stats = stats_matching(&r.envoy, prefix)
+                .into_iter()
+                .filter(|(name, _)| name.starts_with(prefix))
+                .collect();
+            Some((r.scenario.key.clone(), stats))
+        }))
         .collect();
     Export {
         lines,
@@ -461,6 +509,12 @@ fn sanity(measured: &[Measured], counts: &[hostcalls::Counts]) -> Result<()> {
         }
         if m.throughput.is_empty() || m.latency.is_empty() {
             problems.push(format!("{key}: no runs"));
+        }
+        if m.envoy_cpu.len() != m.throughput.len() || m.envoy_cpu.iter().any(|c| c.is_zero()) {
+            problems.push(format!(
+                "{key}: no Envoy CPU time measured over a throughput run ({:?})",
+                m.envoy_cpu
+            ));
         }
         if m.rss_kib == 0 {
             problems.push(format!("{key}: no RSS"));
@@ -570,6 +624,7 @@ struct Context<'a> {
     measured: &'a [Measured],
     rows: &'a [report::Row],
     targets: &'a [report::Target],
+    versus: &'a [report::Versus],
     counts: &'a [hostcalls::Counts],
     sizes: &'a [WasmSize],
     export: &'a Export,
@@ -621,19 +676,29 @@ fn write_outputs(ctx: &Context<'_>) -> Result<()> {
     Ok(())
 }
 
+/// Every run, one line each. The Envoy CPU columns (seconds over the run, microseconds per
+/// request) are filled for the throughput runs, where it is measured.
 fn samples_csv(measured: &[Measured]) -> String {
     let mut csv = String::from(
-        "scenario,concurrency,round,shape,connections,rps,p50_us,p99_us,requests,errors\n",
+        "scenario,concurrency,round,shape,connections,rps,p50_us,p99_us,requests,errors,\
+         envoy_cpu_s,envoy_cpu_us_per_request\n",
     );
     for m in measured {
+        let cpu_per_request = m.cpu_us_per_request();
         for (shape, samples, conns) in [
             ("throughput", &m.throughput, THROUGHPUT_CONNECTIONS),
             ("latency", &m.latency, 1),
         ] {
             for (i, s) in samples.iter().enumerate() {
+                let cpu = match (shape, m.envoy_cpu.get(i), cpu_per_request.get(i)) {
+                    ("throughput", Some(cpu), Some(per)) => {
+                        format!("{:.3},{per:.2}", cpu.as_secs_f64())
+                    }
+                    _ => ",".to_string(),
+                };
                 let _ = writeln!(
                     csv,
-                    "{},{},{},{shape},{conns},{:.1},{:.1},{:.1},{},{}",
+                    "{},{},{},{shape},{conns},{:.1},{:.1},{:.1},{},{},{cpu}",
                     m.scenario.key,
                     m.scenario.concurrency,
                     i + 1,
@@ -683,27 +748,51 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
         m.date,
         ctx.elapsed.as_secs_f64()
     );
-    let _ = writeln!(s, "![throughput and added latency per scenario]({chart})\n");
     let _ = writeln!(
         s,
-        "## Targets (issue #7)\n\n{}",
+        "![added Envoy CPU time per request, throughput and added latency per scenario]({chart})\n"
+    );
+    let _ = writeln!(
+        s,
+        "## Targets (issue #13)\n\nOn Envoy's CPU time per request (see Results) unless said.\n\n{}",
         report::targets_table(ctx.targets)
     );
     let _ = writeln!(
         s,
-        "## Results\n\nThroughput: {} keep-alive connections for {} s per round; latency: one \
+        "## Results\n\nThe headline is **Envoy's CPU time per request**: the CPU time (utime + \
+         stime from `/proc`) the Envoy process spent over a round's throughput run, divided by \
+         the requests it served in that run; added over no filter (`baseline`) and over the wasm \
+         floor (`{floor}`, an empty wasm filter), each paired with the same round's run of that \
+         scenario. It counts only the CPU Envoy itself spent, so it moves less than throughput when \
+         other processes take time from Envoy's core. Throughput, latency and RSS are secondary.\n\n\
+         Throughput: {} keep-alive connections for {} s per round; latency: one \
          connection for {} s per round; {} interleaved round(s) after a {} s warm-up per scenario. \
-         Figures are the median over rounds with (min to max); ratios and added latencies are \
-         paired with the baseline of the same round. RSS is Envoy's `VmRSS` after the warm-up.\n",
+         Figures are the median over rounds with (min to max); ratios and added figures are \
+         paired with the baseline of the same round (`added us/request from req/s` is 1/throughput \
+         over the baseline's, wall time per request at saturation). RSS is Envoy's `VmRSS` after \
+         the warm-up.\n",
         p.throughput.connections,
         p.throughput.seconds,
         p.latency.seconds,
         p.rounds,
-        p.warmup.seconds
+        p.warmup.seconds,
+        floor = report::FLOOR,
     );
     s.push_str(&report::results_table(ctx.rows));
     if let Some(text) = extra_worker(ctx.rows) {
         let _ = writeln!(s, "\n{text}");
+    }
+    if !ctx.versus.is_empty() {
+        let _ = writeln!(
+            s,
+            "\n## Each filter against native Envoy\n\nThe same job done by Envoy without wasm \
+             (scenarios `native-*`): Envoy CPU per request, paired per round. `native-trace` \
+             exports Zipkin v2 protobuf, Envoy's cheapest Zipkin encoding, `native-trace-json` the \
+             JSON our trace filter sends. `native-all` is native tracing (as `native-trace`) and \
+             native retries; service-metrics has no native counterpart in Envoy, so against it \
+             `all3` and `mesh` also pay for their metrics.\n\n{}",
+            report::versus_table(ctx.versus)
+        );
     }
     let _ = writeln!(
         s,
@@ -718,7 +807,12 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
         "\n## Wasm sizes\n\n`target/filters/` after `cargo xtask build` (`wasm-opt -Oz`).\n\n{}",
         report::sizes_table(ctx.sizes)
     );
-    let _ = writeln!(s, "## Span export during the run\n");
+    let _ = writeln!(
+        s,
+        "## Span export during the run\n\nOur filters: `meshwasm_trace_spans_total` by outcome. \
+         Envoy's native tracers: their own counters (`reports_sent` counts the collector's `202`, \
+         as a Zipkin collector answers).\n"
+    );
     for (key, stats) in &ctx.export.lines {
         let list: Vec<String> = stats.iter().map(|(o, v)| format!("{o} {v}")).collect();
         let _ = writeln!(s, "- `{key}`: {}", list.join(", "));
@@ -735,7 +829,9 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
          - CPU: {}; {} cores; memory {}; kernel {}\n- load average when the run started: {}\n\
          - load generator: {}\n- CPU placement: {}\n\n\
          Every scenario is one Envoy with the bootstrap `bench/configs/sidecar.yaml` and the \
-         filters of `bench/configs/filters/` before the router; all proxy to the same upstream, \
+         filters of `bench/configs/filters/` before the router (the `native-*` scenarios: \
+         connection-manager settings of `bench/configs/hcm/` and route settings of \
+         `bench/configs/route/` instead); all proxy to the same upstream, \
          a keep-alive HTTP/1.1 server inside the bench process (the toolkit's server, one \
          event-loop thread, `200 ok`). Every request is `GET {}` with `traceparent: {}` (sampled), so the trace \
          filters take the propagation path and the shipped trace config exports every span. \
@@ -777,7 +873,7 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             s,
-            "- `{}`: {} (workers {}; filters: {})",
+            "- `{}`: {} (workers {}; configuration: {})",
             r.key,
             r.label,
             r.concurrency,
@@ -813,7 +909,8 @@ mod tests {
                 quick: true,
                 smoke: false,
                 concurrency: 2,
-                no_build: true
+                no_build: true,
+                cost_model: false
             }
         );
         assert!(o.quick());

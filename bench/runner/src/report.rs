@@ -1,8 +1,11 @@
-//! The numbers a bench run reports and how they are shown: medians and spread over the
-//! interleaved rounds, ratios paired round by round with the baseline, the targets of issue #7,
-//! the Markdown report and a hand-written SVG bar chart.
+//! The numbers a bench run reports and how they are shown: Envoy's CPU time per request (the
+//! headline) and the secondary throughput and latency figures, as medians and spread over the
+//! interleaved rounds, paired round by round with the baseline and the wasm floor; the targets of
+//! issue #13, each filter against native Envoy doing its job, the Markdown tables and a
+//! hand-written SVG bar chart.
 
 use std::fmt::Write as _;
+use std::time::Duration;
 
 use super::hostcalls::Counts;
 use super::load::Sample;
@@ -17,9 +20,26 @@ pub struct Measured {
     pub throughput: Vec<Sample>,
     /// One latency run per round (one connection).
     pub latency: Vec<Sample>,
+    /// Envoy's CPU time (utime + stime of the process) over each throughput run.
+    pub envoy_cpu: Vec<Duration>,
     /// Envoy's resident memory after warm-up, KiB.
     pub rss_kib: u64,
 }
+
+impl Measured {
+    /// Envoy's CPU time per request of each throughput run, microseconds: the CPU the process
+    /// spent over the run divided by the requests wrk completed in it.
+    pub fn cpu_us_per_request(&self) -> Vec<f64> {
+        self.throughput
+            .iter()
+            .zip(&self.envoy_cpu)
+            .map(|(s, cpu)| cpu.as_secs_f64() * 1e6 / s.requests.max(1) as f64)
+            .collect()
+    }
+}
+
+/// The scenario whose Envoy CPU per request is the wasm floor: an empty wasm filter.
+pub const FLOOR: &str = "wasm-noop";
 
 /// A median with the smallest and largest value it came from.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -67,6 +87,13 @@ pub struct Row {
     pub label: String,
     /// Concurrency.
     pub concurrency: u32,
+    /// Envoy's CPU time per request over the throughput run, microseconds: the headline.
+    pub cpu_us: Spread,
+    /// Envoy CPU per request minus the baseline's, paired per round.
+    pub added_cpu_us: Spread,
+    /// Envoy CPU per request minus the wasm floor's ([`FLOOR`] at the same concurrency), paired
+    /// per round; `None` when no floor ran at this concurrency.
+    pub over_floor_cpu_us: Option<Spread>,
     /// Requests per second (many connections).
     pub rps: Spread,
     /// Throughput / the baseline's, paired per round.
@@ -88,9 +115,13 @@ pub struct Row {
     pub added_rss_mib: f64,
 }
 
-fn paired(a: &[Sample], b: &[Sample], f: impl Fn(&Sample, &Sample) -> f64) -> Spread {
+fn paired<T>(a: &[T], b: &[T], f: impl Fn(&T, &T) -> f64) -> Spread {
     let values: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x, y)).collect();
     Spread::of(&values)
+}
+
+fn find<'a>(all: &'a [Measured], key: &str) -> Option<&'a Measured> {
+    all.iter().find(|m| m.scenario.key == key)
 }
 
 /// The rows of every scenario, each against its baseline.
@@ -105,10 +136,18 @@ pub fn rows(all: &[Measured]) -> Vec<Row> {
                 Spread::of(&v.iter().map(f).collect::<Vec<_>>())
             };
             let mib = |kib: u64| kib as f64 / 1024.0;
+            let cpu = m.cpu_us_per_request();
+            let floor = all.iter().find(|f| {
+                f.scenario.key == FLOOR && f.scenario.concurrency == m.scenario.concurrency
+            });
             Row {
                 key: m.scenario.key.clone(),
                 label: m.scenario.label.clone(),
                 concurrency: m.scenario.concurrency,
+                cpu_us: Spread::of(&cpu),
+                added_cpu_us: paired(&cpu, &base.cpu_us_per_request(), |x, y| x - y),
+                over_floor_cpu_us: floor
+                    .map(|f| paired(&cpu, &f.cpu_us_per_request(), |x, y| x - y)),
                 rps: of(&m.throughput, |s| s.rps),
                 ratio: paired(&m.throughput, &base.throughput, |x, y| x.rps / y.rps),
                 added_us_per_request: paired(&m.throughput, &base.throughput, |x, y| {
@@ -125,11 +164,15 @@ pub fn rows(all: &[Measured]) -> Vec<Row> {
         .collect()
 }
 
-/// Throughput of scenario `a` over scenario `b`, paired per round.
-pub fn ratio_between(all: &[Measured], a: &str, b: &str) -> Option<Spread> {
-    let find = |k: &str| all.iter().find(|m| m.scenario.key == k);
-    let (a, b) = (find(a)?, find(b)?);
-    Some(paired(&a.throughput, &b.throughput, |x, y| x.rps / y.rps))
+/// `f` of the Envoy CPU per request of scenarios `a` and `b`, paired per round.
+pub fn cpu_between(
+    all: &[Measured],
+    a: &str,
+    b: &str,
+    f: impl Fn(&f64, &f64) -> f64,
+) -> Option<Spread> {
+    let (a, b) = (find(all, a)?, find(all, b)?);
+    Some(paired(&a.cpu_us_per_request(), &b.cpu_us_per_request(), f))
 }
 
 /// A `.wasm` and its size after wasm-opt.
@@ -141,7 +184,7 @@ pub struct WasmSize {
     pub bytes: u64,
 }
 
-/// One target of issue #7 and how the run did.
+/// One target of issue #13 and how the run did.
 #[derive(Clone, Debug)]
 pub struct Target {
     /// The target as the issue states it.
@@ -154,6 +197,8 @@ pub struct Target {
 
 /// The size limit of a filter `.wasm`: 150 KiB.
 pub const SIZE_LIMIT_BYTES: u64 = 150 * 1024;
+/// The size limit of `mesh_sidecar.wasm`, all three in one module: 200 KiB.
+pub const MESH_SIZE_LIMIT_BYTES: u64 = 200 * 1024;
 
 fn spread_text(s: &Spread, digits: usize) -> String {
     format!(
@@ -165,94 +210,186 @@ fn spread_text(s: &Spread, digits: usize) -> String {
     )
 }
 
-/// Evaluates the targets of issue #7.
+/// Evaluates the targets of issue #13, on Envoy's CPU time per request first.
 pub fn targets(all: &[Measured], rows: &[Row], sizes: &[WasmSize]) -> Vec<Target> {
     let row = |k: &str| rows.iter().find(|r| r.key == k);
-    let mut out = Vec::new();
-    for key in ["trace", "metrics", "retries"] {
-        if let Some(r) = row(key) {
-            out.push(Target {
-                what: format!("{key} alone keeps >= 0.93 of baseline throughput"),
-                measured: spread_text(&r.ratio, 3),
-                met: r.ratio.median >= 0.93,
-            });
+    let workers = |r: &Row| {
+        if r.concurrency == 1 {
+            "one worker".to_string()
+        } else {
+            format!("--concurrency {}", r.concurrency)
         }
+    };
+    let mut out = Vec::new();
+    if let Some(r) = row("mesh") {
+        out.push(Target {
+            what: format!(
+                "all three in one module (`mesh`): Envoy CPU <= +45 us/request over no filter ({})",
+                workers(r)
+            ),
+            measured: format!("{} us", signed_spread(&r.added_cpu_us)),
+            met: r.added_cpu_us.median <= 45.0,
+        });
     }
-    for (key, how) in [
-        ("all3", "as three modules"),
-        ("mesh", "in one module (mesh_sidecar)"),
-        ("all3-c2", "as three modules"),
-    ] {
-        if let Some(r) = row(key) {
+    for key in ["trace", "metrics", "retries"] {
+        if let Some((r, over)) = row(key).and_then(|r| Some((r, r.over_floor_cpu_us?))) {
             out.push(Target {
                 what: format!(
-                    "all three together {how} (--concurrency {}) keep >= 0.85",
-                    r.concurrency
+                    "`{key}` alone: Envoy CPU <= the wasm floor (`{FLOOR}`) + 10 us/request ({})",
+                    workers(r)
                 ),
-                measured: spread_text(&r.ratio, 3),
-                met: r.ratio.median >= 0.85,
+                measured: format!("{} us over the floor", signed_spread(&over)),
+                met: over.median <= 10.0,
             });
         }
     }
-    for key in ["trace", "metrics", "retries"] {
-        if let Some(r) = row(key) {
-            out.push(Target {
-                what: format!("{key}: added p50 latency <= 25 us at one connection"),
-                measured: format!("{} us", spread_text(&r.added_p50_us, 1)),
-                met: r.added_p50_us.median <= 25.0,
-            });
-        }
-    }
-    if let Some(s) = ratio_between(all, "trace-core", "lua") {
+    if let (Some(diff), Some(tc), Some(lua)) = (
+        cpu_between(all, "trace-core", "lua", |x, y| x - y),
+        row("trace-core"),
+        row("lua"),
+    ) {
         out.push(Target {
-            what: "trace filter on our SDK (trace-core) vs the Lua equivalent >= 1.0".to_string(),
-            measured: spread_text(&s, 3),
-            met: s.median >= 1.0,
+            what: "trace core on our SDK (`trace-core`) costs at most what Envoy's Lua filter \
+                   (`lua`) does for the same job (Envoy CPU per request, paired per round)"
+                .to_string(),
+            measured: format!(
+                "{} us more ({:+.1} against {:+.1} us over no filter)",
+                signed_spread(&diff),
+                tc.added_cpu_us.median,
+                lua.added_cpu_us.median
+            ),
+            met: diff.median <= 0.0,
         });
     }
-    if let Some(s) = ratio_between(all, "trace-core", "bare") {
+    if let Some(ratio) = cpu_between(all, "trace-core", "bare", |x, y| x / y) {
         let overhead = Spread {
-            median: (1.0 - s.median) * 100.0,
-            min: (1.0 - s.max) * 100.0,
-            max: (1.0 - s.min) * 100.0,
+            median: (ratio.median - 1.0) * 100.0,
+            min: (ratio.min - 1.0) * 100.0,
+            max: (ratio.max - 1.0) * 100.0,
         };
         out.push(Target {
-            what: "SDK overhead vs the bare proxy-wasm equivalent <= 3% throughput".to_string(),
-            measured: format!("{} %", spread_text(&overhead, 1)),
-            met: overhead.median <= 3.0,
+            what: "SDK overhead over the bare proxy-wasm equivalent (`trace-core` over `bare`, \
+                   Envoy CPU per request) <= 10%"
+                .to_string(),
+            measured: format!("{} %", signed_spread(&overhead)),
+            met: overhead.median <= 10.0,
         });
     }
-    for size in sizes.iter().filter(|s| {
-        [
-            "trace_propagation.wasm",
-            "service_metrics.wasm",
-            "route_retries.wasm",
-        ]
-        .contains(&s.file.as_str())
-    }) {
+    if let Some(r) = row("mesh") {
         out.push(Target {
-            what: format!("{} <= 150 KiB after wasm-opt", size.file),
-            measured: format!("{} B ({:.1} KiB)", size.bytes, size.bytes as f64 / 1024.0),
-            met: size.bytes <= SIZE_LIMIT_BYTES,
+            what: format!(
+                "all three in one module (`mesh`): <= +30 MiB RSS over no filter ({})",
+                workers(r)
+            ),
+            measured: format!("{:+.1} MiB", r.added_rss_mib),
+            met: r.added_rss_mib <= 30.0,
         });
+    }
+    for (file, limit) in [
+        ("trace_propagation.wasm", SIZE_LIMIT_BYTES),
+        ("service_metrics.wasm", SIZE_LIMIT_BYTES),
+        ("route_retries.wasm", SIZE_LIMIT_BYTES),
+        ("mesh_sidecar.wasm", MESH_SIZE_LIMIT_BYTES),
+    ] {
+        if let Some(size) = sizes.iter().find(|s| s.file == file) {
+            out.push(Target {
+                what: format!("{file} <= {} KiB after wasm-opt", limit / 1024),
+                measured: format!("{} B ({:.1} KiB)", size.bytes, size.bytes as f64 / 1024.0),
+                met: size.bytes <= limit,
+            });
+        }
     }
     out
 }
 
-/// The results table (Markdown).
+/// A filter set against native Envoy doing the same job.
+#[derive(Clone, Debug)]
+pub struct Versus {
+    /// The filter scenario's key.
+    pub filter: String,
+    /// The native scenario's key.
+    pub native: String,
+    /// The filter's Envoy CPU per request over no filter.
+    pub filter_added: Spread,
+    /// The native scenario's Envoy CPU per request over no filter.
+    pub native_added: Spread,
+    /// Filter minus native, Envoy CPU per request, paired per round.
+    pub diff: Spread,
+    /// Filter over native, Envoy CPU per request, paired per round.
+    pub ratio: Spread,
+}
+
+/// The pairs of [`versus`]: each wasm scenario and the native scenario doing its job.
+pub const VERSUS: [(&str, &str); 6] = [
+    ("trace", "native-trace"),
+    ("trace", "native-trace-json"),
+    ("trace", "native-otel"),
+    ("retries", "native-retries"),
+    ("all3", "native-all"),
+    ("mesh", "native-all"),
+];
+
+/// Each filter against native Envoy doing the same job, for the pairs of [`VERSUS`] that ran.
+pub fn versus(all: &[Measured], rows: &[Row]) -> Vec<Versus> {
+    let row = |k: &str| rows.iter().find(|r| r.key == k);
+    VERSUS
+        .iter()
+        .filter_map(|(filter, native)| {
+            Some(Versus {
+                filter: filter.to_string(),
+                native: native.to_string(),
+                filter_added: row(filter)?.added_cpu_us,
+                native_added: row(native)?.added_cpu_us,
+                diff: cpu_between(all, filter, native, |x, y| x - y)?,
+                ratio: cpu_between(all, filter, native, |x, y| x / y)?,
+            })
+        })
+        .collect()
+}
+
+/// The filter-against-native table (Markdown).
+pub fn versus_table(pairs: &[Versus]) -> String {
+    let mut t = String::from(
+        "| filter vs native | filter: added CPU us/request | native: added CPU us/request | \
+         filter minus native, us/request | filter / native, Envoy CPU per request |\n\
+         |---|---|---|---|---|\n",
+    );
+    for v in pairs {
+        let _ = writeln!(
+            t,
+            "| `{}` vs `{}` | {} | {} | {} | {} |",
+            v.filter,
+            v.native,
+            signed_spread(&v.filter_added),
+            signed_spread(&v.native_added),
+            signed_spread(&v.diff),
+            spread_text(&v.ratio, 2),
+        );
+    }
+    t
+}
+
+/// The results table (Markdown): Envoy CPU per request first, then throughput, latency, RSS.
 pub fn results_table(rows: &[Row]) -> String {
     let mut t = String::from(
-        "| scenario | workers | req/s (min to max) | vs baseline | added us/request | \
-         p50 us @1 conn | added p50 us | p99 us @1 conn | added p99 us | RSS MiB | added RSS MiB |\n\
-         |---|---|---|---|---|---|---|---|---|---|---|\n",
+        "| scenario | workers | Envoy CPU us/request (min to max) | added CPU us over no filter | \
+         added CPU us over wasm floor | req/s (min to max) | vs baseline | \
+         added us/request from req/s | p50 us @1 conn | added p50 us | p99 us @1 conn | \
+         added p99 us | RSS MiB | added RSS MiB |\n\
+         |---|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
     );
     for r in rows {
         let _ = writeln!(
             t,
-            "| `{}` {} | {} | {:.0} ({:.0} to {:.0}) | {} | {} | {:.1} | {} | {:.1} | {} | {:.1} | {:+.1} |",
+            "| `{}` {} | {} | **{}** | **{}** | {} | {:.0} ({:.0} to {:.0}) | {} | {} | {:.1} | {} | {:.1} | {} | {:.1} | {:+.1} |",
             r.key,
             r.label,
             r.concurrency,
+            spread_text(&r.cpu_us, 1),
+            signed_spread(&r.added_cpu_us),
+            r.over_floor_cpu_us
+                .as_ref()
+                .map_or_else(|| "-".to_string(), signed_spread),
             r.rps.median,
             r.rps.min,
             r.rps.max,
@@ -360,27 +497,90 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
-/// A two-panel horizontal bar chart: throughput relative to the baseline (median, min-max
-/// whisker, the 0.85 and 0.93 target lines) and added p50 latency at one connection (the 25 us
-/// line). Plain SVG 1.1, no scripts or external fonts.
+/// One panel of the chart: a value per bar with its spread, on an axis from `lo` to `hi`, and
+/// dashed reference lines.
+struct Panel {
+    title: String,
+    values: Vec<Spread>,
+    lo: f64,
+    hi: f64,
+    digits: usize,
+    lines: Vec<(f64, String, &'static str)>,
+}
+
+impl Panel {
+    /// A panel whose axis holds every value's spread, zero and the reference lines.
+    fn new(
+        title: &str,
+        values: Vec<Spread>,
+        digits: usize,
+        lines: Vec<(f64, String, &'static str)>,
+    ) -> Panel {
+        let lo = values
+            .iter()
+            .map(|s| s.min)
+            .chain(lines.iter().map(|l| l.0))
+            .fold(0.0_f64, f64::min);
+        let hi = values
+            .iter()
+            .map(|s| s.max)
+            .chain(lines.iter().map(|l| l.0))
+            .fold(0.0_f64, f64::max);
+        let pad = (hi - lo).max(1e-9) * 0.12;
+        Panel {
+            title: title.to_string(),
+            values,
+            lo: if lo < 0.0 { lo - pad } else { 0.0 },
+            hi: hi + pad,
+            digits,
+            lines,
+        }
+    }
+}
+
+/// A horizontal bar chart in three panels, one bar per scenario (the baselines left out):
+/// Envoy's CPU time per request over no filter (the headline: median, min-max whisker, the
+/// target lines of issue #13), throughput relative to the baseline, and added p50 latency at one
+/// connection. Plain SVG 1.1, no scripts or external fonts.
 pub fn svg_chart(rows: &[Row], title: &str) -> String {
     let bars: Vec<&Row> = rows
         .iter()
         .filter(|r| !r.key.starts_with("baseline"))
         .collect();
-    let (label_w, panel_w, gap, row_h, top) = (110.0, 300.0, 50.0, 26.0, 64.0);
-    let width = label_w + panel_w * 2.0 + gap + 30.0;
-    let height = top + row_h * bars.len() as f64 + 40.0;
-    let x1 = label_w; // left panel origin
-    let x2 = label_w + panel_w + gap; // right panel origin
-    let ratio_max = 1.1_f64;
-    let lat_max = bars
-        .iter()
-        .map(|r| r.added_p50_us.max)
-        .fold(30.0_f64, f64::max)
-        * 1.1;
-    let rx = |v: f64| x1 + (v.clamp(0.0, ratio_max) / ratio_max) * panel_w;
-    let lx = |v: f64| x2 + (v.clamp(0.0, lat_max) / lat_max) * panel_w;
+    let mut cpu_lines = vec![(45.0, "+45: all three".to_string(), "#c0392b")];
+    if let Some(floor) = rows.iter().find(|r| r.key == FLOOR) {
+        cpu_lines.push((
+            floor.added_cpu_us.median + 10.0,
+            "floor + 10".to_string(),
+            "#e67e22",
+        ));
+    }
+    let panels = [
+        Panel::new(
+            "added Envoy CPU us/request over no filter",
+            bars.iter().map(|r| r.added_cpu_us).collect(),
+            1,
+            cpu_lines,
+        ),
+        Panel::new(
+            "throughput / baseline",
+            bars.iter().map(|r| r.ratio).collect(),
+            3,
+            vec![(1.0, "1.0".to_string(), "#555")],
+        ),
+        Panel::new(
+            "added p50 latency at 1 connection, us",
+            bars.iter().map(|r| r.added_p50_us).collect(),
+            1,
+            Vec::new(),
+        ),
+    ];
+    let (label_w, panel_w, gap, row_h, top) = (120.0, 280.0, 60.0, 26.0, 64.0);
+    let width = label_w + (panel_w + gap) * panels.len() as f64;
+    // Reference-line labels go under the panel, one text line each, so close lines stay legible.
+    let label_lines = panels.iter().map(|p| p.lines.len()).max().unwrap_or(0) as f64;
+    let height = top + row_h * bars.len() as f64 + 26.0 + 14.0 * label_lines;
+    let bottom = top + row_h * bars.len() as f64;
     let mut s = String::new();
     let _ = writeln!(
         s,
@@ -391,37 +591,8 @@ pub fn svg_chart(rows: &[Row], title: &str) -> String {
         r#"<rect width="100%" height="100%" fill="white"/><text x="10" y="20" font-size="14" font-weight="bold">{}</text>"#,
         esc(title)
     );
-    let _ = writeln!(
-        s,
-        r#"<text x="{x1}" y="44">throughput / baseline (median, min-max)</text><text x="{x2}" y="44">added p50 latency at 1 connection, us</text>"#
-    );
-    let bottom = top + row_h * bars.len() as f64;
-    for (v, color) in [(0.85, "#c0392b"), (0.93, "#e67e22"), (1.0, "#555")] {
-        let x = rx(v);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="{color}" stroke-dasharray="4 3"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="{color}">{v}</text>"#,
-            top - 8.0,
-            bottom + 14.0
-        );
-    }
-    let x = lx(25.0);
-    let _ = writeln!(
-        s,
-        r##"<line x1="{x:.1}" y1="{:.1}" x2="{x:.1}" y2="{bottom:.1}" stroke="#c0392b" stroke-dasharray="4 3"/><text x="{x:.1}" y="{:.1}" text-anchor="middle" fill="#c0392b">25 us</text>"##,
-        top - 8.0,
-        bottom + 14.0
-    );
     for (i, r) in bars.iter().enumerate() {
-        let y = top + row_h * i as f64;
-        let mid = y + row_h / 2.0;
-        let fill = match r.key.as_str() {
-            "lua" => "#8e44ad",
-            "bare" => "#7f8c8d",
-            "wasm-noop" | "sdk-noop" => "#bdc3c7",
-            k if k.ends_with("-c2") => "#16a085",
-            _ => "#2980b9",
-        };
+        let mid = top + row_h * i as f64 + row_h / 2.0;
         let _ = writeln!(
             s,
             r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
@@ -429,30 +600,61 @@ pub fn svg_chart(rows: &[Row], title: &str) -> String {
             mid + 4.0,
             esc(&r.key)
         );
+    }
+    for (p, panel) in panels.iter().enumerate() {
+        let x0 = label_w + (panel_w + gap) * p as f64;
+        let x = |v: f64| {
+            x0 + (v.clamp(panel.lo, panel.hi) - panel.lo) / (panel.hi - panel.lo) * panel_w
+        };
+        let weight = if p == 0 { r#" font-weight="bold""# } else { "" };
         let _ = writeln!(
             s,
-            r#"<rect x="{x1:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/><line x1="{:.1}" y1="{mid:.1}" x2="{:.1}" y2="{mid:.1}" stroke="black"/><text x="{:.1}" y="{:.1}">{:.3}</text>"#,
-            y + 4.0,
-            rx(r.ratio.median) - x1,
-            row_h - 8.0,
-            rx(r.ratio.min),
-            rx(r.ratio.max),
-            rx(r.ratio.max) + 4.0,
-            mid + 4.0,
-            r.ratio.median
+            r#"<text x="{x0:.1}" y="44"{weight}>{}</text>"#,
+            esc(&panel.title)
         );
+        let zero = x(0.0);
         let _ = writeln!(
             s,
-            r#"<rect x="{x2:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/><line x1="{:.1}" y1="{mid:.1}" x2="{:.1}" y2="{mid:.1}" stroke="black"/><text x="{:.1}" y="{:.1}">{:.1}</text>"#,
-            y + 4.0,
-            lx(r.added_p50_us.median) - x2,
-            row_h - 8.0,
-            lx(r.added_p50_us.min),
-            lx(r.added_p50_us.max),
-            lx(r.added_p50_us.max) + 4.0,
-            mid + 4.0,
-            r.added_p50_us.median
+            r##"<line x1="{zero:.1}" y1="{:.1}" x2="{zero:.1}" y2="{bottom:.1}" stroke="#999"/>"##,
+            top - 4.0
         );
+        for (n, (v, text, color)) in panel.lines.iter().enumerate() {
+            let lx = x(*v);
+            let _ = writeln!(
+                s,
+                r#"<line x1="{lx:.1}" y1="{:.1}" x2="{lx:.1}" y2="{:.1}" stroke="{color}" stroke-dasharray="4 3"/><text x="{lx:.1}" y="{:.1}" text-anchor="middle" fill="{color}">{}</text>"#,
+                top - 8.0,
+                bottom + 4.0 + 14.0 * n as f64,
+                bottom + 16.0 + 14.0 * n as f64,
+                esc(text)
+            );
+        }
+        for (i, (r, v)) in bars.iter().zip(&panel.values).enumerate() {
+            let y = top + row_h * i as f64;
+            let mid = y + row_h / 2.0;
+            let fill = match r.key.as_str() {
+                "lua" => "#8e44ad",
+                "bare" => "#7f8c8d",
+                "wasm-noop" | "sdk-noop" => "#bdc3c7",
+                k if k.starts_with("native") => "#d35400",
+                k if k.ends_with("-c2") => "#16a085",
+                _ => "#2980b9",
+            };
+            let (a, b) = (x(v.median.min(0.0)), x(v.median.max(0.0)));
+            let _ = writeln!(
+                s,
+                r#"<rect x="{a:.1}" y="{:.1}" width="{:.1}" height="{:.1}" fill="{fill}"/><line x1="{:.1}" y1="{mid:.1}" x2="{:.1}" y2="{mid:.1}" stroke="black"/><text x="{:.1}" y="{:.1}">{:.d$}</text>"#,
+                y + 4.0,
+                b - a,
+                row_h - 8.0,
+                x(v.min),
+                x(v.max),
+                x(v.max).max(zero) + 4.0,
+                mid + 4.0,
+                v.median,
+                d = panel.digits
+            );
+        }
     }
     s.push_str("</svg>\n");
     s
@@ -468,12 +670,14 @@ mod tests {
             rps,
             p50_us: p50,
             p99_us: p50 * 2.0,
-            requests: 10,
+            requests: 1000,
             errors: 0,
         }
     }
 
-    fn measured(key: &str, rps: [f64; 3], p50: [f64; 3]) -> Measured {
+    /// A scenario's runs: throughput, p50 and Envoy CPU us/request per round (1000 requests
+    /// each).
+    fn measured(key: &str, rps: [f64; 3], p50: [f64; 3], cpu_us: [f64; 3]) -> Measured {
         let scenario = scenario::all(1)
             .into_iter()
             .find(|s| s.key == key)
@@ -482,6 +686,10 @@ mod tests {
             scenario,
             throughput: rps.iter().map(|r| sample(*r, 0.0)).collect(),
             latency: p50.iter().map(|p| sample(0.0, *p)).collect(),
+            envoy_cpu: cpu_us
+                .iter()
+                .map(|us| Duration::from_secs_f64(us * 1000.0 / 1e6))
+                .collect(),
             rss_kib: 40 * 1024,
         }
     }
@@ -500,33 +708,133 @@ mod tests {
         assert_eq!(Spread::of(&[]).median, 0.0);
     }
 
+    fn close(a: f64, b: f64) -> bool {
+        (a - b).abs() < 1e-6
+    }
+
     #[test]
-    fn ratios_pair_rounds_and_targets_follow() {
+    fn cpu_pairs_rounds_with_baseline_and_floor_and_targets_follow() {
         let all = vec![
-            measured("baseline", [100.0, 200.0, 100.0], [100.0, 100.0, 120.0]),
-            measured("trace", [95.0, 180.0, 90.0], [110.0, 140.0, 125.0]),
-            measured("trace-core", [99.0, 198.0, 99.0], [100.0, 100.0, 120.0]),
-            measured("lua", [90.0, 180.0, 90.0], [100.0, 100.0, 120.0]),
-            measured("bare", [100.0, 200.0, 100.0], [100.0, 100.0, 120.0]),
+            measured(
+                "baseline",
+                [100.0, 200.0, 100.0],
+                [100.0, 100.0, 120.0],
+                [50.0, 60.0, 55.0],
+            ),
+            measured(
+                "trace",
+                [95.0, 180.0, 90.0],
+                [110.0, 140.0, 125.0],
+                [120.0, 125.0, 130.0],
+            ),
+            measured(
+                "wasm-noop",
+                [99.0, 198.0, 99.0],
+                [100.0, 100.0, 120.0],
+                [70.0, 80.0, 75.0],
+            ),
+            measured(
+                "mesh",
+                [50.0, 90.0, 50.0],
+                [200.0, 200.0, 220.0],
+                [90.0, 100.0, 110.0],
+            ),
+            measured(
+                "trace-core",
+                [99.0, 198.0, 99.0],
+                [100.0, 100.0, 120.0],
+                [90.0, 99.0, 95.0],
+            ),
+            measured(
+                "lua",
+                [90.0, 180.0, 90.0],
+                [100.0, 100.0, 120.0],
+                [80.0, 90.0, 85.0],
+            ),
+            measured(
+                "bare",
+                [100.0, 200.0, 100.0],
+                [100.0, 100.0, 120.0],
+                [85.0, 95.0, 90.0],
+            ),
+            measured(
+                "native-trace",
+                [98.0, 190.0, 97.0],
+                [105.0, 100.0, 120.0],
+                [60.0, 70.0, 65.0],
+            ),
         ];
         let rows = rows(&all);
-        let trace = &rows[1];
+        let row = |k: &str| rows.iter().find(|r| r.key == k).cloned();
+        let Some(trace) = row("trace") else {
+            panic!("no trace row");
+        };
+        assert!(close(trace.cpu_us.median, 125.0), "{:?}", trace.cpu_us);
+        // 120-50, 125-60, 130-55: paired per round, not median minus median.
+        assert!(
+            close(trace.added_cpu_us.median, 70.0),
+            "{:?}",
+            trace.added_cpu_us
+        );
+        assert!(
+            close(trace.added_cpu_us.min, 65.0),
+            "{:?}",
+            trace.added_cpu_us
+        );
+        assert!(
+            close(trace.added_cpu_us.max, 75.0),
+            "{:?}",
+            trace.added_cpu_us
+        );
+        let over = trace.over_floor_cpu_us.unwrap_or(Spread::of(&[]));
+        assert!(
+            close(over.median, 50.0) && close(over.min, 45.0),
+            "{over:?}"
+        );
         assert!((trace.ratio.median - 0.9).abs() < 1e-9);
-        assert!((trace.ratio.max - 0.95).abs() < 1e-9);
         assert_eq!(trace.added_p50_us.median, 10.0);
-        let sizes = vec![WasmSize {
-            file: "route_retries.wasm".into(),
-            bytes: 200_000,
-        }];
+        let sizes = vec![
+            WasmSize {
+                file: "route_retries.wasm".into(),
+                bytes: 200_000,
+            },
+            WasmSize {
+                file: "mesh_sidecar.wasm".into(),
+                bytes: 200_000,
+            },
+        ];
         let t = targets(&all, &rows, &sizes);
+        assert!(
+            t[0].what.contains("`mesh`") && t[0].what.contains("+45 us"),
+            "{t:?}"
+        );
         let find = |what: &str| t.iter().find(|t| t.what.contains(what)).map(|t| t.met);
-        assert_eq!(find("trace alone"), Some(false));
-        assert_eq!(find("trace: added p50"), Some(true));
-        assert_eq!(find("vs the Lua"), Some(true));
+        // mesh: +40, +40, +55 over no filter.
+        assert_eq!(find("Envoy CPU <= +45"), Some(true));
+        assert_eq!(find("`trace` alone"), Some(false));
+        // trace-core minus lua: +10, +9, +10.
+        assert_eq!(find("Lua"), Some(false));
+        // trace-core over bare: 5.9%, 4.2%, 5.6%.
         assert_eq!(find("SDK overhead"), Some(true));
-        assert_eq!(find("route_retries.wasm"), Some(false));
+        assert_eq!(find("RSS"), Some(true));
+        assert_eq!(find("route_retries.wasm <= 150 KiB"), Some(false));
+        assert_eq!(find("mesh_sidecar.wasm <= 200 KiB"), Some(true));
+        let v = versus(&all, &rows);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].filter.as_str(), v[0].native.as_str()),
+            ("trace", "native-trace")
+        );
+        assert!(close(v[0].diff.median, 60.0), "{:?}", v[0].diff);
+        assert!(versus_table(&v).contains("| `trace` vs `native-trace` | +70.0"));
         let svg = svg_chart(&rows, "t");
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
-        assert!(results_table(&rows).contains("`trace`"));
+        assert!(svg.contains("added Envoy CPU us/request over no filter"));
+        let table = results_table(&rows);
+        assert!(table.contains("| `trace` "), "{table}");
+        assert!(
+            table.contains("| **125.0 (120.0 to 130.0)** | **+70.0 (+65.0 to +75.0)** |"),
+            "{table}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! The scenarios: which HTTP filters each puts before the router of the one bench bootstrap
-//! (`bench/configs/sidecar.yaml`), at which `--concurrency`, and what a probe request must show
-//! to prove the filters really ran.
+//! (`bench/configs/sidecar.yaml`), or which native Envoy settings it puts into the connection
+//! manager and the route, at which `--concurrency`, and what a probe request must show to prove
+//! the filters or native features really ran.
 
 use std::fs;
 use std::path::Path;
@@ -14,6 +15,11 @@ pub enum Expect {
     TraceHeaders,
     /// The upstream got our `x-mesh-peer` identity header.
     PeerHeader,
+    /// The upstream got a child `traceparent` of the probe's trace (W3C only, no B3 required).
+    W3cChild,
+    /// A second probe, which the upstream answers with 503 (see [`crate::upstream`]), comes back
+    /// with `x-envoy-attempt-count` equal to this many tries: the retries really happened.
+    Retried(u32),
     /// An admin stat whose name contains this text counted the probe.
     Stat(&'static str),
 }
@@ -25,7 +31,10 @@ pub struct Scenario {
     pub key: String,
     /// What it is, for the report.
     pub label: String,
-    /// Snippet files of `bench/configs/filters/`, in filter-chain order.
+    /// Configuration snippets, HTTP filters in filter-chain order. A plain file name is an HTTP
+    /// filter of `bench/configs/filters/`; `hcm/<file>` is connection-manager settings of
+    /// `bench/configs/hcm/` and `route/<file>` route settings of `bench/configs/route/` (Envoy's
+    /// native features: see [`HCM_DIR`], [`ROUTE_DIR`]).
     pub filters: Vec<&'static str>,
     /// Envoy `--concurrency`.
     pub concurrency: u32,
@@ -39,6 +48,58 @@ const TRACE: &str = "trace_propagation.yaml";
 const METRICS: &str = "service_metrics.yaml";
 const RETRIES: &str = "route_retries.yaml";
 const RETRY_STAT: &str = "meshwasm_retry_requests_total;.rule=orders-read";
+const ZIPKIN: &str = "hcm/tracing_zipkin.yaml";
+const ZIPKIN_JSON: &str = "hcm/tracing_zipkin_json.yaml";
+const OTEL: &str = "hcm/tracing_otel.yaml";
+const RETRY_POLICY: &str = "route/retry_policy.yaml";
+/// Tries of a request that fails every time under the retry scenarios' policy: one plus
+/// `num_retries` 2.
+const TRIES: u32 = 3;
+
+/// Snippets under this prefix go into the connection manager (`{{HCM_EXTRA}}`).
+pub const HCM_DIR: &str = "hcm/";
+/// Snippets under this prefix go into the route's `route:` action (`{{ROUTE_EXTRA}}`).
+pub const ROUTE_DIR: &str = "route/";
+
+/// The connection-manager snippets of Envoy's native tracers, each with the prefix of the stats
+/// its tracer counts under.
+const TRACERS: [(&str, &str); 3] = [
+    (ZIPKIN_JSON, "tracing.zipkin."),
+    (ZIPKIN, "tracing.zipkin."),
+    (OTEL, "tracing.opentelemetry."),
+];
+
+/// Where a configuration snippet of [`Scenario::filters`] goes in the bootstrap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Place {
+    /// An HTTP filter before the router (`{{HTTP_FILTERS}}`), from `bench/configs/filters/`.
+    HttpFilter,
+    /// Keys of the connection manager's `typed_config` (`{{HCM_EXTRA}}`).
+    Hcm,
+    /// Keys of the route's `route:` action (`{{ROUTE_EXTRA}}`).
+    Route,
+}
+
+/// Where `snippet` goes, from its prefix.
+pub fn place(snippet: &str) -> Place {
+    if snippet.starts_with(HCM_DIR) {
+        Place::Hcm
+    } else if snippet.starts_with(ROUTE_DIR) {
+        Place::Route
+    } else {
+        Place::HttpFilter
+    }
+}
+
+impl Scenario {
+    /// The stats prefix of the native tracer the scenario configures (`tracing.zipkin.`), if any.
+    pub fn native_tracer(&self) -> Option<&'static str> {
+        TRACERS
+            .iter()
+            .find(|(file, _)| self.filters.contains(file))
+            .map(|(_, prefix)| *prefix)
+    }
+}
 
 /// Every scenario of the issue at `concurrency` workers, plus all three filters and the
 /// baseline at 2 workers when `concurrency` is not 2 (scenario 6).
@@ -56,6 +117,7 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
     let all3_expect = vec![
         Expect::TraceHeaders,
         Expect::PeerHeader,
+        Expect::Retried(TRIES),
         Expect::Stat(RETRY_STAT),
     ];
     let mut list = vec![
@@ -76,7 +138,7 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
             "retries",
             "route-retries alone (README config: one rule, retry budget)",
             vec![RETRIES],
-            vec![Expect::Stat(RETRY_STAT)],
+            vec![Expect::Retried(TRIES), Expect::Stat(RETRY_STAT)],
         ),
         s(
             "all3",
@@ -120,6 +182,59 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
             vec!["sdk_noop.yaml"],
             vec![Expect::Stat("wasm.envoy.wasm.runtime.v8.created")],
         ),
+        s(
+            "native-trace",
+            "Envoy's native tracing doing the trace job: Zipkin tracer in the connection manager \
+             (W3C in; B3 and W3C out, child span; Zipkin v2 protobuf export)",
+            vec![ZIPKIN],
+            vec![
+                Expect::TraceHeaders,
+                Expect::Stat("tracing.zipkin.spans_sent"),
+                Expect::Stat("tracing.zipkin.reports_sent"),
+            ],
+        ),
+        s(
+            "native-trace-json",
+            "native-trace exporting Zipkin v2 JSON, the format our trace filter exports",
+            vec![ZIPKIN_JSON],
+            vec![
+                Expect::TraceHeaders,
+                Expect::Stat("tracing.zipkin.spans_sent"),
+                Expect::Stat("tracing.zipkin.reports_sent"),
+            ],
+        ),
+        s(
+            "native-otel",
+            "Envoy's native tracing with the OpenTelemetry tracer (W3C only, no B3; OTLP/HTTP \
+             protobuf export)",
+            vec![OTEL],
+            vec![
+                Expect::W3cChild,
+                Expect::Stat("tracing.opentelemetry.spans_sent"),
+            ],
+        ),
+        s(
+            "native-retries",
+            "the route's native retry_policy doing the retries job (5xx, reset, connect-failure; \
+             2 retries, 250 ms per try; no budget)",
+            vec![RETRY_POLICY],
+            vec![
+                Expect::Retried(TRIES),
+                Expect::Stat("cluster.upstream.upstream_rq_retry"),
+            ],
+        ),
+        s(
+            "native-all",
+            "native tracing (as native-trace) and native retries (as native-retries): Envoy \
+             without wasm for trace and retries (service-metrics has no native counterpart)",
+            vec![ZIPKIN, RETRY_POLICY],
+            vec![
+                Expect::TraceHeaders,
+                Expect::Retried(TRIES),
+                Expect::Stat("tracing.zipkin.reports_sent"),
+                Expect::Stat("cluster.upstream.upstream_rq_retry"),
+            ],
+        ),
     ];
     if concurrency != 2 {
         let c2 = |key: &str, label: &str, filters: Vec<&'static str>, expect| Scenario {
@@ -155,8 +270,10 @@ fn indent(text: &str, n: usize) -> String {
         .collect()
 }
 
-/// The bootstrap template of `scenario`: the scenario's filters in place of `{{HTTP_FILTERS}}`
-/// and every placeholder in `vars` (plus `BENCH_DIR`) filled. What is left are the ports that
+/// The bootstrap template of `scenario`: the scenario's HTTP filters in place of
+/// `{{HTTP_FILTERS}}`, its connection-manager and route settings in place of `{{HCM_EXTRA}}` and
+/// `{{ROUTE_EXTRA}}` (each empty when it has none), and every placeholder in `vars` (plus
+/// `BENCH_DIR`) filled. What is left are the ports that
 /// Envoy binds itself (`{{PORT_ADMIN}}`, `{{PORT_LISTENER}}`): [`toolkit::Envoy`] renders them as
 /// 0 and reads the real ports back. A placeholder `vars` does not fill and Envoy cannot bind is
 /// an error here.
@@ -166,11 +283,20 @@ pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) 
         fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))
     };
     let template = read(&configs.join("sidecar.yaml"))?;
-    let mut filters = String::new();
+    let (mut filters, mut hcm, mut route) = (String::new(), String::new(), String::new());
     for file in &scenario.filters {
-        filters.push_str(&indent(&read(&configs.join("filters").join(file))?, 10));
+        match place(file) {
+            Place::Hcm => hcm.push_str(&indent(&read(&configs.join(file))?, 10)),
+            Place::Route => route.push_str(&indent(&read(&configs.join(file))?, 18)),
+            Place::HttpFilter => {
+                filters.push_str(&indent(&read(&configs.join("filters").join(file))?, 10))
+            }
+        }
     }
-    let template = template.replace("{{HTTP_FILTERS}}\n", &filters);
+    let template = template
+        .replace("{{HTTP_FILTERS}}\n", &filters)
+        .replace("{{HCM_EXTRA}}\n", &hcm)
+        .replace("{{ROUTE_EXTRA}}\n", &route);
     let mut all_vars = vars.to_vec();
     all_vars.push(("BENCH_DIR".to_string(), bench_dir.display().to_string()));
     // Envoy's own ports stay placeholders; everything else must have a value now.
@@ -223,7 +349,15 @@ pub fn check_headers(
                     ));
                 }
             }
-            Expect::Stat(_) => {}
+            Expect::W3cChild => {
+                let tp = header("traceparent").unwrap_or_default();
+                if !tp.starts_with(&format!("00-{sent_trace}-")) || tp.contains(sent_span) {
+                    return Err(format!(
+                        "the upstream did not get a child traceparent of the probe:\n{head}"
+                    ));
+                }
+            }
+            Expect::Retried(_) | Expect::Stat(_) => {}
         }
     }
     Ok(())
@@ -245,10 +379,11 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let list = all(1);
-        assert_eq!(list.len(), 13);
-        assert_eq!(all(2).len(), 11);
+        assert_eq!(list.len(), 18);
+        assert_eq!(all(2).len(), 16);
         for s in &list {
             let text = render(s, &bench_dir, &vars)?;
+            let wants = |p: Place| s.filters.iter().filter(|f| place(f) == p).count();
             // Only Envoy's own ports are left, each once: the toolkit binds them on port 0.
             assert_eq!(
                 toolkit::template::placeholders(&text),
@@ -267,10 +402,42 @@ mod tests {
             assert_eq!(
                 text.matches("envoy.filters.http.wasm").count()
                     + text.matches("envoy.filters.http.lua").count(),
-                s.filters.len(),
+                wants(Place::HttpFilter),
                 "{}",
                 s.key
             );
+            // Native settings only where the scenario asks for them, each in its place.
+            let tracing = text.matches("\n          tracing:\n").count();
+            let retry = text.matches("\n                  retry_policy:\n").count();
+            assert_eq!(tracing, wants(Place::Hcm), "{}", s.key);
+            assert_eq!(retry, wants(Place::Route), "{}", s.key);
+            assert_eq!(
+                s.key.starts_with("native"),
+                tracing + retry > 0,
+                "{}",
+                s.key
+            );
+            assert_eq!(
+                text.contains("envoy.tracers.zipkin"),
+                s.native_tracer() == Some("tracing.zipkin."),
+                "{}",
+                s.key
+            );
+            assert!(
+                text.contains("                route:\n                  cluster: upstream\n"),
+                "{}",
+                s.key
+            );
+        }
+        let keys: Vec<&str> = list.iter().map(|s| s.key.as_str()).collect();
+        for key in [
+            "native-trace",
+            "native-trace-json",
+            "native-otel",
+            "native-retries",
+            "native-all",
+        ] {
+            assert!(keys.contains(&key), "{key} missing");
         }
         let all3 = render(&list[4], &bench_dir, &vars)?;
         let order: Vec<usize> = [
@@ -300,5 +467,9 @@ mod tests {
         let untouched = format!("GET / HTTP/1.1\r\ntraceparent: 00-{trace}-00f067aa0ba902b7-01");
         assert!(check_headers(&all[..1], &untouched, trace, "00f067aa0ba902b7").is_err());
         assert!(check_headers(&all[1..], &untouched, trace, "00f067aa0ba902b7").is_err());
+        let w3c = [Expect::W3cChild];
+        let otel = format!("GET / HTTP/1.1\r\ntraceparent: 00-{trace}-1111111111111111-01");
+        assert!(check_headers(&w3c, &otel, trace, "00f067aa0ba902b7").is_ok());
+        assert!(check_headers(&w3c, &untouched, trace, "00f067aa0ba902b7").is_err());
     }
 }

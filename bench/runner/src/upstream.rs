@@ -1,7 +1,10 @@
 //! The bench's upstream (and span collector): a [`toolkit::Server`] on `127.0.0.1:0` whose
 //! handler never blocks (it runs on the server's event loop), answering `200 ok` to every request
 //! and counting them. It can capture the head of the next request, for the probes that check a
-//! scenario's filters really ran.
+//! scenario's filters really ran. Two exceptions, neither on the load's path: a request with
+//! [`STATUS_HEADER`] gets that status (the retry probes), and a Zipkin span report
+//! (`POST /api/v2/spans`) gets `202 Accepted`, as from a Zipkin collector (Envoy's Zipkin tracer
+//! counts any other answer as a dropped report).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -10,6 +13,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use toolkit::{Reply, Request, Server};
 
 use crate::Result;
+
+/// A request carrying this header gets its value as the status (e.g. `503`): the probes that
+/// check retries really happen. The load never sends it.
+pub const STATUS_HEADER: &str = "x-bench-status";
 
 /// Event-loop threads of each server. One: the bench pins this process to the load core it
 /// shares with wrk, where a second thread could only take turns with the first.
@@ -42,7 +49,7 @@ impl Upstream {
             if s.capture.swap(false, Ordering::SeqCst) {
                 *lock(&s.captured) = Some(head(req));
             }
-            reply()
+            reply(req)
         })?;
         Ok(Upstream { shared, server })
     }
@@ -69,14 +76,30 @@ impl Upstream {
     }
 }
 
-/// The answer to every request: `200`, `content-type: text/plain`, `ok` (the server adds the
-/// `content-length`).
-fn reply() -> Reply {
+/// The answer to a request: `200`, `content-type: text/plain`, `ok` (the server adds the
+/// `content-length`); the status of [`STATUS_HEADER`] when the request has one; `202` to a
+/// Zipkin span report.
+fn reply(req: &Request) -> Reply {
+    let status = req
+        .headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case(STATUS_HEADER))
+        .and_then(|(_, value)| value.trim().parse().ok())
+        .unwrap_or(if req.method == "POST" && req.path == ZIPKIN_SPANS {
+            202
+        } else {
+            200
+        });
     Reply {
+        status,
         headers: vec![("content-type".to_string(), "text/plain".to_string())],
         ..Reply::default()
     }
 }
+
+/// The path Envoy's Zipkin tracer reports spans to (`collector_endpoint` of
+/// `bench/configs/hcm/tracing_zipkin.yaml`).
+const ZIPKIN_SPANS: &str = "/api/v2/spans";
 
 /// A request's head as it came in, lines joined by CRLF: `GET /a HTTP/1.1`, then `name: value`
 /// per header.
@@ -106,6 +129,10 @@ mod tests {
         assert!(captured.starts_with("GET /a HTTP/1.1\r\n"), "{captured:?}");
         assert!(captured.contains("\r\nx-a: 1"), "{captured:?}");
         assert!(!captured.contains("/b"), "{captured:?}");
+        let failed = toolkit::http_get(up.port(), "/c", &[(STATUS_HEADER, "503")])?;
+        assert_eq!(failed.status, 503);
+        let report = toolkit::http_request("POST", up.port(), ZIPKIN_SPANS, &[], b"[]")?;
+        assert_eq!(report.status, 202);
         Ok(())
     }
 }
