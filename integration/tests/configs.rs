@@ -1,18 +1,24 @@
 //! The shipped configs beyond `envoy --mode validate`: the remote-code sidecar variant loads the
 //! filters from an HTTP server with their sha256 and refuses a wrong hash; and the manifests in
-//! examples/k8s reference filters that exist, with configurations the filters themselves accept;
+//! examples/k8s reference filters that exist, with configurations the filters themselves accept,
+//! the sidecar Pod's bootstrap answers its readiness probe on a listener the kubelet reaches, and
+//! every manifest passes the Kubernetes or Istio schema of its kind (`k8s_schemas`);
 //! the one-module sidecars are what `cargo xtask derive-configs` makes of the three-module ones,
 //! with configurations mesh_sidecar accepts.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use integration::upstream::{Reply, Server, Upstream};
 use integration::{assert_eventually, filters_dir, http_get, wasm_path, workspace_root, Envoy};
 use meshwasm::testing::FilterHarness;
+use serde_norway::Value;
 use sha2::{Digest, Sha256};
+
+mod k8s_schemas;
 
 const REMOTE: &str = include_str!("../../envoy-configs/sidecar-remote-wasm.yaml");
 const FILTERS: [&str; 3] = ["trace_propagation", "service_metrics", "route_retries"];
@@ -401,6 +407,290 @@ fn k8s_sidecar_pod_loads_existing_filters_and_its_bootstrap_validates() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// `examples/k8s/sidecar-pod.yaml`'s ConfigMap and Pod, parsed.
+fn sidecar_pod_manifest() -> (Value, Value) {
+    let (_, text) = k8s_manifests()
+        .into_iter()
+        .find(|(f, _)| f == "sidecar-pod.yaml")
+        .unwrap();
+    let docs: Vec<Value> = documents(&text)
+        .iter()
+        .map(|d| serde_norway::from_str(d).unwrap())
+        .collect();
+    let of_kind = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .cloned()
+            .unwrap_or_else(|| panic!("sidecar-pod.yaml: no {kind}"))
+    };
+    (of_kind("ConfigMap"), of_kind("Pod"))
+}
+
+/// `(address, port)` of an Envoy `address: { socket_address: ... }`.
+fn socket_address(address: &Value) -> (String, u64) {
+    let socket = &address["socket_address"];
+    let host = socket["address"].as_str().unwrap().to_string();
+    (host, socket["port_value"].as_u64().unwrap())
+}
+
+/// The cluster endpoint addresses of a bootstrap that are names, not IP addresses.
+fn dns_names(bootstrap: &Value) -> Vec<String> {
+    let clusters = bootstrap["static_resources"]["clusters"].as_sequence();
+    let mut names: Vec<String> = clusters
+        .into_iter()
+        .flatten()
+        .flat_map(|c| {
+            c["load_assignment"]["endpoints"]
+                .as_sequence()
+                .into_iter()
+                .flatten()
+        })
+        .flat_map(|e| e["lb_endpoints"].as_sequence().into_iter().flatten())
+        .map(|e| socket_address(&e["endpoint"]["address"]).0)
+        .filter(|host| host.parse::<IpAddr>().is_err())
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn is_loopback(host: &str) -> bool {
+    host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The port number a probe's `httpGet`/`tcpSocket`/`grpc` targets, named ports resolved through
+/// the container's `ports`.
+fn probe_port(container: &Value, probe: &Value) -> Option<u64> {
+    let port = ["httpGet", "tcpSocket", "grpc"]
+        .iter()
+        .find_map(|k| probe.get(k))?
+        .get("port")?;
+    port.as_u64().or_else(|| {
+        let name = port.as_str()?;
+        container["ports"]
+            .as_sequence()?
+            .iter()
+            .find(|p| p["name"].as_str() == Some(name))?["containerPort"]
+            .as_u64()
+    })
+}
+
+/// The bootstrap with the port of the admin and of every listener replaced by a placeholder
+/// (`{{PORT_ADMIN}}`, `{{PORT_<LISTENER>}}`) that the toolkit renders as port 0, and its filter
+/// paths by `{{FILTERS_DIR}}`; with the placeholder of each listener by name. Only flow-style
+/// `socket_address: { ..., port_value: N }` lines outside cluster endpoints are rewritten; the
+/// caller checks that every listener got one.
+fn with_port_placeholders(bootstrap: &str) -> (String, Vec<(String, String)>) {
+    let mut owner = None;
+    let mut placeholders = Vec::new();
+    let mut out = String::new();
+    for line in bootstrap.lines() {
+        if line == "admin:" {
+            owner = Some("admin".to_string());
+        } else if let Some(name) = line.trim_start().strip_prefix("- name: ") {
+            owner = Some(name.trim().to_string());
+        }
+        let mut line = line.to_string();
+        let listener_port = line.trim_start().starts_with("socket_address:")
+            && !line.contains("endpoint")
+            && line.contains("port_value:");
+        if let (true, Some(name)) = (listener_port, &owner) {
+            let placeholder = format!("PORT_{}", name.to_ascii_uppercase().replace('-', "_"));
+            let (head, tail) = line.split_once("port_value:").unwrap();
+            let tail = tail
+                .trim_start()
+                .trim_start_matches(|c: char| c.is_ascii_digit());
+            line = format!("{head}port_value: {{{{{placeholder}}}}}{tail}");
+            placeholders.push((name.clone(), placeholder));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    (
+        out.replace("/etc/envoy/filters", "{{FILTERS_DIR}}"),
+        placeholders,
+    )
+}
+
+/// The kubelet probes the pod IP: the Pod's readiness probe must target a listener of the
+/// sidecar's bootstrap that listens beyond loopback, never the admin (which stays on loopback),
+/// and that listener, run in a real Envoy from the ConfigMap's bootstrap, answers the probe 200.
+#[test]
+fn k8s_sidecar_pod_turns_ready_on_a_listener_the_kubelet_reaches() {
+    let (config_map, pod) = sidecar_pod_manifest();
+    let bootstrap_text = config_map["data"]["envoy.yaml"].as_str().unwrap();
+    let bootstrap: Value = serde_norway::from_str(bootstrap_text).unwrap();
+    let (admin_host, admin_port) = socket_address(&bootstrap["admin"]["address"]);
+    assert!(
+        is_loopback(&admin_host),
+        "admin listens on {admin_host}: it must stay on loopback"
+    );
+    let listeners: Vec<(String, String, u64)> = bootstrap["static_resources"]["listeners"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let (host, port) = socket_address(&l["address"]);
+            (l["name"].as_str().unwrap().to_string(), host, port)
+        })
+        .collect();
+
+    // No probe of any container targets the admin port.
+    let containers = pod["spec"]["containers"].as_sequence().unwrap();
+    for c in containers {
+        for kind in ["readinessProbe", "livenessProbe", "startupProbe"] {
+            if let Some(probe) = c.get(kind) {
+                assert_ne!(
+                    probe_port(c, probe),
+                    Some(admin_port),
+                    "{}'s {kind} targets the admin port, which listens on {admin_host} only",
+                    c["name"].as_str().unwrap_or("?")
+                );
+            }
+        }
+    }
+    // The sidecar's readiness probe targets a listener reachable on the pod IP.
+    let envoy_container = containers
+        .iter()
+        .find(|c| c["image"].as_str().is_some_and(|i| i.contains("envoy")))
+        .unwrap();
+    let probe = &envoy_container["readinessProbe"];
+    let path = probe["httpGet"]["path"]
+        .as_str()
+        .unwrap_or_else(|| panic!("the envoy container has no httpGet readinessProbe: {probe:?}"));
+    let port = probe_port(envoy_container, probe).unwrap();
+    let (listener, host, _) = listeners
+        .iter()
+        .find(|(_, _, p)| *p == port)
+        .unwrap_or_else(|| panic!("readiness probe port {port} is no listener's: {listeners:?}"));
+    assert!(
+        !is_loopback(host),
+        "listener {listener} ({host}:{port}) is not reachable on the pod IP"
+    );
+    assert!(
+        envoy_container["ports"]
+            .as_sequence()
+            .is_some_and(|ps| ps.iter().any(|p| p["containerPort"].as_u64() == Some(port))),
+        "the envoy container does not declare port {port}"
+    );
+
+    // The bootstrap, on ports Envoy chooses: the probe's path answers 200 on that listener.
+    // The peers' and the collector's DNS names resolve only inside a cluster: give them a
+    // loopback address instead, so that the test sends no DNS query off this machine (nothing
+    // connects to them: no traffic goes through the outbound listener).
+    let mut local = bootstrap_text.to_string();
+    for host in dns_names(&bootstrap) {
+        local = local.replace(&format!("address: {host},"), "address: 127.0.0.1,");
+    }
+    assert_eq!(
+        dns_names(&serde_norway::from_str(&local).unwrap()),
+        Vec::<String>::new()
+    );
+    // The listeners the pod exposes on 0.0.0.0 bind loopback here: nothing the test starts is
+    // reachable from outside this machine (the manifest's addresses were checked above).
+    let local = local.replace("address: 0.0.0.0,", "address: 127.0.0.1,");
+    let (template, placeholders) = with_port_placeholders(&local);
+    assert_eq!(
+        placeholders.len(),
+        listeners.len() + 1,
+        "not every listener's port was replaced: {placeholders:?}"
+    );
+    let envoy = Envoy::builder(&template)
+        .arg("--service-cluster")
+        .arg("orders")
+        .arg("--service-node")
+        .arg("orders-0")
+        .start()
+        .unwrap();
+    let (_, readiness) = placeholders.iter().find(|(n, _)| n == listener).unwrap();
+    let readiness = envoy.port(readiness);
+    let resp = http_get(readiness, path, &[]).unwrap();
+    assert_eq!(resp.status, 200, "{resp:?}");
+    // Only the probe: nothing of the admin is reachable through it.
+    let resp = http_get(readiness, "/stats", &[]).unwrap();
+    assert_eq!(resp.status, 404, "{resp:?}");
+    // Not ready once Envoy fails its health checks (as when draining).
+    assert_eq!(envoy.admin_post("/healthcheck/fail").unwrap().status, 200);
+    assert_eventually!(http_get(readiness, path, &[]).is_ok_and(|r| r.status == 503));
+}
+
+/// Every document of every manifest in examples/k8s, labelled `<file>#<index>`.
+fn k8s_documents() -> Vec<(String, String)> {
+    k8s_manifests()
+        .into_iter()
+        .flat_map(|(file, text)| {
+            documents(&text)
+                .into_iter()
+                .enumerate()
+                .map(move |(i, doc)| (format!("{file}#{i}"), doc))
+        })
+        .collect()
+}
+
+/// Every manifest of examples/k8s is valid against the schema of its kind: core kinds with
+/// kubernetes-validate `--strict` (Kubernetes' OpenAPI schemas, unknown fields rejected), Istio's
+/// with the CRD schemas of `@kubernetes-models/istio`; a kind neither knows fails the test.
+#[test]
+fn k8s_manifests_pass_kubernetes_and_istio_schemas() {
+    let docs = k8s_documents();
+    assert!(docs.len() >= 11, "{docs:?}");
+    match k8s_schemas::validate(&docs) {
+        Ok(passed) => passed.iter().for_each(|p| println!("{p}")),
+        Err(problems) => panic!("examples/k8s:\n{problems}"),
+    }
+}
+
+/// The schema check is not vacuous: each validator rejects a broken copy of a shipped manifest,
+/// and a kind that neither has a schema for is refused rather than skipped.
+#[test]
+fn k8s_schema_validation_rejects_broken_and_unknown_documents() {
+    let docs = k8s_documents();
+    let doc = |label: &str| docs.iter().find(|(l, _)| l == label).unwrap().1.clone();
+    let broken = |label: &str, from: &str, to: &str| {
+        let text = doc(label);
+        assert!(text.contains(from), "{label} has no {from:?}");
+        (format!("{label} with {to}"), text.replacen(from, to, 1))
+    };
+    let cases = [
+        // A wrong type and an unknown field (--strict) in the Pod.
+        broken("sidecar-pod.yaml#1", "containerPort: 8080", "containerPort: eighty"),
+        broken("sidecar-pod.yaml#1", "readinessProbe:", "readinessProbes:"),
+        // A wrong type in a WasmPlugin, a value outside an enum in an EnvoyFilter.
+        broken("wasmplugin-route-retries.yaml#0", "priority: 10", "priority: high"),
+        broken("wasmplugin-route-retries.yaml#1", "applyTo: VIRTUAL_HOST", "applyTo: HOST"),
+        // Kinds without a schema in either: a typo, and a CRD of another project.
+        broken("sidecar-pod.yaml#1", "kind: Pod", "kind: Pdo"),
+        (
+            "an HTTPRoute".to_string(),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: { name: orders }\n"
+                .to_string(),
+        ),
+    ];
+    let problems = k8s_schemas::validate(&cases).unwrap_err();
+    println!("{problems}");
+    for (label, expected) in [
+        (&cases[0].0, "rejected by kubernetes-validate"),
+        (&cases[1].0, "rejected by kubernetes-validate"),
+        (&cases[2].0, "rejected by validate-istio.mjs"),
+        (&cases[3].0, "rejected by validate-istio.mjs"),
+        (&cases[4].0, "no validator has a schema"),
+        (&cases[5].0, "no validator has a schema"),
+    ] {
+        assert!(
+            problems.contains(&format!("{label}: {expected}")),
+            "{label}: not {expected}:\n{problems}"
+        );
+    }
+    for needle in [
+        "is not of type 'integer'",
+        "'readinessProbes' was unexpected",
+        "must be integer",
+        "allowed values",
+    ] {
+        assert!(problems.contains(needle), "no {needle:?} in:\n{problems}");
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
