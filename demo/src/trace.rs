@@ -53,8 +53,8 @@ pub fn build_trees(spans: &[Span]) -> Vec<TraceNode> {
     roots
 }
 
-/// The indented text of a tree: one line per span with service, kind, name, status and
-/// duration.
+/// The indented text of a tree: one line per span with service, kind, name (low-cardinality:
+/// method and route), the `http.path` tag, status and duration.
 pub fn render_tree(root: &TraceNode) -> String {
     fn line(n: &TraceNode, prefix: &str, last: bool, top: bool, out: &mut String) {
         let branch = if top {
@@ -65,6 +65,11 @@ pub fn render_tree(root: &TraceNode) -> String {
             "├─ "
         };
         let s = &n.span;
+        let path = s
+            .tags
+            .get("http.path")
+            .map(|p| format!(" {p}"))
+            .unwrap_or_default();
         let to = s
             .tags
             .get("upstream_cluster")
@@ -78,7 +83,7 @@ pub fn render_tree(root: &TraceNode) -> String {
             .map(|f| format!(" [{f}]"))
             .unwrap_or_default();
         out.push_str(&format!(
-            "{prefix}{branch}{:<10} {:<6} {}{to}  {} {:.2} ms{flags}\n",
+            "{prefix}{branch}{:<10} {:<6} {}{path}{to}  {} {:.2} ms{flags}\n",
             s.service,
             s.kind,
             s.name,

@@ -1,4 +1,5 @@
-//! Fuzzes the decoders of Envoy attribute wire forms: any bytes give `None` or a value.
+//! Fuzzes the decoders of Envoy attribute wire forms, and of header maps as the proxy-wasm ABI
+//! returns them (`meshwasm::wire::decode_map`): any bytes give `None` or a value, never a panic.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -6,6 +7,7 @@ use meshwasm::properties;
 
 fuzz_target!(|data: &[u8]| {
     let _ = properties::decode_pairs(data);
+    let _ = meshwasm::wire::decode_map(data);
     let _ = properties::decode_duration(data);
     let _ = properties::decode_timestamp(data);
     let _ = properties::decode_bool(data);

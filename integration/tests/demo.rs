@@ -72,7 +72,8 @@ fn check_demo(one_module: bool) {
     println!("{text}");
 
     // One request's trace: a tree with spans of all three services, the client and server side
-    // of each hop, inventory's attempts under orders' call.
+    // of each hop, inventory's attempts under orders' call. Spans are named by method and
+    // Envoy route (`inbound` on every inbound listener), the path shown from its tag.
     let trace: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.starts_with("== One request's trace"))
@@ -81,14 +82,14 @@ fn check_demo(one_module: bool) {
         .collect();
     assert!(trace[0].starts_with("trace "), "{text}");
     assert!(
-        trace[1].starts_with("frontend   SERVER GET /checkout"),
+        trace[1].starts_with("frontend   SERVER GET inbound /checkout"),
         "{text}"
     );
     for needle in [
-        "└─ frontend   CLIENT GET /orders -> orders",
-        "orders     SERVER GET /orders",
-        "orders     CLIENT GET /inventory -> inventory",
-        "inventory  SERVER GET /inventory",
+        "└─ frontend   CLIENT GET orders /orders -> orders",
+        "orders     SERVER GET inbound /orders",
+        "orders     CLIENT GET inventory /inventory -> inventory",
+        "inventory  SERVER GET inbound /inventory",
     ] {
         assert!(
             trace.iter().any(|l| l.contains(needle)),

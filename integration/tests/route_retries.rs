@@ -539,3 +539,127 @@ fn unused_reservations_return_to_the_budget() {
         envoy.stats()
     );
 }
+
+/// Issue 15: a request reserves its retries when it starts. Six clients that give up on a
+/// hanging upstream (their streams end without response headers) must give their reservations
+/// back, so that with a budget of 10 retries (ratio 0, a floor of 1/s over 10 s; each request
+/// reserves 2) the next request that needs one retry gets it. Seen in Envoy 1.40 before the
+/// fix: that request got the 503, counted in `meshwasm_retry_budget_denied_total`.
+#[test]
+fn clients_that_give_up_do_not_exhaust_the_budget() {
+    let config = r#"{
+      "rules": [{"name": "all", "policy": {"retry_on": ["5xx", "reset"], "num_retries": 2}}],
+      "budget": {"ratio": 0.0, "min_retries_per_second": 1, "window_seconds": 10}
+    }"#;
+    let up = Flaky::start();
+    let envoy = start_envoy(config, &up, false);
+    let started = Instant::now();
+    for i in 0..6 {
+        let key = format!("gave-up-{i}");
+        // Raw socket: the client closes its connection while the request is in flight.
+        let mut conn = TcpStream::connect((Ipv4Addr::LOCALHOST, envoy.listener_port())).unwrap();
+        write!(
+            conn,
+            "GET /hang HTTP/1.1\r\nhost: sidecar\r\nx-test-key: {key}\r\nx-fail: hang:all\r\n\r\n"
+        )
+        .unwrap();
+        assert_eventually!(up.attempts(&key) == 1, "{key} never reached the upstream");
+        conn.shutdown(Shutdown::Both).unwrap();
+    }
+    assert_eventually!(
+        envoy.stat("http.sidecar.downstream_cx_destroy_remote_active_rq") == Some(6),
+        "stats:\n{}",
+        envoy.stats()
+    );
+    // Each worker writes what it owes back with its next request or its tick (within 1 s), so
+    // give it a few tries, all well inside the 10 s window the reservations were made in.
+    let mut tries = 0;
+    let got_its_retry = toolkit::eventually_within(Duration::from_secs(3), || {
+        tries += 1;
+        let key = format!("needs-one-{tries}");
+        send(&envoy, "GET", "/flaky", &key, &[("x-fail", "503:1")]).status == 200
+    });
+    eprintln!(
+        "gave up: a request got its retry after {tries} tries, {:?} after the first client",
+        started.elapsed()
+    );
+    assert!(
+        got_its_retry && started.elapsed() < Duration::from_secs(9),
+        "after {tries} tries in {:?}, no request got its retry; stats:\n{}",
+        started.elapsed(),
+        envoy.stats()
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.meshwasm_retry_budget_contended_total"),
+        Some(0)
+    );
+}
+
+/// Issue 15: every `x-envoy-*` request header a client sends is removed unless the policy
+/// allows it, not only the retry headers. The client is internal here (Envoy's own sanitizing
+/// passes its headers on), so the filter is what stops them: a client cannot turn a timeout
+/// into a 204 (`x-envoy-upstream-rq-timeout-alt-response`), name stats
+/// (`x-envoy-upstream-alt-stat-name`), or hand the upstream Envoy's tracing, tagging and
+/// routing headers; the one the default policy allows (`x-envoy-ip-tags`) reaches it.
+#[test]
+fn client_envoy_headers_are_removed_unless_the_policy_allows_them() {
+    let config = r#"{
+      "rules": [{"name": "orders", "match": {"path": {"prefix": "/orders"}},
+                 "policy": {"timeout_ms": 300}}],
+      "default": {"allowed_client_headers": ["x-envoy-ip-tags"]}
+    }"#;
+    let up = Flaky::start();
+    let envoy = start_envoy(config, &up, true);
+    let client = [
+        ("x-envoy-upstream-alt-stat-name", "client_chosen"),
+        ("x-envoy-upstream-rq-timeout-alt-response", "1"),
+        ("x-envoy-force-trace", "1"),
+        ("x-envoy-decorator-operation", "pretend"),
+        ("x-envoy-ip-tags", "partner"),
+        ("x-envoy-original-dst-host", "127.0.0.1:1"),
+        ("x-envoy-something-new", "x"),
+    ];
+
+    // The rule's 300 ms timeout cuts a hanging upstream: 504, not the 204 the client asked for.
+    let mut headers = client.to_vec();
+    headers.push(("x-fail", "hang:1"));
+    let resp = send(&envoy, "GET", "/orders/1", "alt-response", &headers);
+    assert_eq!(resp.status, 504, "{resp:?}");
+
+    let resp = send(&envoy, "GET", "/users/1", "plain", &client);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let seen = up.last_headers("plain");
+    for (name, value) in client {
+        let arrived = seen
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str());
+        if name == "x-envoy-ip-tags" {
+            assert_eq!(arrived, Some(value), "{seen:?}");
+        } else {
+            assert_ne!(
+                arrived,
+                Some(value),
+                "{name} reached the upstream: {seen:?}"
+            );
+        }
+    }
+    assert_eventually!(
+        rule_stat(&envoy, "meshwasm_retry_client_headers_stripped_total", "orders") == Some(7)
+            && rule_stat(&envoy, "meshwasm_retry_client_headers_stripped_total", "default")
+                == Some(6)
+            && envoy.stat(
+                "wasmcustom.meshwasm_retry_stripped_headers_total;.header=x-envoy-upstream-alt-stat-name"
+            ) == Some(2)
+            && envoy.stat("wasmcustom.meshwasm_retry_stripped_headers_total;.header=other")
+                == Some(2),
+        "stats:\n{}",
+        envoy.stats()
+    );
+    // No stat tree named by the client.
+    assert!(
+        !envoy.stats().contains("client_chosen"),
+        "stats:\n{}",
+        envoy.stats()
+    );
+}

@@ -168,7 +168,9 @@ fn one_trace_across_two_hops_with_spans_in_both_formats() {
     assert_eq!(za["id"], span_a.as_str());
     assert_eq!(za["parentId"], client_span);
     assert_eq!(za["kind"], "CLIENT");
-    assert_eq!(za["name"], "GET /checkout");
+    // Named by method and Envoy's route (low-cardinality), the path in a tag without its query.
+    assert_eq!(za["name"], "GET to_app");
+    assert_eq!(za["tags"]["http.path"], "/checkout");
     assert_eq!(za["localEndpoint"]["serviceName"], "frontend");
     assert_eq!(za["tags"]["http.status_code"], "200");
     assert_eq!(za["tags"]["upstream_cluster"], "app");
@@ -184,7 +186,14 @@ fn one_trace_across_two_hops_with_spans_in_both_formats() {
     assert_eq!(ob["spanId"], span_b.as_str());
     assert_eq!(ob["parentSpanId"], span_a.as_str());
     assert_eq!(ob["kind"], 3);
-    assert_eq!(ob["name"], "GET /checkout");
+    assert_eq!(ob["name"], "GET to_upstream");
+    let ob_path = ob["attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["key"] == "http.path")
+        .map(|a| a["value"]["stringValue"].clone());
+    assert_eq!(ob_path, Some(Value::from("/checkout")));
     // Timings: A's span encloses B's, and both fit in what the client saw.
     let a_start = za["timestamp"].as_u64().unwrap();
     let a_end = a_start + za["duration"].as_u64().unwrap();
@@ -318,4 +327,74 @@ fn hanging_collector_costs_spans_not_requests() {
         !held.lock().unwrap().is_empty(),
         "the collector was reached"
     );
+}
+
+/// W3C Trace Context Level 2 `tracestate` in a real Envoy, through both sidecars: several
+/// fields are combined in order into one, a duplicate key keeps the header without the later
+/// entry, a multi-tenant key beyond Level 1's limits is kept, and an invalid member drops the
+/// whole header while `traceparent` is kept (the W3C test suite's cases).
+#[test]
+fn tracestate_is_combined_and_judged_per_case() {
+    let collector = Upstream::with_reply(Reply {
+        status: 202,
+        ..Reply::default()
+    })
+    .unwrap();
+    let mesh = start_mesh(collector.port());
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let tp = format!("00-{trace}-00f067aa0ba902b7-01");
+    let long_system = format!("t@{}=1", "v".repeat(15));
+    let cases: Vec<(Vec<&str>, Option<String>)> = vec![
+        (
+            vec!["foo=1,bar=2", "rojo=1,congo=2", "baz=3"],
+            Some("foo=1,bar=2,rojo=1,congo=2,baz=3".to_string()),
+        ),
+        (
+            vec!["foo=1,foo=2", &long_system],
+            Some(format!("foo=1,{long_system}")),
+        ),
+        (vec!["foo=1", "@foo=1,bar=2"], None),
+    ];
+    for (i, (fields, want)) in cases.iter().enumerate() {
+        let mut headers = vec![("traceparent", tp.as_str())];
+        headers.extend(fields.iter().map(|f| ("tracestate", *f)));
+        let resp = http_get(mesh.envoy.listener_port(), "/", &headers).unwrap();
+        assert_eq!(resp.status, 200, "{resp:?}");
+        // At the app (after sidecar A) and at the upstream (after sidecar B).
+        let at_app = &mesh.app.requests()[i].headers;
+        let up = &mesh.upstream.requests()[i];
+        for (hop, seen) in [("app", at_app.clone()), ("upstream", up.headers.clone())] {
+            let tracestate: Vec<&str> = seen
+                .iter()
+                .filter(|(k, _)| k == "tracestate")
+                .map(|(_, v)| v.as_str())
+                .collect();
+            assert_eq!(
+                tracestate,
+                want.iter().map(String::as_str).collect::<Vec<_>>(),
+                "{hop}: {fields:?}"
+            );
+            let traceparent = header(&seen, "traceparent").unwrap();
+            assert!(
+                traceparent.starts_with(&format!("00-{trace}-")),
+                "{hop}: {traceparent}"
+            );
+        }
+    }
+    let stat = |reason: &str| -> u64 {
+        mesh.envoy
+            .stats()
+            .lines()
+            .filter(|l| l.contains("meshwasm_trace_invalid_headers_total"))
+            .filter(|l| l.contains(&format!("reason={reason}")))
+            .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+            .sum()
+    };
+    assert_eq!(
+        stat("tracestate_duplicate_key"),
+        1,
+        "{}",
+        mesh.envoy.stats()
+    );
+    assert_eq!(stat("tracestate_key"), 1, "{}", mesh.envoy.stats());
 }

@@ -144,7 +144,7 @@ impl Host for PhaseHost<'_> {
         self.inner.metric(id)
     }
 
-    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
+    fn shared_data(&self, key: &str) -> Result<(Option<Bytes>, Option<u32>), HostError> {
         self.inner.shared_data(key)
     }
 

@@ -103,6 +103,27 @@ impl HeaderSnapshot {
     pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         self.get(name).map(String::from_utf8_lossy)
     }
+    /// Every value of `name` as one text (lossy UTF-8), the field lines combined as RFC 9110
+    /// section 5.3 combines a list-based field: in order, joined with `,`. What W3C Trace
+    /// Context (`tracestate`) and W3C Baggage (`baggage`) ask of a receiver of several fields.
+    /// A single value is borrowed, not copied.
+    pub fn get_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        let mut values = self
+            .pairs
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| String::from_utf8_lossy(v));
+        let first = values.next()?;
+        let Some(second) = values.next() else {
+            return Some(first);
+        };
+        let mut joined = first.into_owned();
+        for v in std::iter::once(second).chain(values) {
+            joined.push(',');
+            joined.push_str(&v);
+        }
+        Some(std::borrow::Cow::Owned(joined))
+    }
     /// Whether `name` is present.
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
@@ -150,8 +171,10 @@ pub trait Host {
     fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError>;
     /// Reads a counter or gauge.
     fn metric(&self, id: u32) -> Result<u64, HostError>;
-    /// Reads shared data (shared by every VM with the same `vm_id`) and its CAS token.
-    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>);
+    /// Reads shared data (shared by every VM with the same `vm_id`) and its CAS token:
+    /// `Ok((None, None))` when the key does not exist. An error means the read failed, which a
+    /// filter must not take for absence (writing without a CAS token would overwrite the value).
+    fn shared_data(&self, key: &str) -> Result<(Option<Bytes>, Option<u32>), HostError>;
     /// Writes shared data; with `cas`, fails with [`HostError::CasMismatch`] if it changed.
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError>;
     /// Starts an HTTP callout to an Envoy cluster; the answer arrives in the root's
@@ -207,5 +230,41 @@ pub trait Host {
     /// Removes a response header.
     fn remove_response_header(&self, name: &str) {
         self.set_header(MapKind::ResponseHeaders, name, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::borrow::Cow;
+
+    #[test]
+    fn get_joined_combines_field_lines_in_order() {
+        let pairs = |list: &[(&str, &[u8])]| {
+            HeaderSnapshot::new(
+                list.iter()
+                    .map(|(k, v)| (k.to_string(), v.to_vec()))
+                    .collect(),
+            )
+        };
+        let one = pairs(&[("tracestate", b"a=1"), ("x", b"y")]);
+        assert!(matches!(
+            one.get_joined("tracestate"),
+            Some(Cow::Borrowed("a=1"))
+        ));
+        let three = pairs(&[
+            ("tracestate", b"a=1"),
+            ("x", b"y"),
+            ("tracestate", b""),
+            ("tracestate", b"b=2,c=3"),
+        ]);
+        assert_eq!(
+            three.get_joined("tracestate").as_deref(),
+            Some("a=1,,b=2,c=3")
+        );
+        assert_eq!(three.get_str("tracestate").as_deref(), Some("a=1"));
+        assert_eq!(three.get_joined("baggage"), None);
+        let bad = pairs(&[("b", &[0xff]), ("b", b"k=v")]);
+        assert_eq!(bad.get_joined("b").as_deref(), Some("\u{fffd},k=v"));
     }
 }

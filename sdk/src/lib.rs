@@ -59,6 +59,7 @@ pub mod metrics;
 pub mod properties;
 pub mod testing;
 pub mod trace;
+pub mod wire;
 
 /// What each host interaction costs inside Envoy: a filter author's price list, measured with
 /// `cargo xtask bench --cost-model` (the text of `sdk/docs/cost-model.md`).

@@ -1,7 +1,8 @@
 //! The wasm unit tier: a representative set of the trace codec tests (W3C Trace Context
-//! traceparent/tracestate, openzipkin b3-propagation, W3C Baggage, ids and sampling) compiled
-//! to wasm32-unknown-unknown and run under node by wasm-bindgen-test, to prove the pure blocks
-//! behave the same in wasm32 as natively (u128 arithmetic, float casts, string handling).
+//! traceparent/tracestate, openzipkin b3-propagation, W3C Baggage, ids and sampling) and of the
+//! ABI's header-map decoding (`meshwasm::wire`), compiled to wasm32-unknown-unknown and run under
+//! node by wasm-bindgen-test, to prove the pure blocks behave the same in wasm32 as natively
+//! (u128 arithmetic, float casts, string handling, 32-bit `usize` length arithmetic).
 //!
 //! Run with `cargo xtask` (see `xtask/src/wasm_test.rs`) or by hand:
 //! `CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUNNER=target/tools/bin/wasm-bindgen-test-runner
@@ -12,6 +13,7 @@
 #![allow(clippy::unwrap_used)]
 
 use meshwasm::trace::b3::{self, B3Single, Sampling};
+use meshwasm::trace::w3c::{MAX_TRACESTATE_LEN, MAX_TRACESTATE_LIST_LEN};
 use meshwasm::trace::{
     parse_traceparent, sample_by_trace_id, Baggage, IdGenerator, SpanId, TraceError, TraceId,
     TraceState,
@@ -102,15 +104,47 @@ fn tracestate_limits() {
         TraceState::parse("foo=bar=baz"),
         Err(TraceError::TracestateValue)
     );
+    // A duplicate key keeps the header and its left-most entry ("Combined Header Value",
+    // "Mutating the tracestate Field").
+    let (s, dropped) = TraceState::parse_detailed("foo=1,bar=2,foo=2").unwrap();
+    assert_eq!(s.to_header(), "foo=1,bar=2");
+    assert_eq!(dropped.duplicate_keys, 1);
     assert_eq!(
-        TraceState::parse("foo=1,foo=2"),
-        Err(TraceError::TracestateDuplicateKey)
-    );
-    assert_eq!(
-        TraceState::parse(&",".repeat(9000)),
+        TraceState::parse(&",".repeat(MAX_TRACESTATE_LEN + 1)),
         Err(TraceError::TracestateTooLong)
     );
+    assert!(TraceState::parse(&",".repeat(9000)).unwrap().is_empty());
     assert!(TraceState::parse(",,").unwrap().is_empty());
+}
+
+/// W3C Trace Context Level 2, "Key": `( lcalpha / DIGIT ) 0*255 ( keychar )` with `@` a
+/// keychar; an invalid member drops the header (Processing Model, and the W3C test suite).
+#[wasm_bindgen_test]
+fn tracestate_level2_keys_and_per_case_handling() {
+    for v in [
+        "foo@=1,bar=2",
+        "foo@@bar=1,bar=2",
+        "foo@bar@baz=1,bar=2",
+        "1a@b=1",
+    ] {
+        assert_eq!(TraceState::parse(v).unwrap().to_header(), v, "{v}");
+    }
+    let long_system = format!("t@{}=1", "v".repeat(15));
+    assert_eq!(TraceState::parse(&long_system).unwrap().len(), 1);
+    for (v, want) in [
+        ("@foo=1,bar=2", TraceError::TracestateKey),
+        ("foo=,bar=3", TraceError::TracestateValue),
+        ("foo.bar=1", TraceError::TracestateKey),
+    ] {
+        assert_eq!(TraceState::parse(v), Err(want), "{v}");
+    }
+    // The longest list the grammar allows (16447 bytes) is read whole.
+    let members: Vec<String> = (0..32)
+        .map(|i| format!("{:0>256}={}", i, "v".repeat(256)))
+        .collect();
+    let longest = members.join(",");
+    assert_eq!(longest.len(), MAX_TRACESTATE_LIST_LEN);
+    assert_eq!(TraceState::parse(&longest).unwrap().to_header(), longest);
 }
 
 #[wasm_bindgen_test]
@@ -236,4 +270,69 @@ fn id_generation_is_non_zero_and_reproducible() {
     }
     assert_eq!(TraceId(1).low_hex(), "0000000000000001");
     assert!(TraceId(1).is_64bit());
+}
+
+/// A header map in the ABI's wire form, names as raw bytes.
+fn wire_map(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = (pairs.len() as u32).to_le_bytes().to_vec();
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+#[wasm_bindgen_test]
+fn header_maps_decode_totally() {
+    use meshwasm::wire::{decode_map, encode_map, DecodedMap};
+    let pairs: &[(&str, &[u8])] = &[(":method", b"GET"), ("x-bin", b"\xff\x00"), ("", b"")];
+    let bytes = encode_map(pairs).unwrap();
+    let owned: Vec<(String, Vec<u8>)> = pairs
+        .iter()
+        .map(|(n, v)| (n.to_string(), v.to_vec()))
+        .collect();
+    assert_eq!(
+        decode_map(&bytes),
+        DecodedMap {
+            pairs: owned.clone(),
+            lossy_names: 0,
+            malformed: false
+        }
+    );
+    assert_eq!(decode_map(&[]), DecodedMap::default());
+    // Names that are not UTF-8: kept lossy, counted.
+    let lossy = decode_map(&wire_map(&[(b"x-\xff", b"1"), (b"ok", b"\xfe")]));
+    assert_eq!(lossy.pairs[0].0, "x-\u{fffd}");
+    assert_eq!(lossy.pairs[1], ("ok".to_string(), b"\xfe".to_vec()));
+    assert_eq!((lossy.lossy_names, lossy.malformed), (1, false));
+    // Every truncation: the whole pairs before it, flagged.
+    for len in 1..bytes.len() {
+        let cut = decode_map(&bytes[..len]);
+        assert!(cut.malformed, "{len}");
+        assert!(owned.starts_with(&cut.pairs), "{len}");
+    }
+    // Counts whose length table overflows a 32-bit usize (0x2000_0000 * 8 = 2^32), or does not
+    // fit: nothing allocated, nothing returned.
+    for count in [u32::MAX, 0x2000_0000, 0x2000_0001, 0x1fff_ffff] {
+        let mut huge = count.to_le_bytes().to_vec();
+        huge.extend_from_slice(&bytes[4..]);
+        let decoded = decode_map(&huge);
+        assert!(decoded.malformed && decoded.pairs.is_empty(), "{count:#x}");
+    }
+    // A name length that wraps a 32-bit offset.
+    let mut wraps = bytes.clone();
+    wraps[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+    let decoded = decode_map(&wraps);
+    assert!(decoded.malformed && decoded.pairs.is_empty());
+    assert_eq!(meshwasm::wire::encode_path(&["a", "b"]), b"a\0b");
+    assert_eq!(
+        meshwasm::wire::Status::check(12),
+        Err(meshwasm::wire::Status::Unimplemented)
+    );
 }

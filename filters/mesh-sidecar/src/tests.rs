@@ -164,3 +164,97 @@ fn ticks_and_callouts_reach_the_policies_that_use_them() {
         h.host().metrics()
     );
 }
+
+/// Issue 15 through the composed phases: a stream that ends without response headers settles
+/// its retry reservation in the composed `on_log` (with Envoy's attempt count), and a client's
+/// `x-envoy-*` headers are removed by the retries policy.
+#[test]
+fn the_retries_policy_settles_at_the_end_of_the_stream_and_strips_envoy_headers() {
+    let config = r#"{"retries": {
+        "rules": [{"name": "all", "policy": {"retry_on": ["5xx"], "num_retries": 2}}],
+        "budget": {"ratio": 0.0, "min_retries_per_second": 1, "window_seconds": 10}}}"#;
+    let h = FilterHarness::<MeshSidecar>::new(config).unwrap();
+    for _ in 0..6 {
+        let mut s = h.stream();
+        s.host().set_property_str("xds.cluster_name", "orders");
+        s.request_headers(
+            &[
+                (":method", "GET"),
+                (":path", "/hang"),
+                ("x-envoy-upstream-alt-stat-name", "mine"),
+            ],
+            true,
+        );
+        assert_eq!(
+            s.host()
+                .map_value(MapKind::RequestHeaders, "x-envoy-upstream-alt-stat-name"),
+            None
+        );
+        // The client gives up: no response headers, only the end of the stream.
+        s.host().set_stream_property(
+            "upstream.request_attempt_count",
+            meshwasm::properties::encode_u64(1),
+        );
+        s.log();
+    }
+    let mut s = h.stream();
+    s.host().set_property_str("xds.cluster_name", "orders");
+    s.request_headers(&[(":method", "GET"), (":path", "/flaky")], true);
+    assert_eq!(
+        s.host()
+            .map_value(MapKind::RequestHeaders, "x-envoy-max-retries")
+            .as_deref(),
+        Some("2")
+    );
+    assert_eq!(
+        h.host().counter(
+            "meshwasm_retry_stripped_headers_total;.header=x-envoy-upstream-alt-stat-name"
+        ),
+        Some(6)
+    );
+    assert_eq!(
+        h.host()
+            .counter("meshwasm_retry_budget_denied_total;.rule=all"),
+        Some(0)
+    );
+}
+
+/// Issue 15, item 3 through the composed module: the trace section takes the new export
+/// fields, refuses bad ones under its own path, and names spans by Envoy's route.
+#[test]
+fn the_trace_section_bounds_spans_and_names_them_by_route() {
+    let e = error(r#"{"trace": {"export": {"cluster": "c", "max_buffered_bytes": 10}}}"#);
+    assert_eq!(e.path, "trace.export.max_buffered_bytes", "{e}");
+    let e = error(r#"{"trace": {"export": {"cluster": "c", "fallback_span_name": "{path}"}}}"#);
+    assert_eq!(e.path, "trace.export.fallback_span_name", "{e}");
+    let e = error(r#"{"trace": {"baggage_max_bytes": 65536}}"#);
+    assert_eq!(e.path, "trace.baggage_max_bytes", "{e}");
+
+    let config = r#"{"trace": {"service_name": "frontend", "export": {"cluster": "collector",
+        "batch_size": 1, "max_buffered_bytes": 65536, "max_tag_length": 16}}}"#;
+    let h = FilterHarness::<MeshSidecar>::new(config).unwrap();
+    h.tick();
+    let mut s = h.stream();
+    s.request_headers(
+        &[
+            (":method", "GET"),
+            (":path", "/orders/123456789abcdef"),
+            ("traceparent", PARENT),
+        ],
+        true,
+    );
+    s.response_headers(&[(":status", "200")], true);
+    s.host().set_property_str("xds.route_name", "orders");
+    s.log();
+    h.advance_and_tick(Duration::from_millis(100));
+    let callouts = h.host().take_callouts();
+    assert_eq!(callouts.len(), 1, "{callouts:?}");
+    let spans: serde_json::Value = serde_json::from_slice(&callouts[0].body).unwrap();
+    assert_eq!(spans[0]["name"], "GET orders");
+    assert_eq!(spans[0]["tags"]["http.path"], "/orders/12345678");
+    // The path and the generated 36-character `x-request-id`.
+    assert_eq!(
+        h.host().counter("meshwasm_trace_span_tags_truncated_total"),
+        Some(2)
+    );
+}

@@ -11,9 +11,22 @@
 //! read-modify-write instead of two; in between the budget only errs on the safe side. A CAS
 //! that keeps failing is retried [`MAX_CAS_TRIES`] times, then the request
 //! is denied its retries (fail closed: under that much contention retrying is the wrong bet).
+//! A read that fails counts the same way: nothing is written, since a write without the CAS
+//! token of a successful read would replace the window.
 //! The very first write of a cluster's key has no CAS token to compare (the key does not exist
 //! yet), so two workers racing on it can lose one request's counts once; every later write is
 //! compare-and-swap.
+//!
+//! Several configurations may share a cluster's key (two listeners, or the old and the new
+//! configuration during an update), also with different windows: the stored window is as long
+//! as the longest of them (a shorter one is lengthened in place, never started over), and each
+//! configuration counts the last `window_seconds` of it against its own ratio and floor. So
+//! they share one budget, and none resets another's counts.
+//!
+//! Time is the host's wall clock, shared by all workers. A reading up to
+//! [`MAX_CLOCK_LAG_SECONDS`] behind the window's newest second is a race between workers and
+//! counts in the newest second; a reading further behind is a clock stepped back: the window is
+//! moved back to it with its counts (neither frozen until the clock catches up, nor emptied).
 
 use std::time::UNIX_EPOCH;
 
@@ -24,6 +37,20 @@ pub const MAX_CAS_TRIES: u32 = 8;
 
 /// Largest window accepted by configuration (it bounds the shared-data value size).
 pub const MAX_WINDOW_SECONDS: u32 = 60;
+
+/// Largest `ratio`: retries may at most double a cluster's load. A ratio is a fraction (20
+/// would be 2000%), and since a request makes at most 10 retries, any ratio from 10 up would
+/// never limit anything: the budget would be off.
+pub const MAX_RATIO: f64 = 1.0;
+
+/// Largest `min_retries_per_second`. The floor is for quiet clusters; a floor above a
+/// cluster's request rate times its retries per request switches the budget off for it, so it
+/// stays small (Linkerd's default is 10).
+pub const MAX_MIN_RETRIES_PER_SECOND: u32 = 100;
+
+/// How far (seconds) a clock reading may be behind the window's newest second and still be a
+/// race between workers rather than a clock stepped back.
+pub const MAX_CLOCK_LAG_SECONDS: u64 = 1;
 
 const VERSION: u8 = 1;
 const HEADER_LEN: usize = 1 + 1 + 8;
@@ -85,8 +112,14 @@ impl Window {
     }
 
     /// Moves the window forward to `now`, clearing the buckets of the seconds that left it.
-    /// A `now` behind the newest bucket (another worker's clock ran ahead) changes nothing.
+    /// A `now` at most [`MAX_CLOCK_LAG_SECONDS`] behind the newest second (a worker that read
+    /// the clock just before another wrote) changes nothing; further behind, the clock was
+    /// stepped back, and the window moves back to `now` keeping its counts ([`Window::rebase`]).
     pub fn roll(&mut self, now: u64) {
+        if now < self.newest && self.newest - now > MAX_CLOCK_LAG_SECONDS {
+            self.rebase(now);
+            return;
+        }
         if now <= self.newest {
             return;
         }
@@ -104,11 +137,61 @@ impl Window {
         self.newest = now;
     }
 
+    /// The same counts, second for second, in a window whose newest second is `now`: what a
+    /// clock stepped back sees (the counts are as recent as they were; only their labels move).
+    pub fn rebase(&mut self, now: u64) {
+        let len = self.len();
+        let mut moved = vec![Bucket::default(); self.buckets.len()];
+        for age in 0..len {
+            let (Some(from), Some(to)) = (self.newest.checked_sub(age), now.checked_sub(age))
+            else {
+                break;
+            };
+            let bucket = self.buckets.get(self.slot(from)).copied();
+            if let (Some(b), Some(slot)) = (bucket, moved.get_mut(self.slot(to))) {
+                *slot = b;
+            }
+        }
+        self.buckets = moved;
+        self.newest = now;
+    }
+
+    /// The same window with at least `seconds` buckets: a shorter one (written by a
+    /// configuration with a shorter window) is lengthened, its seconds kept; a longer one is
+    /// kept as it is ([`Window::totals_within`] reads the part a configuration counts).
+    pub fn at_least(self, seconds: u32) -> Window {
+        let want = seconds.max(1) as usize;
+        if self.buckets.len() >= want {
+            return self;
+        }
+        let mut longer = Window::new(seconds, self.newest);
+        for age in 0..self.len() {
+            let Some(second) = self.newest.checked_sub(age) else {
+                break;
+            };
+            let bucket = self.buckets.get(self.slot(second)).copied();
+            let slot = longer.slot(second);
+            if let (Some(b), Some(to)) = (bucket, longer.buckets.get_mut(slot)) {
+                *to = b;
+            }
+        }
+        longer
+    }
+
     /// Requests and retries in the window.
     pub fn totals(&self) -> (u64, u64) {
-        self.buckets.iter().fold((0, 0), |(q, r), b| {
-            (q + u64::from(b.requests), r + u64::from(b.retries))
-        })
+        self.totals_within(u32::MAX)
+    }
+
+    /// Requests and retries in the newest `seconds` seconds of the window.
+    pub fn totals_within(&self, seconds: u32) -> (u64, u64) {
+        let ages = self.len().min(u64::from(seconds));
+        (0..ages)
+            .filter_map(|age| self.newest.checked_sub(age))
+            .filter_map(|second| self.buckets.get(self.slot(second)))
+            .fold((0, 0), |(q, r), b| {
+                (q + u64::from(b.requests), r + u64::from(b.retries))
+            })
     }
 
     /// The bucket of `second` if it is still inside the window.
@@ -161,10 +244,11 @@ impl Window {
         Some(Window { newest, buckets })
     }
 
-    /// Records one request wanting `wanted` retries at `now` and returns how many it may make.
+    /// Records one request wanting `wanted` retries at `now` and returns how many it may make
+    /// (counting the last `params.window_seconds` seconds).
     pub fn admit(&mut self, params: &BudgetParams, now: u64, wanted: u32) -> u32 {
         self.roll(now);
-        let (requests, retries) = self.totals();
+        let (requests, retries) = self.totals_within(params.window_seconds);
         let allowed = params.allowed(requests + 1);
         let remaining = allowed.saturating_sub(retries);
         let granted = u32::try_from(remaining.min(u64::from(wanted))).unwrap_or(wanted);
@@ -176,10 +260,16 @@ impl Window {
         granted
     }
 
-    /// Corrects the retries recorded at `second` by `delta` (negative: a refund of unused
-    /// reservations). Nothing happens once that second has left the window.
+    /// Moves the window to `now`, then corrects the retries recorded at `second` by `delta`
+    /// ([`Window::correct`]).
     pub fn settle(&mut self, now: u64, second: u64, delta: i64) {
         self.roll(now);
+        self.correct(second, delta);
+    }
+
+    /// Corrects the retries recorded at `second` by `delta` (negative: a refund of unused
+    /// reservations), without moving the window. Nothing happens once that second has left it.
+    pub fn correct(&mut self, second: u64, delta: i64) {
         if let Some(b) = self.bucket_mut(second) {
             let magnitude = u32::try_from(delta.unsigned_abs()).unwrap_or(u32::MAX);
             b.retries = if delta < 0 {
@@ -229,11 +319,20 @@ fn update<T>(
 ) -> Option<T> {
     let key = key(cluster);
     for _ in 0..MAX_CAS_TRIES {
-        let (bytes, cas) = host.shared_data(&key);
+        let (bytes, cas) = match host.shared_data(&key) {
+            Ok(read) => read,
+            Err(e) => {
+                // Not an absent key: writing now would replace the window. Fail closed.
+                log::warn!("route_retries: budget for {cluster} not read: {e}");
+                return None;
+            }
+        };
+        // A value that is not a window (corrupted) is replaced; a window of another length
+        // (another configuration's) is shared ([`Window::at_least`]).
         let mut window = bytes
             .as_deref()
             .and_then(Window::decode)
-            .filter(|w| w.buckets.len() == params.window_seconds as usize)
+            .map(|w| w.at_least(params.window_seconds))
             .unwrap_or_else(|| Window::new(params.window_seconds, now));
         let out = change(&mut window);
         match host.set_shared_data(&key, &window.encode(), cas) {
@@ -328,9 +427,9 @@ impl Refunds {
     }
 }
 
-fn give_back(window: &mut Window, now: u64, held: &[(u64, u32)]) {
+fn give_back(window: &mut Window, held: &[(u64, u32)]) {
     for (second, amount) in held {
-        window.settle(now, *second, -i64::from(*amount));
+        window.correct(*second, -i64::from(*amount));
     }
 }
 
@@ -345,7 +444,8 @@ pub fn admit(
 ) -> Admission {
     let now = now_seconds(host);
     match update(host, params, cluster, now, |w| {
-        give_back(w, now, held);
+        w.roll(now);
+        give_back(w, held);
         (w.admit(params, now, wanted), w.newest)
     }) {
         Some((granted, second)) => Admission {
@@ -382,10 +482,7 @@ pub fn settle(
     if delta == 0 {
         return true;
     }
-    update(host, params, cluster, second, |w| {
-        w.settle(second, second, delta)
-    })
-    .is_some()
+    update(host, params, cluster, second, |w| w.correct(second, delta)).is_some()
 }
 
 /// Writes the refunds held for every cluster (the root's tick). Returns how many clusters'
@@ -398,7 +495,7 @@ pub fn flush(host: &dyn Host, params: &BudgetParams, refunds: &mut Refunds) -> u
     let mut failed = 0;
     for cluster in refunds.clusters() {
         let held = refunds.take(&cluster);
-        if update(host, params, &cluster, now, |w| give_back(w, now, &held)).is_none() {
+        if update(host, params, &cluster, now, |w| give_back(w, &held)).is_none() {
             failed += 1;
             refunds.restore(&cluster, held);
         }
@@ -467,9 +564,63 @@ mod tests {
         // A long silence clears everything.
         w.roll(1_000);
         assert_eq!(w.totals(), (0, 0));
-        // A clock behind the newest bucket is treated as the newest second.
-        assert_eq!(w.admit(&P, 990, 1), 1);
-        assert_eq!(w.totals(), (1, 1));
+        // A clock a second behind the newest bucket (a race) counts in the newest second.
+        assert_eq!(w.admit(&P, 999, 1), 1);
+        assert_eq!((w.newest, w.totals()), (1_000, (1, 1)));
+    }
+
+    #[test]
+    fn a_clock_stepped_back_moves_the_window_with_its_counts() {
+        let mut w = Window::new(10, 100);
+        w.admit(&P, 95, 2);
+        w.admit(&P, 100, 3);
+        // Back 50 s: the same counts, second for second, now ending at 50.
+        w.roll(50);
+        assert_eq!((w.newest, w.totals()), (50, (2, 5)));
+        assert_eq!(
+            w.bucket_mut(50).map(|b| *b),
+            Some(Bucket {
+                requests: 1,
+                retries: 3
+            })
+        );
+        assert_eq!(
+            w.bucket_mut(45).map(|b| *b),
+            Some(Bucket {
+                requests: 1,
+                retries: 2
+            })
+        );
+        // And it slides on from there.
+        w.roll(55);
+        assert_eq!(w.totals(), (1, 3));
+        w.roll(60);
+        assert_eq!(w.totals(), (0, 0));
+        // Near the epoch nothing underflows.
+        let mut w = Window::new(10, 5);
+        w.admit(&P, 5, 1);
+        w.roll(0);
+        assert_eq!((w.newest, w.totals()), (0, (1, 1)));
+    }
+
+    #[test]
+    fn windows_of_other_lengths_are_shared_not_reset() {
+        // A 3-second window written by one configuration, read by one with a 5-second window:
+        // lengthened, its seconds kept.
+        let mut short = Window::new(3, 10);
+        short.admit(&P, 8, 1);
+        short.admit(&P, 10, 2);
+        let long = short.clone().at_least(5);
+        assert_eq!(long.buckets.len(), 5);
+        assert_eq!((long.newest, long.totals()), (10, (2, 3)));
+        // A longer window is kept; the shorter configuration counts its own last seconds.
+        assert_eq!(long.clone().at_least(3), long);
+        assert_eq!(long.totals_within(1), (1, 2));
+        assert_eq!(long.totals_within(3), (2, 3));
+        let mut long = long;
+        long.roll(13);
+        assert_eq!(long.totals_within(3), (0, 0));
+        assert_eq!(long.totals_within(5), (1, 2));
     }
 
     #[test]
@@ -522,7 +673,7 @@ mod tests {
             if l > 0 {
                 self.losses.set(l - 1);
                 // Another worker writes in between, bumping the CAS.
-                let (v, _) = self.inner.shared_data(&key("c"));
+                let v = self.inner.shared(&key("c"));
                 self.inner.poke_shared(&key("c"), &v.unwrap_or_default());
                 return true;
             }
@@ -552,7 +703,7 @@ mod tests {
             increment_metric(id: u32, offset: i64) -> Result<(), HostError>;
             record_metric(id: u32, value: u64) -> Result<(), HostError>;
             metric(id: u32) -> Result<u64, HostError>;
-            shared_data(key: &str) -> (Option<Vec<u8>>, Option<u32>);
+            shared_data(key: &str) -> Result<(Option<Vec<u8>>, Option<u32>), HostError>;
             http_call(cluster: &str, headers: &[(&str, &str)], body: Option<&[u8]>, timeout: Duration) -> Result<u32, HostError>;
             send_response(status: u32, headers: &[(&str, &str)], body: Option<&[u8]>) -> Result<(), HostError>;
             resume_request() -> Result<(), HostError>;

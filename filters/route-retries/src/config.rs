@@ -5,7 +5,7 @@
 use meshwasm::config::{check, ConfigError};
 use meshwasm::matching::{MatchSpec, Matcher};
 
-use crate::budget::{BudgetParams, MAX_WINDOW_SECONDS};
+use crate::budget::{BudgetParams, MAX_MIN_RETRIES_PER_SECOND, MAX_RATIO, MAX_WINDOW_SECONDS};
 use crate::policy::{Policy, PolicyConfig};
 
 /// The plugin configuration.
@@ -44,10 +44,12 @@ pub struct RuleConfig {
 #[derive(Debug, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BudgetConfig {
-    /// Retries may add this fraction of the requests in the window (default 0.2).
+    /// Retries may add this fraction of the requests in the window (default 0.2, at most
+    /// [`MAX_RATIO`]).
     #[serde(default = "default_ratio")]
     pub ratio: f64,
-    /// Plus this many retries per second, always (default 10).
+    /// Plus this many retries per second, always (default 10, at most
+    /// [`MAX_MIN_RETRIES_PER_SECOND`]).
     #[serde(default = "default_min_rps")]
     pub min_retries_per_second: u32,
     /// The sliding window, seconds (default 10).
@@ -130,15 +132,19 @@ impl Config {
             trust_client_headers: false,
         };
         let b = &self.budget;
+        // Bounds that keep the budget a budget (see MAX_RATIO, MAX_MIN_RETRIES_PER_SECOND).
         check::ensure(
-            b.ratio.is_finite() && (0.0..=100.0).contains(&b.ratio),
+            b.ratio.is_finite() && (0.0..=MAX_RATIO).contains(&b.ratio),
             "budget.ratio",
-            &format!("{} is out of range, expected 0 to 100", b.ratio),
+            &format!(
+                "{} is out of range, expected 0 to {MAX_RATIO} (a fraction of the requests: 0.2 is 20%)",
+                b.ratio
+            ),
         )?;
         check::in_range(
             b.min_retries_per_second,
             0,
-            1_000_000,
+            MAX_MIN_RETRIES_PER_SECOND,
             "budget.min_retries_per_second",
         )?;
         check::in_range(

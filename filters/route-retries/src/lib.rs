@@ -1,11 +1,13 @@
 //! The route-retries filter: picks a retry policy per request (ordered rules, first match wins,
-//! then the default), removes the client's retry-control headers unless the rule trusts them,
-//! asks the cluster's retry budget how many retries the request may make, and writes the policy
-//! as the request headers Envoy's router carries out. On the response it reads the attempt count
-//! Envoy reports to count real retries and settle the budget.
+//! then the default), removes the client's `x-envoy-*` headers unless the policy allows them
+//! (or, for the retry-control ones, the rule trusts the client), asks the cluster's retry budget
+//! how many retries the request may make, and writes the policy as the request headers Envoy's
+//! router carries out. The attempt count Envoy reports (on the response, or at the end of a
+//! stream that had none) counts real retries and settles the budget.
 
 pub mod budget;
 pub mod config;
+pub mod headers;
 pub mod policy;
 
 use std::borrow::Cow;
@@ -23,6 +25,10 @@ use crate::policy::{CONTROL_HEADERS, MAX_RETRIES_HEADER};
 /// `include_attempt_count_in_response: true` on the route's virtual host).
 pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 
+/// Envoy's count of a stream's upstream attempts (0 when none was made), read at the end of a
+/// stream whose response did not carry [`ATTEMPT_COUNT`].
+pub const ATTEMPT_COUNT_PROPERTY: &str = "upstream.request_attempt_count";
+
 /// Budget key of requests whose upstream cluster Envoy does not report.
 pub const UNKNOWN_CLUSTER: &str = "unknown";
 
@@ -38,11 +44,15 @@ pub mod names {
     pub const BUDGET_DENIED: &str = "meshwasm_retry_budget_denied_total";
     /// Requests granted fewer retries than they wanted (but some), by rule.
     pub const BUDGET_CLAMPED: &str = "meshwasm_retry_budget_clamped_total";
-    /// Client retry-control headers removed, by rule.
+    /// Client `x-envoy-*` headers removed, by rule.
     pub const CLIENT_HEADERS_STRIPPED: &str = "meshwasm_retry_client_headers_stripped_total";
+    /// Client `x-envoy-*` request headers removed, by header name (capped).
+    pub const STRIPPED_HEADERS: &str = "meshwasm_retry_stripped_headers_total";
     /// Budget updates given up after every compare-and-swap round lost (fail closed).
     pub const BUDGET_CONTENDED: &str = "meshwasm_retry_budget_contended_total";
-    /// Responses without a usable `x-envoy-attempt-count` (the route config lacks it).
+    /// Streams whose attempt count was not reported: a response without a usable
+    /// `x-envoy-attempt-count` (the route config lacks it), or a stream that ended without one
+    /// and without Envoy's `upstream.request_attempt_count`.
     pub const ATTEMPT_COUNT_MISSING: &str = "meshwasm_retry_attempt_count_missing_total";
 }
 
@@ -55,6 +65,7 @@ pub struct RouteRetries {
     denied: MetricFamily,
     clamped: MetricFamily,
     stripped: MetricFamily,
+    stripped_headers: MetricFamily,
     contended: Metric,
     attempt_count_missing: Metric,
     /// Unused reservations this worker owes the budgets, written with its next admission for
@@ -71,8 +82,10 @@ pub struct RouteRetriesRequest {
     granted: u32,
     /// The budget the request was counted in, and the second it was recorded at.
     budget: Option<(String, u64)>,
-    /// The response was accounted.
+    /// The attempts were accounted (retries counted, reservation settled).
     settled: bool,
+    /// `meshwasm_retry_attempt_count_missing_total` already counted this stream.
+    missing_counted: bool,
 }
 
 impl RouteRetries {
@@ -96,8 +109,8 @@ impl RouteRetries {
         &self.rules.budget
     }
 
-    /// Every labeled family, for rendering `stats_tags`.
-    pub fn families(&self) -> [&MetricFamily; 6] {
+    /// The families labeled by rule (each rule's series is defined at configure time).
+    pub fn rule_families(&self) -> [&MetricFamily; 6] {
         [
             &self.requests,
             &self.retried,
@@ -106,6 +119,12 @@ impl RouteRetries {
             &self.clamped,
             &self.stripped,
         ]
+    }
+
+    /// Every labeled family, for rendering `stats_tags`.
+    pub fn families(&self) -> [&MetricFamily; 7] {
+        let [a, b, c, d, e, f] = self.rule_families();
+        [a, b, c, d, e, f, &self.stripped_headers]
     }
 }
 
@@ -126,6 +145,10 @@ impl RootFilter for RouteRetries {
             denied: fam(names::BUDGET_DENIED),
             clamped: fam(names::BUDGET_CLAMPED),
             stripped: fam(names::CLIENT_HEADERS_STRIPPED),
+            // One series per name Envoy acts on, one for every other name: bounded whatever
+            // names clients send. Defined on first use.
+            stripped_headers: MetricFamily::counter(names::STRIPPED_HEADERS, &["header"])
+                .with_max_series(headers::ENVOY_REQUEST_HEADERS.len() + 1),
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
             refunds,
@@ -138,7 +161,7 @@ impl RootFilter for RouteRetries {
             .map(|r| r.name.clone())
             .chain([root.rules.default.name.clone()])
             .collect();
-        for fam in root.families() {
+        for fam in root.rule_families() {
             for label in &labels {
                 let _ = fam.id(host, &[label.as_str()]);
             }
@@ -233,31 +256,44 @@ impl HttpFilter for RouteRetriesRequest {
         let label = [rule.name.as_str()];
         root.requests.inc(host, &label);
 
-        // The client's retry-control headers: removed unless trusted (only those the request
-        // actually carries cost a hostcall). A trusted client's values stay, except that the
-        // budget still caps its retry count.
+        // The client's `x-envoy-*` headers: an allow-list. Each is removed (a hostcall only for
+        // those the request carries) unless the policy allows it, or it is a retry-control
+        // header and the rule trusts the client: a trusted client's retry values stay, except
+        // that the budget still caps its retry count. Envoy's own `x-envoy-internal` stays.
+        let policy = &rule.policy;
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
-        let mut stripped = 0i64;
-        for (sent, name) in client_sent.iter_mut().zip(CONTROL_HEADERS) {
-            let Some(value) = view.get(name) else {
+        let mut removed: Vec<&str> = Vec::new();
+        for (name, value) in view.headers.pairs() {
+            let name = name.as_str();
+            if !headers::is_client_envoy_header(name) || removed.contains(&name) {
                 continue;
-            };
-            if rule.trust_client_headers {
-                *sent = true;
-                if name == MAX_RETRIES_HEADER {
-                    client_max = value.trim().parse().ok();
-                }
-            } else {
-                host.remove_request_header(name);
-                stripped += 1;
             }
+            if rule.trust_client_headers {
+                if let Some(i) = CONTROL_HEADERS.iter().position(|c| *c == name) {
+                    // The first value counts, as Envoy's router reads it.
+                    if let Some(sent) = client_sent.get_mut(i).filter(|sent| !**sent) {
+                        *sent = true;
+                        if name == MAX_RETRIES_HEADER {
+                            client_max = std::str::from_utf8(value)
+                                .ok()
+                                .and_then(|v| v.trim().parse().ok());
+                        }
+                    }
+                    continue;
+                }
+            }
+            if policy.allows_client_header(name) {
+                continue;
+            }
+            host.remove_request_header(name);
+            root.stripped_headers.inc(host, &[headers::label(name)]);
+            removed.push(name);
         }
-        if stripped > 0 {
-            root.stripped.add(host, &label, stripped);
+        if !removed.is_empty() {
+            root.stripped.add(host, &label, removed.len() as i64);
         }
 
-        let policy = &rule.policy;
         let method = view.get(":method");
         let wanted = if policy.retries_method(method.as_deref()) {
             client_max
@@ -284,7 +320,8 @@ impl HttpFilter for RouteRetriesRequest {
             root.clamped.inc(host, &label);
         }
 
-        // Neither deadline header is a retry-control header: the snapshot still holds them.
+        // The snapshot still holds the deadline headers, also a client's
+        // `x-envoy-expected-rq-timeout-ms` removed above: a deadline only shortens its tries.
         let deadline = policy::deadline_ms(
             view.get("grpc-timeout").as_deref(),
             view.get("x-envoy-expected-rq-timeout-ms").as_deref(),
@@ -303,21 +340,56 @@ impl HttpFilter for RouteRetriesRequest {
     }
 
     fn on_response_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
-        if self.settled {
+        if self.settled || self.missing_counted {
             return Action::Continue;
         }
-        self.settled = true;
-        let label = [root.rule(self.rule).name.as_str()];
         let attempts = host
             .header(MapKind::ResponseHeaders, ATTEMPT_COUNT)
             .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse::<u32>().ok())
             .filter(|n| *n >= 1);
-        let Some(attempts) = attempts else {
-            // Without the count the reservation stands: the budget errs on the safe side.
-            root.attempt_count_missing.inc(host);
-            return Action::Continue;
-        };
-        let retries = attempts - 1;
+        match attempts {
+            Some(attempts) => self.account(root, host, attempts),
+            None => {
+                // Without the count (a local reply from a filter between this one and the
+                // router, or a route config without include_attempt_count_in_response) the end
+                // of the stream settles it.
+                self.missing_counted = true;
+                root.attempt_count_missing.inc(host);
+            }
+        }
+        Action::Continue
+    }
+
+    /// The end of every stream, however it ended: one that was not accounted on its response
+    /// (the client reset it, or it timed out, before any response headers; or the response
+    /// carried no attempt count) is accounted from Envoy's own count of its attempts, so no
+    /// reservation outlives its stream. One property read, only on such streams.
+    fn on_log(&mut self, root: &RouteRetries, host: &dyn Host) {
+        if self.settled || self.budget.is_none() {
+            return;
+        }
+        let attempts = properties::uint(host, ATTEMPT_COUNT_PROPERTY)
+            .map(|n| u32::try_from(n).unwrap_or(u32::MAX));
+        match attempts {
+            Some(attempts) => self.account(root, host, attempts),
+            None => {
+                // A host that does not report it: the reservation stands (the budget errs on
+                // the safe side) until its second leaves the window.
+                if !self.missing_counted {
+                    root.attempt_count_missing.inc(host);
+                }
+            }
+        }
+    }
+}
+
+impl RouteRetriesRequest {
+    /// Counts the retries of a stream that made `attempts` upstream attempts (0: none) and
+    /// replaces its reservation by them. Once per stream.
+    fn account(&mut self, root: &RouteRetries, host: &dyn Host, attempts: u32) {
+        self.settled = true;
+        let label = [root.rule(self.rule).name.as_str()];
+        let retries = attempts.saturating_sub(1);
         if retries > 0 {
             root.retried.inc(host, &label);
             root.retries.add(host, &label, i64::from(retries));
@@ -335,7 +407,6 @@ impl HttpFilter for RouteRetriesRequest {
                 root.contended.inc(host);
             }
         }
-        Action::Continue
     }
 }
 

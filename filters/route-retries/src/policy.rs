@@ -1,6 +1,7 @@
 //! Retry policies: the configuration form with its checks (Envoy's retry conditions, ranges,
-//! timeouts), the compiled form, request deadlines (`grpc-timeout`,
-//! `x-envoy-expected-rq-timeout-ms`), and the router request headers a decision turns into.
+//! timeouts, the client headers allowed to stay), the compiled form, request deadlines
+//! (`grpc-timeout`, `x-envoy-expected-rq-timeout-ms`), and the router request headers a
+//! decision turns into.
 
 use meshwasm::config::{check, ConfigError};
 
@@ -90,6 +91,9 @@ pub struct PolicyConfig {
     /// Also retry methods that are not idempotent (POST, PATCH, CONNECT).
     #[serde(default)]
     pub retry_non_idempotent: bool,
+    /// `x-envoy-*` request headers a client may keep (every other one is removed).
+    #[serde(default)]
+    pub allowed_client_headers: Vec<String>,
 }
 
 /// A validated policy, its header values rendered once.
@@ -111,6 +115,8 @@ pub struct Policy {
     pub timeout_ms: Option<u64>,
     /// Retry POST and other non-idempotent methods too.
     pub retry_non_idempotent: bool,
+    /// `x-envoy-*` request headers a client may keep.
+    pub allowed_client_headers: Vec<String>,
 }
 
 fn join(items: &[String]) -> Option<String> {
@@ -194,6 +200,33 @@ impl PolicyConfig {
                 &format!("{per_try} is longer than timeout_ms {total}"),
             )?;
         }
+        check::ensure(
+            self.allowed_client_headers.len() <= crate::headers::MAX_ALLOWED,
+            at("allowed_client_headers"),
+            &format!(
+                "{} names, at most {} are allowed",
+                self.allowed_client_headers.len(),
+                crate::headers::MAX_ALLOWED
+            ),
+        )?;
+        for (i, name) in self.allowed_client_headers.iter().enumerate() {
+            let at = format!("{path}.allowed_client_headers[{i}]");
+            check::header_name(name, at.clone())?;
+            check::ensure(
+                name.starts_with(crate::headers::ENVOY_PREFIX),
+                at.clone(),
+                &format!(
+                    "`{name}` is not an x-envoy-* header: only those are removed, others need no allowance"
+                ),
+            )?;
+            check::ensure(
+                !CONTROL_HEADERS.contains(&name.as_str()),
+                at,
+                &format!(
+                    "`{name}` is a retry-control header: the rule's trust_client_headers keeps those"
+                ),
+            )?;
+        }
         Ok(Policy {
             retry_on: join(&http),
             retry_grpc_on: join(&grpc),
@@ -203,11 +236,17 @@ impl PolicyConfig {
             per_try_timeout_ms: self.per_try_timeout_ms,
             timeout_ms: self.timeout_ms,
             retry_non_idempotent: self.retry_non_idempotent,
+            allowed_client_headers: self.allowed_client_headers.clone(),
         })
     }
 }
 
 impl Policy {
+    /// Whether a client's `name` header (an `x-envoy-*` one) may stay.
+    pub fn allows_client_header(&self, name: &str) -> bool {
+        self.allowed_client_headers.iter().any(|a| a == name)
+    }
+
     /// Whether requests with `method` may be retried under this policy.
     pub fn retries_method(&self, method: Option<&str>) -> bool {
         self.retry_non_idempotent || method.is_some_and(|m| IDEMPOTENT_METHODS.contains(&m))

@@ -462,6 +462,21 @@ fn bad_configs_name_the_field() {
             "budget.min_retries_per_second: invalid type",
         ),
         (r#"{"retries": []}"#, "retries: unknown field `retries`"),
+        // Bounds that keep the budget a budget: a ratio is a fraction (20 would be 2000%, and
+        // with at most 10 retries per request any ratio from 10 up limits nothing), and a floor
+        // above a cluster's request rate switches the budget off for it.
+        (
+            r#"{"budget": {"ratio": 20}}"#,
+            "budget.ratio: 20 is out of range, expected 0 to 1",
+        ),
+        (
+            r#"{"budget": {"ratio": 1.01}}"#,
+            "budget.ratio: 1.01 is out of range, expected 0 to 1",
+        ),
+        (
+            r#"{"budget": {"min_retries_per_second": 101}}"#,
+            "budget.min_retries_per_second: 101 is out of range, expected 0 to 100",
+        ),
     ];
     for (json, want) in cases {
         let err = FilterHarness::<RouteRetries>::new(json)
@@ -470,6 +485,9 @@ fn bad_configs_name_the_field() {
             .to_string();
         assert!(err.starts_with(want), "{json}: got `{err}`");
     }
+    // The bounds themselves are valid.
+    let h = harness(r#"{"budget": {"ratio": 1.0, "min_retries_per_second": 100}}"#);
+    assert_eq!(h.root().budget().ratio, 1.0);
     // An empty configuration is valid: no rules, no retries, the default budget.
     let h = harness("");
     assert_eq!(
@@ -565,7 +583,9 @@ fn hostcalls_per_request_stay_low() {
     assert!(counting.take_names().is_empty());
 
     // A rule that needs no property reads only the cluster (the budget's key); client headers
-    // cost a call only when present (then one removal each).
+    // cost calls only when present: a removal and its counter by header name each (plus the
+    // counter by rule, once per request). Was 10 with retry-control headers only: the counter
+    // by header name is issue 15's.
     let config =
         r#"{"rules":[{"match":{"path":{"prefix":"/orders"}},"policy":{"retry_on":["5xx"]}}]}"#;
     let (request, _, _) = hostcalls(config, &[("x-envoy-max-retries", "10")]);
@@ -588,5 +608,297 @@ fn hostcalls_per_request_stay_low() {
             "replace_header_map_value RequestHeaders x-envoy-max-retries",
         ]
     );
-    assert_eq!(request.len(), 10);
+    assert_eq!(request.len(), 11);
+    // Envoy's own x-envoy-internal (on every request of an internal client) costs nothing.
+    let (with_internal, _, _) = hostcalls(config, &[("x-envoy-internal", "true")]);
+    let (without, _, _) = hostcalls(config, &[]);
+    assert_eq!(with_internal, without);
+    assert_eq!(without.len(), 8);
+}
+
+// ---- issue 15: reservations settled at the end of every stream ----
+
+/// A budget of 10 retries per window (ratio 0, a floor of 1/s over 10 s); the rule wants 2.
+const BUDGET_OF_10: &str = r#"{
+  "rules": [{"name": "all", "policy": {"retry_on": ["5xx", "reset"], "num_retries": 2}}],
+  "budget": {"ratio": 0.0, "min_retries_per_second": 1, "window_seconds": 10}
+}"#;
+
+/// Envoy's own count of the stream's upstream attempts, as `on_log` sees it.
+fn attempts_at_log(s: &HttpStream<RouteRetries>, attempts: u64) {
+    s.host().set_stream_property(
+        "upstream.request_attempt_count",
+        meshwasm::properties::encode_u64(attempts),
+    );
+}
+
+fn granted(s: &HttpStream<RouteRetries>) -> u32 {
+    header(s, "x-envoy-max-retries").unwrap().parse().unwrap()
+}
+
+fn window(h: &FilterHarness<RouteRetries>, cluster: &str) -> Window {
+    Window::decode(&h.host().shared(&key(cluster)).unwrap()).unwrap()
+}
+
+/// Six clients give up on a hanging upstream (the stream ends with no response headers: only
+/// `on_log` runs); the next request that needs a retry still gets it.
+#[test]
+fn clients_that_give_up_do_not_exhaust_the_budget() {
+    let h = harness(BUDGET_OF_10);
+    for _ in 0..6 {
+        let mut s = req(&h, &get("/hang"));
+        attempts_at_log(&s, 1);
+        s.log();
+    }
+    let s = req(&h, &get("/flaky"));
+    assert_eq!(
+        granted(&s),
+        2,
+        "the budget leaked: {:?}",
+        window(&h, "orders")
+    );
+    h.tick();
+    // 7 requests; the 7th's reservation of 2 is the only one outstanding.
+    assert_eq!(window(&h, "orders").totals(), (7, 2));
+    assert_eq!(counter(&h, names::BUDGET_DENIED, "all"), 0);
+}
+
+/// Whatever ended the stream, its reservation is replaced by what Envoy did: a local reply
+/// before the router (0 attempts), a client that gave up after two retries (3 attempts), a
+/// response whose attempt count settled it already (not settled twice), a host that does not
+/// report the count (the reservation stands, counted).
+#[test]
+fn every_ending_settles_once() {
+    let h = harness(BUDGET_OF_10);
+    // A filter after this one answered 403 locally: response headers without an attempt count.
+    let mut s = req(&h, &get("/denied"));
+    s.response_headers(&[(":status", "403")], true);
+    attempts_at_log(&s, 0);
+    s.log();
+    // The client gave up while the third attempt was in flight.
+    let mut s = req(&h, &get("/slow"));
+    attempts_at_log(&s, 3);
+    s.log();
+    // Settled by the response's attempt count; on_log must not give it back again.
+    let mut s = req(&h, &get("/ok"));
+    s.response_headers(&[(":status", "200"), ("x-envoy-attempt-count", "2")], true);
+    attempts_at_log(&s, 2);
+    s.log();
+    h.tick();
+    // 3 requests; retries: 0 + 2 + 1.
+    assert_eq!(window(&h, "orders").totals(), (3, 3));
+    // No count anywhere: the reservation stands, and the gap is counted.
+    let mut s = req(&h, &get("/unknown"));
+    s.log();
+    h.tick();
+    assert_eq!(window(&h, "orders").totals(), (4, 5));
+    assert_eq!(h.host().counter(names::ATTEMPT_COUNT_MISSING), Some(2));
+}
+
+#[test]
+fn a_shared_data_read_error_fails_closed_and_keeps_the_window() {
+    let h = harness(CONFIG);
+    req(&h, &get("/orders"));
+    req(&h, &get("/orders"));
+    assert_eq!(window(&h, "orders").totals(), (2, 6));
+    h.host().fail_shared_reads(true);
+    let s = req(&h, &get("/orders"));
+    assert_eq!(granted(&s), 0, "a failed read must not grant retries");
+    h.host().fail_shared_reads(false);
+    assert_eq!(
+        window(&h, "orders").totals(),
+        (2, 6),
+        "a failed read must not overwrite the window"
+    );
+    assert_eq!(h.host().counter(names::BUDGET_CONTENDED), Some(1));
+    let s = req(&h, &get("/orders"));
+    assert_eq!(granted(&s), 3);
+    assert_eq!(window(&h, "orders").totals(), (3, 9));
+}
+
+#[test]
+fn a_clock_that_goes_back_neither_freezes_nor_inflates_the_window() {
+    // ratio 0: a floor of 10 retries per 10 s window.
+    let h = harness(&CONFIG.replace(r#""ratio": 0.2"#, r#""ratio": 0.0"#));
+    let spent = |h: &FilterHarness<RouteRetries>| {
+        let mut n = 0;
+        loop {
+            let s = req(h, &get("/orders"));
+            match granted(&s) {
+                0 => return n,
+                g => n += g,
+            }
+        }
+    };
+    assert_eq!(spent(&h), 10);
+    // The wall clock steps back an hour: what was spent stays spent...
+    h.host().rewind(Duration::from_secs(3600));
+    assert_eq!(granted(&req(&h, &get("/orders"))), 0, "inflated");
+    // ...and a window later (on the new clock) the budget is fresh, not frozen for an hour.
+    h.host().advance(Duration::from_secs(10));
+    assert_eq!(spent(&h), 10, "frozen");
+    // A worker a second behind another (a race, not a step) counts in the newest second.
+    h.host().advance(Duration::from_secs(1));
+    req(&h, &get("/orders"));
+    h.host().rewind(Duration::from_secs(1));
+    let before = window(&h, "orders");
+    req(&h, &get("/orders"));
+    let after = window(&h, "orders");
+    assert_eq!(after.newest, before.newest);
+    assert_eq!(after.totals().0, before.totals().0 + 1);
+}
+
+#[test]
+fn configurations_with_different_windows_share_a_cluster_without_resetting_it() {
+    let world = TestHost::new();
+    let config = |window: u32| {
+        format!(
+            r#"{{"rules": [{{"policy": {{"retry_on": ["5xx"], "num_retries": 3}}}}],
+                "budget": {{"ratio": 0.0, "min_retries_per_second": 1, "window_seconds": {window}}}}}"#
+        )
+    };
+    // Two configurations (two listeners, or an old and a new one during an update).
+    let short = FilterHarness::<RouteRetries>::with_host(world.new_worker(), &config(10)).unwrap();
+    let long = FilterHarness::<RouteRetries>::with_host(world.new_worker(), &config(20)).unwrap();
+    let (mut by_short, mut by_long) = (0, 0);
+    for _ in 0..10 {
+        by_short += granted(&req(&short, &get("/x")));
+        by_long += granted(&req(&long, &get("/x")));
+    }
+    // One budget: the short one stops at its 10 retries, the long one at its 20, each
+    // counting the other's retries; neither starts the window over.
+    assert_eq!((by_short, by_long), (6, 14));
+    assert_eq!(world.cas_conflicts(), 0);
+}
+
+// ---- issue 15: router headers from clients, an allow-list ----
+
+/// `x-envoy-*` request headers a client may send that Envoy acts on (router, connection
+/// manager, ip_tagging, original_dst), one new name Envoy might act on tomorrow, and
+/// `x-envoy-internal`, which Envoy itself writes (it removes a client's first).
+const CLIENT_ENVOY_HEADERS: [(&str, &str); 9] = [
+    ("x-envoy-upstream-alt-stat-name", "per-user-stat-7"),
+    ("x-envoy-upstream-rq-timeout-alt-response", "1"),
+    ("x-envoy-force-trace", "1"),
+    ("x-envoy-decorator-operation", "pretend"),
+    ("x-envoy-ip-tags", "trusted-partner"),
+    ("x-envoy-original-dst-host", "10.0.0.9:22"),
+    ("x-envoy-upstream-stream-duration-ms", "1"),
+    ("x-envoy-expected-rq-timeout-ms", "5"),
+    ("x-envoy-something-new", "x"),
+];
+
+fn removed(h: &FilterHarness<RouteRetries>, header: &str) -> u64 {
+    h.host()
+        .counter(&format!("{};.header={header}", names::STRIPPED_HEADERS))
+        .unwrap_or(0)
+}
+
+#[test]
+fn client_envoy_headers_are_removed_unless_the_policy_allows_them() {
+    let h = harness(CONFIG);
+    let mut headers = get("/users");
+    headers.extend(CLIENT_ENVOY_HEADERS);
+    headers.extend([
+        ("x-envoy-internal", "true"),
+        ("x-envoyish", "not ours"),
+        ("x-request-id", "r1"),
+    ]);
+    let s = req(&h, &headers);
+    for (name, _) in CLIENT_ENVOY_HEADERS {
+        assert_eq!(header(&s, name), None, "{name} passed");
+    }
+    assert_eq!(header(&s, "x-envoy-internal").as_deref(), Some("true"));
+    assert_eq!(header(&s, "x-envoyish").as_deref(), Some("not ours"));
+    assert_eq!(header(&s, "x-request-id").as_deref(), Some("r1"));
+    // The policy's own router header is still written.
+    assert_eq!(header(&s, "x-envoy-max-retries").as_deref(), Some("0"));
+    // Counted by rule, and by header name (names Envoy does not act on as `other`).
+    assert_eq!(counter(&h, names::CLIENT_HEADERS_STRIPPED, "default"), 9);
+    assert_eq!(removed(&h, "x-envoy-upstream-alt-stat-name"), 1);
+    assert_eq!(removed(&h, "x-envoy-original-dst-host"), 1);
+    assert_eq!(removed(&h, "other"), 1);
+    // The deadline a client states still shortens its own tries (never lengthens them).
+    let mut headers = get("/orders");
+    headers.push(("x-envoy-expected-rq-timeout-ms", "400"));
+    let s = req(&h, &headers);
+    assert_eq!(
+        header(&s, "x-envoy-upstream-rq-per-try-timeout-ms").as_deref(),
+        Some("100")
+    );
+    assert_eq!(header(&s, "x-envoy-expected-rq-timeout-ms"), None);
+
+    // What the policy allows stays; a trusted rule keeps the retry headers only.
+    let config = r#"{
+      "rules": [{"name": "peers", "match": {"headers": [{"name": "x-peer", "value": "1"}]},
+                 "policy": {"retry_on": ["5xx"], "allowed_client_headers": ["x-envoy-expected-rq-timeout-ms"]},
+                 "trust_client_headers": true}],
+      "default": {"allowed_client_headers": ["x-envoy-force-trace", "x-envoy-decorator-operation"]}
+    }"#;
+    let h = harness(config);
+    let mut headers = get("/users");
+    headers.extend(CLIENT_ENVOY_HEADERS);
+    let s = req(&h, &headers);
+    assert_eq!(header(&s, "x-envoy-force-trace").as_deref(), Some("1"));
+    assert_eq!(
+        header(&s, "x-envoy-decorator-operation").as_deref(),
+        Some("pretend")
+    );
+    assert_eq!(header(&s, "x-envoy-upstream-alt-stat-name"), None);
+    assert_eq!(counter(&h, names::CLIENT_HEADERS_STRIPPED, "default"), 7);
+    let mut headers = get("/users");
+    headers.extend(CLIENT_ENVOY_HEADERS);
+    headers.extend([("x-peer", "1"), ("x-envoy-max-retries", "4")]);
+    let s = req(&h, &headers);
+    assert_eq!(header(&s, "x-envoy-max-retries").as_deref(), Some("4"));
+    assert_eq!(
+        header(&s, "x-envoy-expected-rq-timeout-ms").as_deref(),
+        Some("5")
+    );
+    assert_eq!(header(&s, "x-envoy-force-trace"), None);
+    assert_eq!(header(&s, "x-envoy-upstream-alt-stat-name"), None);
+    assert_eq!(counter(&h, names::CLIENT_HEADERS_STRIPPED, "peers"), 8);
+}
+
+/// A client choosing header names cannot grow the stats: names Envoy does not act on share one
+/// series, and a header sent twice is removed (and counted) once.
+#[test]
+fn removed_header_series_are_capped() {
+    let h = harness(CONFIG);
+    let names: Vec<String> = (0..200).map(|i| format!("x-envoy-junk-{i}")).collect();
+    let mut headers = get("/users");
+    headers.extend(names.iter().map(|n| (n.as_str(), "1")));
+    headers.extend([("x-envoy-force-trace", "1"), ("x-envoy-force-trace", "2")]);
+    let defined = h.host().defined_metric_count();
+    let s = req(&h, &headers);
+    assert_eq!(header(&s, "x-envoy-junk-7"), None);
+    assert_eq!(header(&s, "x-envoy-force-trace"), None);
+    assert_eq!(removed(&h, "other"), 200);
+    assert_eq!(removed(&h, "x-envoy-force-trace"), 1);
+    assert!(h.host().defined_metric_count() <= defined + 2);
+}
+
+#[test]
+fn allowed_client_headers_are_checked() {
+    let cases = [
+        (
+            r#"{"default": {"allowed_client_headers": ["x-request-id"]}}"#,
+            "default.allowed_client_headers[0]: `x-request-id` is not an x-envoy-* header",
+        ),
+        (
+            r#"{"rules": [{"policy": {"allowed_client_headers": ["x-envoy-force-trace", "x-envoy-max-retries"]}}]}"#,
+            "rules[0].policy.allowed_client_headers[1]: `x-envoy-max-retries` is a retry-control header",
+        ),
+        (
+            r#"{"default": {"allowed_client_headers": ["X-Envoy-Force-Trace"]}}"#,
+            "default.allowed_client_headers[0]:",
+        ),
+    ];
+    for (json, want) in cases {
+        let err = FilterHarness::<RouteRetries>::new(json)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.starts_with(want), "{json}: got `{err}`");
+    }
 }

@@ -4,6 +4,9 @@
 use serde::Deserialize;
 
 use meshwasm::config::{check, ConfigError};
+use meshwasm::trace::baggage::{MAX_BAGGAGE_BYTES, MAX_BAGGAGE_MEMBERS};
+
+use crate::naming::NameTemplate;
 
 /// A propagation format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -83,6 +86,20 @@ pub struct ExportConfig {
     /// Spans buffered per worker before new ones are dropped (default 2000).
     #[serde(default = "default_buffer")]
     pub max_buffered_spans: usize,
+    /// Bytes of spans buffered per worker before new ones are dropped (64 KiB to 256 MiB,
+    /// default 1 MiB): a span carries client-chosen text (path, `x-request-id`), so a bound in
+    /// spans alone is no bound on memory. Half of it waiting sends a batch.
+    #[serde(default = "default_buffer_bytes")]
+    pub max_buffered_bytes: usize,
+    /// Longest tag value in bytes (16 to 4096, default 256, as Envoy's own
+    /// `max_path_tag_length`); longer values are cut, and counted.
+    #[serde(default = "default_tag_length")]
+    pub max_tag_length: usize,
+    /// The span name when Envoy reports no route name for the request (with one, a span is
+    /// `METHOD route_name`): a template of `{method}`, `{service}`, `{upstream_cluster}` and
+    /// text; default `{method}`.
+    #[serde(default = "default_fallback_span_name")]
+    pub fallback_span_name: String,
     /// Export requests in flight per worker (1 to 16, default 2).
     #[serde(default = "default_in_flight")]
     pub max_in_flight: usize,
@@ -102,6 +119,15 @@ fn default_flush() -> u64 {
 }
 fn default_buffer() -> usize {
     2000
+}
+fn default_buffer_bytes() -> usize {
+    1 << 20
+}
+fn default_tag_length() -> usize {
+    256
+}
+fn default_fallback_span_name() -> String {
+    "{method}".to_string()
 }
 fn default_in_flight() -> usize {
     2
@@ -135,10 +161,11 @@ pub struct Config {
     /// Response header that carries the trace id back to the client, if any.
     #[serde(default)]
     pub response_trace_header: Option<String>,
-    /// Largest `baggage` header passed on, in bytes.
+    /// Largest `baggage` passed on, in bytes, all its fields together (0 to 8192, the
+    /// parser's limit).
     #[serde(default = "default_baggage_bytes")]
     pub baggage_max_bytes: usize,
-    /// Most `baggage` members passed on.
+    /// Most `baggage` members passed on (0 to 180, the parser's limit).
     #[serde(default = "default_baggage_members")]
     pub baggage_max_members: usize,
     /// Span export; none when absent.
@@ -170,8 +197,19 @@ impl Config {
         if let Some(h) = &self.response_trace_header {
             check::header_name(h, "response_trace_header")?;
         }
-        check::in_range(self.baggage_max_bytes, 0, 65536, "baggage_max_bytes")?;
-        check::in_range(self.baggage_max_members, 0, 1024, "baggage_max_members")?;
+        // The parser refuses anything larger, so a larger setting would never be reached.
+        check::in_range(
+            self.baggage_max_bytes,
+            0,
+            MAX_BAGGAGE_BYTES,
+            "baggage_max_bytes",
+        )?;
+        check::in_range(
+            self.baggage_max_members,
+            0,
+            MAX_BAGGAGE_MEMBERS,
+            "baggage_max_members",
+        )?;
         if let Some(e) = &self.export {
             check::non_empty(&e.cluster, "export.cluster")?;
             if let Some(a) = &e.authority {
@@ -193,6 +231,15 @@ impl Config {
                 "export.max_buffered_spans",
                 "must be at least export.batch_size",
             )?;
+            check::in_range(
+                e.max_buffered_bytes,
+                64 << 10,
+                256 << 20,
+                "export.max_buffered_bytes",
+            )?;
+            check::in_range(e.max_tag_length, 16, 4096, "export.max_tag_length")?;
+            NameTemplate::parse(&e.fallback_span_name)
+                .map_err(|reason| ConfigError::new("export.fallback_span_name", reason))?;
             check::in_range(e.max_in_flight, 1, 16, "export.max_in_flight")?;
             check::in_range(e.timeout_ms, 10, 60_000, "export.timeout_ms")?;
         }

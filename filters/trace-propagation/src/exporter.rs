@@ -1,6 +1,7 @@
-//! The per-worker span buffer and its export: spans wait in a bounded buffer and leave in
-//! batches from the root context's tick, one HTTP callout per batch to the collector cluster.
-//! A collector that is down, slow or failing costs dropped spans (counted), never memory.
+//! The per-worker span buffer and its export: spans wait in a buffer bounded in spans and in
+//! bytes and leave in batches from the root context's tick, one HTTP callout per batch to the
+//! collector cluster. A collector that is down, slow or failing costs dropped spans (counted),
+//! never memory.
 
 use std::cell::{Cell, RefCell};
 use std::collections::{HashMap, VecDeque};
@@ -12,6 +13,7 @@ use meshwasm::metrics::{Metric, MetricFamily};
 use meshwasm::trace::export::{otlp_json, zipkin_json, Span};
 
 use crate::config::{ExportConfig, ExportFormat};
+use crate::naming::{self, NameTemplate};
 
 /// Why spans left the buffer, as the `outcome` label of `meshwasm_trace_spans_total`.
 pub mod outcome {
@@ -35,11 +37,16 @@ pub struct Exporter {
     service: String,
     authority: String,
     path: String,
-    buffer: RefCell<VecDeque<Span>>,
+    fallback_name: NameTemplate,
+    /// Spans waiting, each with its [`Span::approx_size`].
+    buffer: RefCell<VecDeque<(usize, Span)>>,
+    /// The sum of the sizes in `buffer`.
+    buffered_bytes: Cell<usize>,
     in_flight: RefCell<HashMap<u32, usize>>,
     last_flush: Cell<Option<SystemTime>>,
     spans: MetricFamily,
     buffered: Metric,
+    tags_truncated: Metric,
 }
 
 impl Exporter {
@@ -53,11 +60,15 @@ impl Exporter {
             }
             .to_string()
         });
+        // Validated with the configuration; the default only stands in for the impossible.
+        let fallback_name = NameTemplate::parse(&cfg.fallback_span_name).unwrap_or_default();
         Exporter {
             service: service.to_string(),
             authority,
             path,
+            fallback_name,
             buffer: RefCell::new(VecDeque::new()),
+            buffered_bytes: Cell::new(0),
             in_flight: RefCell::new(HashMap::new()),
             last_flush: Cell::new(None),
             spans: MetricFamily::counter("meshwasm_trace_spans_total", &["outcome"]),
@@ -66,7 +77,28 @@ impl Exporter {
                 meshwasm::host::MetricKind::Gauge,
                 "meshwasm_trace_buffered_spans",
             ),
+            tags_truncated: Metric::counter(host, "meshwasm_trace_span_tags_truncated_total"),
             cfg,
+        }
+    }
+
+    /// The name of a span: `METHOD route` when Envoy reports a route name, else the configured
+    /// fallback template (see [`naming`]).
+    pub fn span_name(&self, method: &str, route: Option<&str>, cluster: Option<&str>) -> String {
+        naming::span_name(&self.fallback_name, method, route, &self.service, cluster)
+    }
+
+    /// Cuts every tag value to `max_tag_length` bytes, counting the values cut (one hostcall,
+    /// and only when something was cut).
+    pub fn cap_tags(&self, host: &dyn Host, tags: &mut [(String, String)]) {
+        let mut cut = 0;
+        for (_, value) in tags.iter_mut() {
+            if naming::cut(value, self.cfg.max_tag_length) {
+                cut += 1;
+            }
+        }
+        if cut > 0 {
+            self.tags_truncated.add(host, cut as i64);
         }
     }
 
@@ -75,14 +107,18 @@ impl Exporter {
         Duration::from_millis(self.cfg.flush_interval_ms.min(100))
     }
 
-    /// Buffers a finished span, or drops it (counted) when the buffer is full.
+    /// Buffers a finished span, or drops it (counted) when the buffer is full: by spans, or by
+    /// bytes with this one.
     pub fn push(&self, host: &dyn Host, span: Span) {
+        let size = span.approx_size();
+        let bytes = self.buffered_bytes.get().saturating_add(size);
         let mut buf = self.buffer.borrow_mut();
-        if buf.len() >= self.cfg.max_buffered_spans {
+        if buf.len() >= self.cfg.max_buffered_spans || bytes > self.cfg.max_buffered_bytes {
             self.spans.inc(host, &[outcome::BUFFER_FULL]);
             return;
         }
-        buf.push_back(span);
+        buf.push_back((size, span));
+        self.buffered_bytes.set(bytes);
         // The buffered-spans gauge is updated when batches leave, not per span.
         self.spans.inc(host, &[outcome::BUFFERED]);
     }
@@ -92,13 +128,27 @@ impl Exporter {
         self.buffer.borrow().len()
     }
 
+    /// Bytes of spans waiting (by [`Span::approx_size`]).
+    pub fn buffered_bytes(&self) -> usize {
+        self.buffered_bytes.get()
+    }
+
+    /// Whether a batch should leave without waiting for the flush interval: a full batch
+    /// waits, or half of the byte bound does (so the byte bound does not drop spans while an
+    /// export slot is free).
+    fn batch_ready(&self) -> bool {
+        let len = self.buffered();
+        len >= self.cfg.batch_size
+            || (len > 0 && self.buffered_bytes.get() >= self.cfg.max_buffered_bytes / 2)
+    }
+
     /// Export requests in flight.
     pub fn in_flight(&self) -> usize {
         self.in_flight.borrow().len()
     }
 
-    /// Sends full batches, and a partial one when the flush interval has passed, while fewer
-    /// than `max_in_flight` requests are out.
+    /// Sends ready batches (see [`Exporter::batch_ready`]), and a partial one when the flush
+    /// interval has passed, while fewer than `max_in_flight` requests are out.
     pub fn on_tick(&self, host: &dyn Host) {
         let now = host.now();
         let Some(last) = self.last_flush.get() else {
@@ -115,12 +165,13 @@ impl Exporter {
             if len == 0 || self.in_flight() >= self.cfg.max_in_flight {
                 break;
             }
-            if len < self.cfg.batch_size && !interval_due {
+            let ready = self.batch_ready();
+            if !ready && !interval_due {
                 break;
             }
             self.send_batch(host);
             self.last_flush.set(Some(now));
-            if len < self.cfg.batch_size {
+            if !ready {
                 break;
             }
         }
@@ -133,7 +184,16 @@ impl Exporter {
         let batch: Vec<Span> = {
             let mut buf = self.buffer.borrow_mut();
             let n = buf.len().min(self.cfg.batch_size);
-            buf.drain(..n).collect()
+            let mut bytes = self.buffered_bytes.get();
+            let batch = buf
+                .drain(..n)
+                .map(|(size, span)| {
+                    bytes = bytes.saturating_sub(size);
+                    span
+                })
+                .collect();
+            self.buffered_bytes.set(bytes);
+            batch
         };
         self.buffered.record(host, self.buffered() as u64);
         let body = match self.cfg.format {
@@ -175,7 +235,7 @@ impl Exporter {
         self.spans.add(host, &[result], n as i64);
         // A slot is free again: send the next full batch now rather than at the next tick, so
         // export keeps up with the request rate instead of being capped by the tick period.
-        while self.in_flight() < self.cfg.max_in_flight && self.buffered() >= self.cfg.batch_size {
+        while self.in_flight() < self.cfg.max_in_flight && self.batch_ready() {
             self.send_batch(host);
         }
         true

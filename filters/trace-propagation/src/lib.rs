@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod exporter;
+pub mod naming;
 pub mod propagation;
 
 use std::cell::RefCell;
@@ -21,9 +22,6 @@ use meshwasm::trace::{sample_by_trace_id, IdGenerator, SpanId, TraceId};
 use config::{Config, Direction, Format};
 use exporter::Exporter;
 use propagation::{extract, inject, Outgoing};
-
-/// Longest span name, in bytes.
-const MAX_NAME: usize = 128;
 
 /// The root: configuration, id generator, metrics and the span exporter of one worker.
 pub struct TracePropagation {
@@ -96,8 +94,10 @@ impl TracePropagation {
         Some(id)
     }
 
+    /// Checks `baggage`, all its fields together (W3C Baggage: several fields are one list),
+    /// against the limits; removes every field when it breaks one.
     fn enforce_baggage(&self, host: &dyn Host, headers: &HeaderSnapshot) {
-        let Some(value) = headers.get_str("baggage") else {
+        let Some(value) = headers.get_joined("baggage") else {
             return;
         };
         let reason = if value.len() > self.cfg.baggage_max_bytes {
@@ -275,30 +275,28 @@ impl HttpFilter for TraceRequest {
         if !hop.sampled {
             return;
         }
-        exporter.push(host, build_span(root, host, hop));
+        exporter.push(host, build_span(root, exporter, host, hop));
     }
 }
 
-fn build_span(root: &TracePropagation, host: &dyn Host, hop: HopSpan) -> Span {
+/// The span of a finished request. The name is low-cardinality (the method and Envoy's route
+/// name, else the configured fallback); the path goes into the `http.path` tag; every tag value
+/// is cut to `export.max_tag_length`. The properties read are the ones the span always had.
+fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop: HopSpan) -> Span {
     let status = properties::response_code(host).unwrap_or(0);
     let flags = properties::response_flags(host).unwrap_or(0);
     let duration_us = match properties::request_duration(host) {
         Some(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
         None => micros(host.now()).saturating_sub(micros(hop.start)),
     };
-    let path_only = hop.path.split('?').next().unwrap_or_default();
-    let mut name = format!("{} {}", hop.method, path_only);
-    if name.len() > MAX_NAME {
-        let mut cut = MAX_NAME;
-        while !name.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        name.truncate(cut);
-    }
     let (kind, remote_addr) = match root.cfg.direction {
         Direction::Outbound => (SpanKind::Client, properties::upstream_address(host)),
         Direction::Inbound => (SpanKind::Server, properties::source_address(host)),
     };
+    let cluster = properties::xds_cluster_name(host);
+    let route = properties::xds_route_name(host);
+    let name = exporter.span_name(&hop.method, route.as_deref(), cluster.as_deref());
+    let path_only = hop.path.split('?').next().unwrap_or_default();
     let mut tags = vec![
         ("component".to_string(), "proxy".to_string()),
         ("http.method".to_string(), hop.method.clone()),
@@ -309,15 +307,16 @@ fn build_span(root: &TracePropagation, host: &dyn Host, hop: HopSpan) -> Span {
             properties::response_flags_short(flags),
         ),
     ];
-    if let Some(c) = properties::xds_cluster_name(host) {
+    if let Some(c) = cluster {
         tags.push(("upstream_cluster".to_string(), c));
     }
-    if let Some(r) = properties::xds_route_name(host) {
+    if let Some(r) = route {
         tags.push(("route_name".to_string(), r));
     }
-    if let Some(id) = &hop.request_id {
-        tags.push(("guid:x-request-id".to_string(), id.clone()));
+    if let Some(id) = hop.request_id {
+        tags.push(("guid:x-request-id".to_string(), id));
     }
+    exporter.cap_tags(host, &mut tags);
     Span {
         trace_id: hop.trace_id,
         trace_id_64bit: hop.trace_id_64bit,

@@ -46,7 +46,8 @@ pub struct Extracted {
     pub context: Option<Incoming>,
     /// A sampling decision without ids (B3 `0`/`1`/`d`, or `x-b3-sampled` alone).
     pub sampling_only: Option<Sampling>,
-    /// Every invalid header seen, for counting.
+    /// Every invalid header seen, for counting (and a `tracestate` kept without its
+    /// duplicate entries).
     pub errors: Vec<TraceError>,
     /// Whether any trace header was present at all.
     pub any_present: bool,
@@ -70,17 +71,9 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
                 out.any_present = true;
                 match parse_traceparent(&tp) {
                     Ok(p) => {
-                        let tracestate = match headers.get_str("tracestate") {
-                            Some(ts) => match TraceState::parse(&ts) {
-                                Ok(ts) if !ts.is_empty() => Some(ts),
-                                Ok(_) => None,
-                                Err(e) => {
-                                    out.errors.push(e);
-                                    None
-                                }
-                            },
-                            None => None,
-                        };
+                        let tracestate = headers
+                            .get_joined("tracestate")
+                            .and_then(|ts| read_tracestate(&ts, &mut out.errors));
                         out.context = Some(Incoming {
                             trace_id: p.trace_id,
                             trace_id_64bit: false,
@@ -148,6 +141,25 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
         }
     }
     out
+}
+
+/// The `tracestate` passed on from a (combined) value, per case as W3C Trace Context Level 2
+/// says (see [`TraceState::parse_detailed`]): `None` when it is empty ("SHOULD avoid sending"
+/// an empty one) or cannot be parsed (recorded in `errors`); a header kept without its
+/// duplicate entries is recorded once as [`TraceError::TracestateDuplicateKey`].
+fn read_tracestate(value: &str, errors: &mut Vec<TraceError>) -> Option<TraceState> {
+    match TraceState::parse_detailed(value) {
+        Ok((ts, dropped)) => {
+            if dropped.duplicate_keys > 0 {
+                errors.push(TraceError::TracestateDuplicateKey);
+            }
+            (!ts.is_empty()).then_some(ts)
+        }
+        Err(e) => {
+            errors.push(e);
+            None
+        }
+    }
 }
 
 fn from_b3(b: &B3, format: Format) -> Incoming {

@@ -169,7 +169,7 @@ impl Host for CountingHost<'_> {
         self.record("get_metric", None, None);
         self.inner.metric(id)
     }
-    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
+    fn shared_data(&self, key: &str) -> Result<(Option<Bytes>, Option<u32>), HostError> {
         self.record("get_shared_data", None, None);
         self.inner.shared_data(key)
     }

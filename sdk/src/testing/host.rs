@@ -67,6 +67,7 @@ struct World {
     metrics: RefCell<Vec<MetricValue>>,
     now: Cell<SystemTime>,
     cas_conflicts: Cell<u32>,
+    failing_shared_reads: Cell<bool>,
 }
 
 /// State of one worker (one VM): tick period, callouts, VM-level properties.
@@ -122,6 +123,7 @@ impl TestHost {
             metrics: RefCell::new(Vec::new()),
             now: Cell::new(UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS)),
             cas_conflicts: Cell::new(0),
+            failing_shared_reads: Cell::new(false),
         };
         TestHost {
             world: Rc::new(world),
@@ -200,6 +202,17 @@ impl TestHost {
     /// Moves the clock forward.
     pub fn advance(&self, by: Duration) {
         self.world.now.set(self.world.now.get() + by);
+    }
+    /// Moves the clock back, as a wall clock stepped back (NTP, a VM migration) does.
+    pub fn rewind(&self, by: Duration) {
+        let now = self.world.now.get();
+        self.world
+            .now
+            .set(now.checked_sub(by).unwrap_or(UNIX_EPOCH));
+    }
+    /// Makes every shared-data read of every worker fail (or succeed again), as a host error.
+    pub fn fail_shared_reads(&self, fail: bool) {
+        self.world.failing_shared_reads.set(fail);
     }
     /// Makes callouts to `cluster` fail at dispatch, as an unknown cluster does in Envoy.
     pub fn fail_callouts_to(&self, cluster: &str) {
@@ -445,11 +458,16 @@ impl Host for TestHost {
         let m = metrics.get(id as usize).ok_or(HostError::NotFound)?;
         u64::try_from(m.value).map_err(|_| HostError::BadArgument)
     }
-    fn shared_data(&self, key: &str) -> (Option<Bytes>, Option<u32>) {
-        match self.world.shared.borrow().get(key) {
+    fn shared_data(&self, key: &str) -> Result<(Option<Bytes>, Option<u32>), HostError> {
+        if self.world.failing_shared_reads.get() {
+            return Err(HostError::Other(
+                "shared data read failed (test host)".into(),
+            ));
+        }
+        Ok(match self.world.shared.borrow().get(key) {
             Some((v, cas)) => (Some(v.clone()), Some(*cas)),
             None => (None, None),
-        }
+        })
     }
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
         let mut shared = self.world.shared.borrow_mut();
@@ -555,8 +573,8 @@ mod tests {
         let w1 = TestHost::new();
         let w2 = w1.new_worker();
         w1.set_shared_data("k", b"a", None).unwrap();
-        let (v, cas1) = w1.shared_data("k");
-        let (_, cas2) = w2.shared_data("k");
+        let (v, cas1) = w1.shared_data("k").unwrap();
+        let (_, cas2) = w2.shared_data("k").unwrap();
         assert_eq!(v.as_deref(), Some(&b"a"[..]));
         w2.set_shared_data("k", b"b", cas2).unwrap();
         assert_eq!(
@@ -565,6 +583,13 @@ mod tests {
         );
         assert_eq!(w1.shared("k").as_deref(), Some(&b"b"[..]));
         assert_eq!(w1.cas_conflicts(), 1);
+        assert_eq!(w1.shared_data("absent"), Ok((None, None)));
+        w2.fail_shared_reads(true);
+        assert!(
+            w1.shared_data("k").is_err(),
+            "a failed read is not an absent key"
+        );
+        w2.fail_shared_reads(false);
     }
 
     #[test]

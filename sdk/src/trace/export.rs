@@ -62,14 +62,22 @@ pub struct Span {
 }
 
 impl Span {
-    /// A rough size in bytes, for buffer accounting.
+    /// A rough size in bytes of the memory the span holds, for buffer accounting: the struct
+    /// itself and every string it owns (name, endpoints, tag keys and values).
     pub fn approx_size(&self) -> usize {
-        200 + self.name.len()
-            + self
-                .tags
-                .iter()
-                .map(|(k, v)| k.len() + v.len() + 6)
-                .sum::<usize>()
+        fn opt(s: &Option<String>) -> usize {
+            s.as_ref().map_or(0, String::len)
+        }
+        let endpoints = opt(&self.local.service)
+            + opt(&self.local.address)
+            + opt(&self.remote.service)
+            + opt(&self.remote.address);
+        let tags: usize = self
+            .tags
+            .iter()
+            .map(|(k, v)| std::mem::size_of::<(String, String)>() + k.len() + v.len())
+            .sum();
+        std::mem::size_of::<Span>() + self.name.len() + endpoints + tags
     }
 }
 
@@ -316,6 +324,20 @@ mod tests {
             serde_json::from_str::<Value>(&zipkin_json(&[])).unwrap(),
             serde_json::json!([])
         );
+    }
+
+    #[test]
+    fn approx_size_counts_every_string() {
+        let base = span().approx_size();
+        assert!(base >= std::mem::size_of::<Span>());
+        let mut s = span();
+        s.name.push_str(&"n".repeat(100));
+        s.local.service = Some("x".repeat(100));
+        s.remote.address = Some("y".repeat(100));
+        s.tags.push(("k".into(), "v".repeat(97)));
+        let tag = std::mem::size_of::<(String, String)>() + 98;
+        // The remote address replaced `[::1]:9000` (10 bytes), the service `frontend` (8).
+        assert_eq!(s.approx_size(), base + 100 + 92 + 90 + tag);
     }
 
     #[test]

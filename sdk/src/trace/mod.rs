@@ -1,8 +1,8 @@
 //! Trace context codecs: pure parsers and formatters for the propagation headers a sidecar
 //! sees, with no host calls, so they run natively and in wasm32 alike.
 //!
-//! - [`w3c`]: `traceparent` and `tracestate` (W3C Trace Context Level 1, and the Level 2
-//!   `random` trace flag).
+//! - [`w3c`]: `traceparent` and `tracestate` (W3C Trace Context Level 2: the `random` trace
+//!   flag, the Level 2 `tracestate` key grammar and its per-case handling of odd members).
 //! - [`b3`]: the `x-b3-*` multiple headers and the `b3` single header (openzipkin
 //!   b3-propagation).
 //! - [`baggage`]: the `baggage` header (W3C Baggage).
@@ -52,12 +52,15 @@ pub enum TraceError {
     TraceparentFlags,
     /// `tracestate` has more than 32 list members.
     TracestateTooManyMembers,
-    /// A `tracestate` key does not match the simple-key or multi-tenant-key grammar.
+    /// A `tracestate` key does not match the Level 2 key grammar (a lowercase letter or digit,
+    /// then up to 255 of `a-z 0-9 _ - * / @`).
     TracestateKey,
     /// A `tracestate` value is missing (no `=`), empty, longer than 256 characters, or holds a
     /// character outside printable ASCII, or a `,` or `=`.
     TracestateValue,
-    /// A `tracestate` key appears twice.
+    /// A `tracestate` key appears twice. Not a reason to drop the header: the parser never
+    /// returns it, it drops the later entry and reports it in [`w3c::Dropped`]; this variant
+    /// labels the count of such entries.
     TracestateDuplicateKey,
     /// `tracestate` is longer than [`w3c::MAX_TRACESTATE_LEN`].
     TracestateTooLong,
