@@ -6,31 +6,32 @@
 //! as a value: the `proxy-wasm` crate's `hostcalls` panic on any status they do not expect (for
 //! example `BadArgument` when a filter touches a header map that does not exist in the current
 //! phase) and unwrap host data (header names as UTF-8), and a panic kills the VM and every
-//! request on its worker. Host data is decoded by the pure [`crate::wire`]. From the crate we keep
-//! the dispatcher (the exported `proxy_on_*` callbacks, [`proxy_wasm::set_root_context`]), its
-//! `proxy_on_memory_allocate`, and one hostcall, `proxy_http_call`: see [`WasmHost::http_call`].
+//! request on its worker. Host data is decoded by the pure [`crate::wire`].
+//!
+//! The callbacks Envoy makes into the module are ours too: [`Dispatcher`] routes them to a
+//! [`RootFilter`] and its [`HttpFilter`]s, and [`crate::export_filter!`] exports only the
+//! phases a filter declares ([`HttpFilter::PHASES`]): Envoy skips a phase whose callback is not
+//! exported, and each call it makes costs CPU on every request. No `proxy-wasm` crate code is
+//! left in a filter: its dispatcher exported every phase, and panicked on a context or callout
+//! token it did not know.
 // The one module allowed `unsafe`: the foreign calls and the host's memory handed back to us.
 #![allow(unsafe_code)]
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{
-    Action as PwAction, BufferType, ContextType, MapType, MetricType, StreamType,
-};
 
 use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
 use crate::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
 use crate::wire::{self, Status};
 
-/// The proxy-wasm ABI functions this SDK calls, imported with the signatures the `proxy-wasm`
-/// crate (0.2.5) declares, except that every status and every enum is a plain `u32`: a code the
-/// crate's `#[repr(u32)]` enums lack (`Unimplemented` = 12, a log level of 6 = `off`) would be
-/// undefined behaviour there. Each wrapper returns `Err(Status)` for every status but `Ok`, and
-/// takes back the memory the host allocated for a result (through the crate's
-/// `proxy_on_memory_allocate`, a boxed `[u8]`) as a `Vec` that frees it.
+/// The proxy-wasm ABI 0.2.1 functions this SDK calls. Every status and every enum is a plain
+/// `u32`: a code an enum would lack (`Unimplemented` = 12, a log level of 6 = `off`) must not be
+/// undefined behaviour. Each wrapper returns `Err(Status)` for every status but `Ok`, and takes
+/// back the memory the host allocated for a result (through [`memory_allocate`], a `Vec` of
+/// exactly that capacity) as a `Vec` that frees it.
 mod raw {
     use std::ptr::{null, null_mut};
 
@@ -133,19 +134,31 @@ mod raw {
         fn proxy_increment_metric(metric_id: u32, offset: i64) -> u32;
         fn proxy_record_metric(metric_id: u32, value: u64) -> u32;
         fn proxy_get_metric(metric_id: u32, return_value: *mut u64) -> u32;
+        fn proxy_http_call(
+            upstream_data: *const u8,
+            upstream_size: usize,
+            headers_data: *const u8,
+            headers_size: usize,
+            body_data: *const u8,
+            body_size: usize,
+            trailers_data: *const u8,
+            trailers_size: usize,
+            timeout_milliseconds: u32,
+            return_token: *mut u32,
+        ) -> u32;
     }
 
     /// The bytes the host returned at `data` (`None` for a null pointer), owned from now on.
     ///
     /// # Safety
-    /// `data` is null or was allocated by `proxy_on_memory_allocate(size)` for this result and
-    /// is handed over to us (the ABI's contract for every returned buffer).
+    /// `data` is null or was allocated by [`super::memory_allocate`]`(size)` for this result
+    /// and is handed over to us (the ABI's contract for every returned buffer).
     unsafe fn take(data: *mut u8, size: usize) -> Option<Bytes> {
         if data.is_null() {
             None
         } else {
-            // SAFETY: per this function's contract: a `Box<[u8]>` of `size` bytes, whose
-            // layout is that of a `Vec<u8>` with capacity `size`.
+            // SAFETY: per this function's contract: a `Vec<u8>` of capacity `size`, whose
+            // bytes the host has written.
             Some(unsafe { Vec::from_raw_parts(data, size, size) })
         }
     }
@@ -362,6 +375,55 @@ mod raw {
         Status::check(unsafe { proxy_get_metric(metric_id, &mut value) })?;
         Ok(value)
     }
+
+    /// Starts a callout to `cluster`; `headers` in the map wire form; no trailers.
+    pub fn http_call(
+        cluster: &str,
+        headers: &[u8],
+        body: Option<&[u8]>,
+        timeout_milliseconds: u32,
+    ) -> Result<u32, Status> {
+        let (body_data, body_size) = parts(body);
+        let mut token = 0u32;
+        // SAFETY: every slice is live (or null with size 0) for the call; `token` outlives it.
+        Status::check(unsafe {
+            proxy_http_call(
+                cluster.as_ptr(),
+                cluster.len(),
+                headers.as_ptr(),
+                headers.len(),
+                body_data,
+                body_size,
+                null(),
+                0,
+                timeout_milliseconds,
+                &mut token,
+            )
+        })?;
+        Ok(token)
+    }
+}
+
+/// The ABI's numbers for the enums this module passes (proxy-wasm ABI 0.2.1).
+mod code {
+    pub const MAP_REQUEST_HEADERS: u32 = 0;
+    pub const MAP_REQUEST_TRAILERS: u32 = 1;
+    pub const MAP_RESPONSE_HEADERS: u32 = 2;
+    pub const MAP_RESPONSE_TRAILERS: u32 = 3;
+    pub const MAP_CALLOUT_RESPONSE_HEADERS: u32 = 6;
+    pub const MAP_CALLOUT_RESPONSE_TRAILERS: u32 = 7;
+    pub const BUFFER_REQUEST_BODY: u32 = 0;
+    pub const BUFFER_RESPONSE_BODY: u32 = 1;
+    pub const BUFFER_CALLOUT_RESPONSE_BODY: u32 = 4;
+    pub const BUFFER_VM_CONFIGURATION: u32 = 6;
+    pub const BUFFER_PLUGIN_CONFIGURATION: u32 = 7;
+    pub const METRIC_COUNTER: u32 = 0;
+    pub const METRIC_GAUGE: u32 = 1;
+    pub const METRIC_HISTOGRAM: u32 = 2;
+    pub const STREAM_REQUEST: u32 = 0;
+    pub const STREAM_RESPONSE: u32 = 1;
+    pub const ACTION_CONTINUE: u32 = 0;
+    pub const ACTION_PAUSE: u32 = 1;
 }
 
 /// The real host: a zero-sized handle; the proxy knows the current context.
@@ -369,32 +431,32 @@ mod raw {
 pub struct WasmHost;
 
 fn map_type(map: MapKind) -> u32 {
-    (match map {
-        MapKind::RequestHeaders => MapType::HttpRequestHeaders,
-        MapKind::RequestTrailers => MapType::HttpRequestTrailers,
-        MapKind::ResponseHeaders => MapType::HttpResponseHeaders,
-        MapKind::ResponseTrailers => MapType::HttpResponseTrailers,
-        MapKind::CalloutResponseHeaders => MapType::HttpCallResponseHeaders,
-        MapKind::CalloutResponseTrailers => MapType::HttpCallResponseTrailers,
-    }) as u32
+    match map {
+        MapKind::RequestHeaders => code::MAP_REQUEST_HEADERS,
+        MapKind::RequestTrailers => code::MAP_REQUEST_TRAILERS,
+        MapKind::ResponseHeaders => code::MAP_RESPONSE_HEADERS,
+        MapKind::ResponseTrailers => code::MAP_RESPONSE_TRAILERS,
+        MapKind::CalloutResponseHeaders => code::MAP_CALLOUT_RESPONSE_HEADERS,
+        MapKind::CalloutResponseTrailers => code::MAP_CALLOUT_RESPONSE_TRAILERS,
+    }
 }
 
 fn buffer_type(kind: BufferKind) -> u32 {
-    (match kind {
-        BufferKind::RequestBody => BufferType::HttpRequestBody,
-        BufferKind::ResponseBody => BufferType::HttpResponseBody,
-        BufferKind::CalloutResponseBody => BufferType::HttpCallResponseBody,
-        BufferKind::PluginConfiguration => BufferType::PluginConfiguration,
-        BufferKind::VmConfiguration => BufferType::VmConfiguration,
-    }) as u32
+    match kind {
+        BufferKind::RequestBody => code::BUFFER_REQUEST_BODY,
+        BufferKind::ResponseBody => code::BUFFER_RESPONSE_BODY,
+        BufferKind::CalloutResponseBody => code::BUFFER_CALLOUT_RESPONSE_BODY,
+        BufferKind::PluginConfiguration => code::BUFFER_PLUGIN_CONFIGURATION,
+        BufferKind::VmConfiguration => code::BUFFER_VM_CONFIGURATION,
+    }
 }
 
 fn metric_type(kind: MetricKind) -> u32 {
-    (match kind {
-        MetricKind::Counter => MetricType::Counter,
-        MetricKind::Gauge => MetricType::Gauge,
-        MetricKind::Histogram => MetricType::Histogram,
-    }) as u32
+    match kind {
+        MetricKind::Counter => code::METRIC_COUNTER,
+        MetricKind::Gauge => code::METRIC_GAUGE,
+        MetricKind::Histogram => code::METRIC_HISTOGRAM,
+    }
 }
 
 /// A status as the error a filter decides on (the names of `Other` are the statuses' names, as
@@ -407,12 +469,6 @@ fn err(status: Status) -> HostError {
         Status::Unimplemented => HostError::Unimplemented,
         other => HostError::Other(format!("{other:?}")),
     }
-}
-
-/// A status the `proxy-wasm` crate returned (never `Ok` here) as ours.
-fn crate_status(status: proxy_wasm::types::Status) -> Status {
-    let code = status as u32;
-    Status::check(code).err().unwrap_or(Status::Unknown(code))
 }
 
 /// Logs (at debug) a failed hostcall whose failure the [`Host`] method turns into a plain value.
@@ -440,7 +496,7 @@ thread_local! {
 fn bump(slot: &Cell<Option<u32>>, name: &str, by: usize) {
     let id = match slot.get() {
         Some(id) => id,
-        None => match raw::define_metric(MetricType::Counter as u32, name) {
+        None => match raw::define_metric(code::METRIC_COUNTER, name) {
             Ok(id) => {
                 slot.set(Some(id));
                 id
@@ -572,14 +628,9 @@ impl Host for WasmHost {
     fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
         raw::set_shared_data(key, value, cas.unwrap_or(0)).map_err(err)
     }
-    /// The one hostcall made through the `proxy-wasm` crate: its dispatcher keeps the table
-    /// from callout token to context that routes the answer to `on_http_call_response` (and
-    /// panics on a token it does not know), and only the crate's `dispatch_http_call` can add to
-    /// it. Its panic is unreachable in Envoy: `proxy_http_call` answers `Ok`, `BadArgument`
-    /// (unknown cluster, missing `:path`/`:method`/`:authority`, negative timeout) or
-    /// `InternalFailure` (the async client refused), all of which the crate returns as errors,
-    /// or `InvalidMemoryAccess`, which needs a pointer outside our memory and cannot come from
-    /// these slices.
+    /// A callout; the answer reaches the root that made it ([`Dispatcher::callout_response`]),
+    /// whose filter matches the token. Headers that cannot be encoded (a NUL, a length past
+    /// `u32`) are `BadArgument`, like Envoy's own refusals (unknown cluster, missing `:path`).
     fn http_call(
         &self,
         cluster: &str,
@@ -587,14 +638,9 @@ impl Host for WasmHost {
         body: Option<&[u8]>,
         timeout: Duration,
     ) -> Result<u32, HostError> {
-        proxy_wasm::hostcalls::dispatch_http_call(
-            cluster,
-            headers.to_vec(),
-            body,
-            Vec::new(),
-            timeout,
-        )
-        .map_err(|status| err(crate_status(status)))
+        let headers = wire::encode_map(headers).ok_or(HostError::BadArgument)?;
+        let millis = u32::try_from(timeout.as_millis()).unwrap_or(u32::MAX);
+        raw::http_call(cluster, &headers, body, millis).map_err(err)
     }
     fn send_response(
         &self,
@@ -606,10 +652,10 @@ impl Host for WasmHost {
         raw::send_local_response(status, body, &headers).map_err(err)
     }
     fn resume_request(&self) -> Result<(), HostError> {
-        raw::continue_stream(StreamType::HttpRequest as u32).map_err(err)
+        raw::continue_stream(code::STREAM_REQUEST).map_err(err)
     }
     fn resume_response(&self) -> Result<(), HostError> {
-        raw::continue_stream(StreamType::HttpResponse as u32).map_err(err)
+        raw::continue_stream(code::STREAM_RESPONSE).map_err(err)
     }
 }
 
@@ -663,8 +709,9 @@ fn level_filter(code: u32) -> log::LevelFilter {
     }
 }
 
-/// Registers `F` as the root context factory. Called by [`crate::export_filter!`].
-pub fn start<F: RootFilter>() {
+/// The module's start (`_initialize`, after the constructors): the logger and the panic hook.
+/// Called by [`crate::export_filter!`].
+pub fn start() {
     // Envoy refuses host calls such as get_log_level inside `_initialize`
     // ("restricted_callback"): start at info, then follow Envoy's level in on_vm_start. Neither
     // the logger nor the panic hook makes a hostcall before it is used.
@@ -675,18 +722,150 @@ pub fn start<F: RootFilter>() {
         }));
     }
     log::set_max_level(log::LevelFilter::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
-        Box::new(Root::<F> { root: None })
-    });
 }
 
-struct Root<F: RootFilter> {
-    root: Option<Rc<F>>,
+/// `proxy_on_memory_allocate`: memory for a value the host hands us, taken back by `raw::take`
+/// as a `Vec` of capacity `size`. Null when the allocation is refused, which the host reports
+/// as a failed call, not a crash of the VM.
+pub fn memory_allocate(size: usize) -> *mut u8 {
+    let mut buffer: Vec<u8> = Vec::new();
+    if buffer.try_reserve_exact(size).is_err() {
+        return std::ptr::null_mut();
+    }
+    // Capacity exactly `size`, as `take` rebuilds it (`try_reserve_exact` may give more only
+    // for zero-sized types).
+    let mut buffer = std::mem::ManuallyDrop::new(buffer);
+    buffer.as_mut_ptr()
 }
 
-impl<F: RootFilter> Context for Root<F> {
-    fn on_http_call_response(&mut self, token: u32, _headers: usize, body_size: usize, _t: usize) {
-        let Some(root) = &self.root else { return };
+/// Context ids as keys: Envoy hands out small distinct integers, so the id is its own hash.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = (self.0 << 8) | u64::from(*b);
+        }
+    }
+    fn write_u32(&mut self, id: u32) {
+        // Spread the bits so the table's buckets (the hash's top bits) are used evenly.
+        self.0 = u64::from(id).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<V> = HashMap<u32, V, BuildHasherDefault<IdHasher>>;
+
+/// A request's state: its filter and the root it came from.
+struct Stream<F: RootFilter> {
+    root: Rc<F>,
+    filter: F::Http,
+}
+
+/// Routes Envoy's callbacks, by context id, to the roots (one per plugin configuration) and the
+/// requests of one filter type. A context it does not know (a stream of a root whose
+/// configuration failed, a callback after delete) gets the pass-through answer, never a panic.
+/// No borrow is held while a filter runs, so a callback that Envoy makes from inside a hostcall
+/// cannot trip a `RefCell`: a request already running is left alone (counted at debug).
+pub struct Dispatcher<F: RootFilter> {
+    /// Root context id -> the configured root (`None` until `on_configure` succeeds).
+    roots: RefCell<Vec<(u32, Option<Rc<F>>)>>,
+    streams: RefCell<IdMap<Rc<RefCell<Stream<F>>>>>,
+}
+
+impl<F: RootFilter> Default for Dispatcher<F> {
+    fn default() -> Self {
+        Dispatcher {
+            roots: RefCell::new(Vec::new()),
+            streams: RefCell::new(IdMap::default()),
+        }
+    }
+}
+
+fn action_code(a: Action) -> u32 {
+    match a {
+        Action::Continue => code::ACTION_CONTINUE,
+        Action::Pause => code::ACTION_PAUSE,
+    }
+}
+
+impl<F: RootFilter> Dispatcher<F> {
+    fn root(&self, id: u32) -> Option<Rc<F>> {
+        let roots = self.roots.borrow();
+        roots
+            .iter()
+            .find(|(r, _)| *r == id)
+            .and_then(|(_, root)| root.clone())
+    }
+
+    /// `proxy_on_context_create`: a root when `parent` is 0, else a request of root `parent`.
+    pub fn context_create(&self, id: u32, parent: u32) {
+        if parent == 0 {
+            let mut roots = self.roots.borrow_mut();
+            if !roots.iter().any(|(r, _)| *r == id) {
+                roots.push((id, None));
+            }
+            return;
+        }
+        // A request of a root that is not configured passes through (no state kept).
+        let Some(root) = self.root(parent) else {
+            return;
+        };
+        let filter = root.new_http(&WasmHost);
+        self.streams
+            .borrow_mut()
+            .insert(id, Rc::new(RefCell::new(Stream { root, filter })));
+    }
+
+    /// `proxy_on_vm_start`: follow Envoy's log level from now on.
+    pub fn vm_start(&self) -> u32 {
+        if let Ok(code) = raw::get_log_level() {
+            log::set_max_level(level_filter(code));
+        }
+        1
+    }
+
+    /// `proxy_on_configure`: parse, validate and build the root; 0 refuses the configuration.
+    pub fn configure(&self, id: u32) -> u32 {
+        let host = WasmHost;
+        let bytes = host
+            .buffer(BufferKind::PluginConfiguration, 0, usize::MAX)
+            .unwrap_or_default();
+        match crate::filter::configure::<F>(&bytes, &host) {
+            Ok(root) => {
+                let period = root.tick_period().unwrap_or(Duration::ZERO);
+                if let Err(e) = host.set_tick_period(period) {
+                    log::warn!("{}: cannot set tick period: {e}", F::NAME);
+                }
+                let root = Rc::new(root);
+                let mut roots = self.roots.borrow_mut();
+                match roots.iter_mut().find(|(r, _)| *r == id) {
+                    Some((_, slot)) => *slot = Some(root),
+                    None => roots.push((id, Some(root))),
+                }
+                log::info!("{}: configured", F::NAME);
+                1
+            }
+            Err(e) => {
+                log::error!("{}: invalid configuration: {e}", F::NAME);
+                0
+            }
+        }
+    }
+
+    /// `proxy_on_tick`.
+    pub fn tick(&self, id: u32) {
+        if let Some(root) = self.root(id) {
+            root.on_tick(&WasmHost);
+        }
+    }
+
+    /// `proxy_on_http_call_response`: the answer to a callout that root `id` made.
+    pub fn callout_response(&self, id: u32, token: u32, body_size: usize) {
+        let Some(root) = self.root(id) else { return };
         let host = WasmHost;
         let headers = host.headers(MapKind::CalloutResponseHeaders);
         let status = headers
@@ -709,102 +888,35 @@ impl<F: RootFilter> Context for Root<F> {
             },
         );
     }
-}
 
-impl<F: RootFilter> RootContext for Root<F> {
-    fn on_vm_start(&mut self, _size: usize) -> bool {
-        if let Ok(code) = raw::get_log_level() {
-            log::set_max_level(level_filter(code));
-        }
-        true
+    /// Runs `f` on request `id`'s filter; continue for a request we hold no state for.
+    pub fn phase(&self, id: u32, f: impl FnOnce(&mut F::Http, &F, &WasmHost) -> Action) -> u32 {
+        let Some(stream) = self.streams.borrow().get(&id).cloned() else {
+            return code::ACTION_CONTINUE;
+        };
+        let Ok(mut stream) = stream.try_borrow_mut() else {
+            log::debug!(
+                "{}: callback for request {id} while it runs; skipped",
+                F::NAME
+            );
+            return code::ACTION_CONTINUE;
+        };
+        let Stream { root, filter } = &mut *stream;
+        action_code(f(filter, root, &WasmHost))
     }
 
-    fn on_configure(&mut self, _size: usize) -> bool {
-        let host = WasmHost;
-        let bytes = host
-            .buffer(BufferKind::PluginConfiguration, 0, usize::MAX)
-            .unwrap_or_default();
-        match crate::filter::configure::<F>(&bytes, &host) {
-            Ok(root) => {
-                let period = root.tick_period().unwrap_or(Duration::ZERO);
-                if let Err(e) = host.set_tick_period(period) {
-                    log::warn!("{}: cannot set tick period: {e}", F::NAME);
-                }
-                self.root = Some(Rc::new(root));
-                log::info!("{}: configured", F::NAME);
-                true
-            }
-            Err(e) => {
-                log::error!("{}: invalid configuration: {e}", F::NAME);
-                false
-            }
-        }
-    }
-
-    fn on_tick(&mut self) {
-        if let Some(root) = &self.root {
-            root.on_tick(&WasmHost);
-        }
-    }
-
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let inner = self.root.as_ref().map(|root| {
-            let filter = root.new_http(&WasmHost);
-            (Rc::clone(root), filter)
+    /// `proxy_on_log`.
+    pub fn log(&self, id: u32) {
+        self.phase(id, |f, r, h| {
+            f.on_log(r, h);
+            Action::Continue
         });
-        Some(Box::new(Http::<F> { inner }))
     }
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
-    }
-}
-
-/// A stream context. Without a configured root (never expected) it passes everything through.
-struct Http<F: RootFilter> {
-    inner: Option<(Rc<F>, F::Http)>,
-}
-
-fn action(a: Action) -> PwAction {
-    match a {
-        Action::Continue => PwAction::Continue,
-        Action::Pause => PwAction::Pause,
-    }
-}
-
-impl<F: RootFilter> Http<F> {
-    fn run(&mut self, f: impl FnOnce(&mut F::Http, &F, &WasmHost) -> Action) -> PwAction {
-        match &mut self.inner {
-            Some((root, filter)) => action(f(filter, root, &WasmHost)),
-            None => PwAction::Continue,
-        }
-    }
-}
-
-impl<F: RootFilter> Context for Http<F> {}
-
-impl<F: RootFilter> HttpContext for Http<F> {
-    fn on_http_request_headers(&mut self, _n: usize, eos: bool) -> PwAction {
-        self.run(|f, r, h| f.on_request_headers(r, h, eos))
-    }
-    fn on_http_request_body(&mut self, size: usize, eos: bool) -> PwAction {
-        self.run(|f, r, h| f.on_request_body(r, h, size, eos))
-    }
-    fn on_http_request_trailers(&mut self, _n: usize) -> PwAction {
-        self.run(|f, r, h| f.on_request_trailers(r, h))
-    }
-    fn on_http_response_headers(&mut self, _n: usize, eos: bool) -> PwAction {
-        self.run(|f, r, h| f.on_response_headers(r, h, eos))
-    }
-    fn on_http_response_body(&mut self, size: usize, eos: bool) -> PwAction {
-        self.run(|f, r, h| f.on_response_body(r, h, size, eos))
-    }
-    fn on_http_response_trailers(&mut self, _n: usize) -> PwAction {
-        self.run(|f, r, h| f.on_response_trailers(r, h))
-    }
-    fn on_log(&mut self) {
-        if let Some((root, filter)) = &mut self.inner {
-            filter.on_log(root, &WasmHost);
+    /// `proxy_on_delete`: forget the request, or the root.
+    pub fn delete(&self, id: u32) {
+        if self.streams.borrow_mut().remove(&id).is_none() {
+            self.roots.borrow_mut().retain(|(r, _)| *r != id);
         }
     }
 }

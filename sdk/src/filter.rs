@@ -59,11 +59,61 @@ pub trait RootFilter: Sized + 'static {
     fn new_http(&self, host: &dyn Host) -> Self::Http;
 }
 
+/// The HTTP phases a filter is called for: a set of `on_*` callbacks of [`HttpFilter`].
+///
+/// Envoy calls a module for a phase only when the module exports that phase's callback, and
+/// each call costs CPU on every request (see [`crate::cost_model`]). A filter that declares
+/// [`HttpFilter::PHASES`] and lists the same phases in [`crate::export_filter!`] is called only
+/// for those; the test harness ([`crate::testing`]) delivers only those too, so a callback
+/// implemented but not declared fails the filter's own unit tests instead of going silent in
+/// Envoy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Phases(u8);
+
+impl Phases {
+    /// No phase.
+    pub const NONE: Phases = Phases(0);
+    /// `on_request_headers`.
+    pub const REQUEST_HEADERS: Phases = Phases(1);
+    /// `on_request_body`.
+    pub const REQUEST_BODY: Phases = Phases(1 << 1);
+    /// `on_request_trailers`.
+    pub const REQUEST_TRAILERS: Phases = Phases(1 << 2);
+    /// `on_response_headers`.
+    pub const RESPONSE_HEADERS: Phases = Phases(1 << 3);
+    /// `on_response_body`.
+    pub const RESPONSE_BODY: Phases = Phases(1 << 4);
+    /// `on_response_trailers`.
+    pub const RESPONSE_TRAILERS: Phases = Phases(1 << 5);
+    /// `on_log`.
+    pub const LOG: Phases = Phases(1 << 6);
+    /// Every phase (the default).
+    pub const ALL: Phases = Phases(0x7f);
+
+    /// These phases and `other`'s.
+    pub const fn with(self, other: Phases) -> Phases {
+        Phases(self.0 | other.0)
+    }
+    /// Whether every phase of `other` is in this set.
+    pub const fn contains(self, other: Phases) -> bool {
+        self.0 & other.0 == other.0
+    }
+    /// The set as bits (for the compile-time check of [`crate::export_filter!`]).
+    pub const fn bits(self) -> u8 {
+        self.0
+    }
+}
+
 /// A per-request filter. Each method runs in the phase its name says and gets the root and
 /// the host. Return [`Action::Continue`] unless the filter must hold the stream.
 pub trait HttpFilter: 'static {
     /// The root type this request filter belongs to.
     type Root;
+
+    /// The phases this filter is called for (default: all). Declare exactly the callbacks you
+    /// implement, and list the same phases in [`crate::export_filter!`]; the test harness
+    /// delivers only these, as Envoy then does.
+    const PHASES: Phases = Phases::ALL;
 
     /// Request headers arrived (`end_of_stream` when there is no body).
     fn on_request_headers(&mut self, _root: &Self::Root, _host: &dyn Host, _eos: bool) -> Action {

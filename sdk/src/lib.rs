@@ -70,36 +70,187 @@ pub mod cost_model {}
 #[doc(hidden)]
 pub mod abi;
 
-#[cfg(target_arch = "wasm32")]
-#[doc(hidden)]
-pub use proxy_wasm;
-
 /// What a filter author needs, in one `use`.
 pub mod prelude {
     pub use crate::config::{check, ConfigError};
-    pub use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
+    pub use crate::filter::{Action, CalloutResponse, HttpFilter, Phases, RootFilter};
     pub use crate::host::{BufferKind, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
     pub use crate::metrics::{Metric, MetricFamily};
     pub use crate::properties;
 }
 
-/// Exports a [`filter::RootFilter`] as the proxy-wasm module's entry points (`_initialize`,
-/// the root and HTTP contexts). Use it once per filter crate; on non-wasm targets it expands
-/// to nothing, so the crate still builds and tests natively.
+/// Exports a [`filter::RootFilter`] as the proxy-wasm module's entry points: `_initialize`, the
+/// root callbacks (context creation, VM start, configure, tick, callout answers, delete), the
+/// allocator Envoy uses for the values it returns, and one `proxy_on_*` callback per HTTP phase.
+/// Use it once per filter crate; on non-wasm targets it expands to nothing, so the crate still
+/// builds and tests natively.
+///
+/// `export_filter!(MyFilter)` exports every phase. A filter that implements only some declares
+/// them in [`filter::HttpFilter::PHASES`] and lists the same ones here, so that Envoy skips the
+/// others (each call into the VM costs CPU on every request); the two lists are checked against
+/// each other at compile time:
+///
+/// ```ignore
+/// meshwasm::export_filter!(MyFilter, phases: [request_headers, response_headers, log]);
+/// ```
+///
+/// The phase names are `request_headers`, `request_body`, `request_trailers`,
+/// `response_headers`, `response_body`, `response_trailers` and `log`.
 #[macro_export]
 macro_rules! export_filter {
     ($filter:ty) => {
+        $crate::export_filter!(
+            $filter,
+            phases: [
+                request_headers,
+                request_body,
+                request_trailers,
+                response_headers,
+                response_body,
+                response_trailers,
+                log
+            ]
+        );
+    };
+    ($filter:ty, phases: [$($phase:ident),* $(,)?]) => {
         #[cfg(target_arch = "wasm32")]
-        fn __meshwasm_start() {
-            $crate::abi::start::<$filter>();
-        }
+        #[doc(hidden)]
+        type __MeshwasmFilter = $filter;
+
+        const _: () = assert!(
+            <<$filter as $crate::filter::RootFilter>::Http as $crate::filter::HttpFilter>::PHASES
+                .bits()
+                == $crate::filter::Phases::NONE
+                    $(.with($crate::export_filter!(@bit $phase)))*
+                    .bits(),
+            "export_filter!: the phases listed must be exactly HttpFilter::PHASES"
+        );
 
         #[cfg(target_arch = "wasm32")]
         #[allow(unsafe_code)]
+        #[doc(hidden)]
         mod __meshwasm_entry {
-            $crate::proxy_wasm::main! {{
-                super::__meshwasm_start();
-            }}
+            type F = super::__MeshwasmFilter;
+
+            std::thread_local! {
+                static DISPATCH: $crate::abi::Dispatcher<F> = $crate::abi::Dispatcher::default();
+            }
+
+            #[cfg(target_os = "wasi")]
+            extern "C" {
+                fn __wasm_call_ctors();
+            }
+
+            #[no_mangle]
+            pub extern "C" fn _initialize() {
+                // SAFETY: the linker's constructors, run once, first, as a reactor must.
+                #[cfg(target_os = "wasi")]
+                unsafe {
+                    __wasm_call_ctors();
+                }
+                $crate::abi::start();
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+                $crate::abi::memory_allocate(size)
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_context_create(id: u32, parent: u32) {
+                DISPATCH.with(|d| d.context_create(id, parent))
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_vm_start(_id: u32, _size: usize) -> u32 {
+                DISPATCH.with(|d| d.vm_start())
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_configure(id: u32, _size: usize) -> u32 {
+                DISPATCH.with(|d| d.configure(id))
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_tick(id: u32) {
+                DISPATCH.with(|d| d.tick(id))
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_http_call_response(
+                id: u32,
+                token: u32,
+                _headers: usize,
+                body_size: usize,
+                _trailers: usize,
+            ) {
+                DISPATCH.with(|d| d.callout_response(id, token, body_size))
+            }
+
+            #[no_mangle]
+            pub extern "C" fn proxy_on_delete(id: u32) {
+                DISPATCH.with(|d| d.delete(id))
+            }
+
+            $($crate::export_filter!(@export $phase);)*
+        }
+    };
+    (@bit request_headers) => { $crate::filter::Phases::REQUEST_HEADERS };
+    (@bit request_body) => { $crate::filter::Phases::REQUEST_BODY };
+    (@bit request_trailers) => { $crate::filter::Phases::REQUEST_TRAILERS };
+    (@bit response_headers) => { $crate::filter::Phases::RESPONSE_HEADERS };
+    (@bit response_body) => { $crate::filter::Phases::RESPONSE_BODY };
+    (@bit response_trailers) => { $crate::filter::Phases::RESPONSE_TRAILERS };
+    (@bit log) => { $crate::filter::Phases::LOG };
+    (@export request_headers) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_headers(id: u32, _n: usize, eos: u32) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_request_headers(r, h, eos != 0)))
+        }
+    };
+    (@export request_body) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_body(id: u32, size: usize, eos: u32) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_request_body(r, h, size, eos != 0)))
+        }
+    };
+    (@export request_trailers) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_request_trailers(id: u32, _n: usize) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_request_trailers(r, h)))
+        }
+    };
+    (@export response_headers) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_headers(id: u32, _n: usize, eos: u32) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_response_headers(r, h, eos != 0)))
+        }
+    };
+    (@export response_body) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_body(id: u32, size: usize, eos: u32) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_response_body(r, h, size, eos != 0)))
+        }
+    };
+    (@export response_trailers) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_response_trailers(id: u32, _n: usize) -> u32 {
+            use $crate::filter::HttpFilter as _;
+            DISPATCH.with(|d| d.phase(id, |f, r, h| f.on_response_trailers(r, h)))
+        }
+    };
+    (@export log) => {
+        #[no_mangle]
+        pub extern "C" fn proxy_on_log(id: u32) {
+            DISPATCH.with(|d| d.log(id))
         }
     };
 }

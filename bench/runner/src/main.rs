@@ -75,12 +75,24 @@ pub struct Options {
     /// from bench/cost-probe doing each N times per request; writes target/bench/cost-model.md.
     #[arg(long)]
     pub cost_model: bool,
+    /// Only these scenarios (comma-separated keys, e.g. `mesh,trace-core`), always with
+    /// `baseline` and `wasm-noop`, for comparing a change; results under target/bench/ only.
+    #[arg(long, value_name = "KEYS", value_delimiter = ',')]
+    pub only: Vec<String>,
+    /// Measured rounds (default 5; 1 with --quick).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub rounds: Option<u32>,
 }
 
 impl Options {
     /// A short run (`--quick` or `--smoke`).
     fn quick(&self) -> bool {
         self.quick || self.smoke
+    }
+
+    /// A run whose results stay under target/bench/ (short, or only some scenarios).
+    fn partial(&self) -> bool {
+        self.quick() || !self.only.is_empty()
     }
 }
 
@@ -92,6 +104,8 @@ impl Default for Options {
             concurrency: 1,
             no_build: false,
             cost_model: false,
+            only: Vec::new(),
+            rounds: None,
         }
     }
 }
@@ -189,7 +203,10 @@ fn run(options: &Options, command: &str) -> Result<()> {
     let bench_dir = workspace_root().join("bench");
     let (envoy, envoy_version) = toolkit::find::find_and_report()?;
     let wrk = load::ensure_wrk()?;
-    let plan = Plan::new(options.quick());
+    let mut plan = Plan::new(options.quick());
+    if let Some(rounds) = options.rounds {
+        plan.rounds = rounds as usize;
+    }
     let cpus = cpus::Cpus::detect();
     let machine = Machine {
         placement: cpus.describe(),
@@ -207,7 +224,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
     println!("CPU placement: {}", cpus.describe());
     let upstream = Upstream::start("upstream")?;
     let collector = Upstream::start("collector")?;
-    let scenarios = scenario::all(options.concurrency);
+    let scenarios = scenario::select(scenario::all(options.concurrency), &options.only)?;
     let running = start_all(
         &envoy,
         &scenarios,
@@ -646,12 +663,16 @@ fn write_outputs(ctx: &Context<'_>) -> Result<()> {
     let title = format!(
         "meshwasm filters in Envoy {}: cost against no filter (cargo xtask bench{})",
         ctx.envoy_version,
-        if ctx.options.quick() { " --quick" } else { "" }
+        if ctx.options.partial() {
+            " --quick or --only"
+        } else {
+            ""
+        }
     );
     let svg = report::svg_chart(ctx.rows, &title);
     let csv = samples_csv(ctx.measured);
     let mut written = Vec::new();
-    if ctx.options.quick() {
+    if ctx.options.partial() {
         written.push(write(out_dir.join("quick.svg"), &svg)?);
         written.push(write(out_dir.join("quick.csv"), &csv)?);
         written.push(write(
@@ -910,10 +931,17 @@ mod tests {
                 smoke: false,
                 concurrency: 2,
                 no_build: true,
-                cost_model: false
+                cost_model: false,
+                only: Vec::new(),
+                rounds: None,
             }
         );
         assert!(o.quick());
+        let only = parse(&["--only", "mesh,trace-core", "--rounds", "3"])?;
+        assert_eq!(only.only, ["mesh", "trace-core"]);
+        assert_eq!(only.rounds, Some(3));
+        assert!(only.partial() && !only.quick());
+        assert!(parse(&["--rounds", "0"]).is_err());
         let smoke = parse(&["--smoke"])?;
         assert!(smoke.quick() && !smoke.quick);
         assert!(parse(&["--concurrency"]).is_err());

@@ -261,6 +261,32 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
     list
 }
 
+/// The scenarios named in `only` (all of them when it is empty), with the baselines and the
+/// wasm floor every comparison needs; an unknown key is an error that lists the known ones.
+pub fn select(all: Vec<Scenario>, only: &[String]) -> Result<Vec<Scenario>> {
+    if only.is_empty() {
+        return Ok(all);
+    }
+    if let Some(unknown) = only.iter().find(|k| !all.iter().any(|s| &s.key == *k)) {
+        let known: Vec<&str> = all.iter().map(|s| s.key.as_str()).collect();
+        return Err(format!(
+            "--only: no scenario `{unknown}` (known: {})",
+            known.join(", ")
+        ));
+    }
+    let wanted =
+        |s: &Scenario| only.contains(&s.key) || s.key == "baseline" || s.key == "wasm-noop";
+    let mut chosen: Vec<Scenario> = all.iter().filter(|s| wanted(s)).cloned().collect();
+    // A chosen scenario's own baseline (baseline-c2 for the 2-worker ones).
+    for s in all.iter() {
+        let needed = chosen.iter().any(|c| c.baseline == s.key);
+        if needed && !chosen.iter().any(|c| c.key == s.key) {
+            chosen.push(s.clone());
+        }
+    }
+    Ok(chosen)
+}
+
 /// Indents every line of `text` by `n` spaces.
 fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
@@ -452,6 +478,20 @@ mod tests {
             order.len() == 3 && order.windows(2).all(|w| w[0] < w[1]),
             "{order:?}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn only_adds_the_baselines_and_the_floor_and_refuses_unknown_keys() -> Result<()> {
+        let keys = |list: Vec<Scenario>| list.into_iter().map(|s| s.key).collect::<Vec<_>>();
+        assert_eq!(keys(select(all(1), &[])?).len(), all(1).len());
+        let chosen = keys(select(all(1), &["mesh".to_string(), "all3-c2".to_string()])?);
+        for key in ["baseline", "mesh", "wasm-noop", "all3-c2", "baseline-c2"] {
+            assert!(chosen.iter().any(|k| k == key), "{key} missing from {chosen:?}");
+        }
+        assert_eq!(chosen.len(), 5);
+        let err = select(all(1), &["nope".to_string()]).err().unwrap_or_default();
+        assert!(err.contains("no scenario `nope`") && err.contains("mesh"), "{err}");
         Ok(())
     }
 

@@ -61,6 +61,7 @@ impl RootFilter for AddHeaders {
 
 impl HttpFilter for AddHeadersRequest {
     type Root = AddHeaders;
+    const PHASES: Phases = Phases::REQUEST_HEADERS.with(Phases::RESPONSE_HEADERS);
 
     fn on_request_headers(&mut self, root: &AddHeaders, host: &dyn Host, _eos: bool) -> Action {
         for (name, value) in &root.request {
@@ -79,7 +80,7 @@ impl HttpFilter for AddHeadersRequest {
     }
 }
 
-meshwasm::export_filter!(AddHeaders);
+meshwasm::export_filter!(AddHeaders, phases: [request_headers, response_headers]);
 
 #[cfg(test)]
 mod tests {

@@ -149,41 +149,17 @@ macro_rules! each_policy {
 
 impl HttpFilter for MeshRequest {
     type Root = MeshSidecar;
+    // The phases of the three policies together (checked against the export list below).
+    const PHASES: Phases = <TraceRequest as HttpFilter>::PHASES
+        .with(<MetricsRequest as HttpFilter>::PHASES)
+        .with(<RouteRetriesRequest as HttpFilter>::PHASES);
 
     fn on_request_headers(&mut self, root: &MeshSidecar, host: &dyn Host, eos: bool) -> Action {
         each_policy!(self, root, host, on_request_headers, eos)
     }
 
-    fn on_request_body(
-        &mut self,
-        root: &MeshSidecar,
-        host: &dyn Host,
-        size: usize,
-        eos: bool,
-    ) -> Action {
-        each_policy!(self, root, host, on_request_body, size, eos)
-    }
-
-    fn on_request_trailers(&mut self, root: &MeshSidecar, host: &dyn Host) -> Action {
-        each_policy!(self, root, host, on_request_trailers)
-    }
-
     fn on_response_headers(&mut self, root: &MeshSidecar, host: &dyn Host, eos: bool) -> Action {
         each_policy!(self, root, host, on_response_headers, eos)
-    }
-
-    fn on_response_body(
-        &mut self,
-        root: &MeshSidecar,
-        host: &dyn Host,
-        size: usize,
-        eos: bool,
-    ) -> Action {
-        each_policy!(self, root, host, on_response_body, size, eos)
-    }
-
-    fn on_response_trailers(&mut self, root: &MeshSidecar, host: &dyn Host) -> Action {
-        each_policy!(self, root, host, on_response_trailers)
     }
 
     fn on_log(&mut self, root: &MeshSidecar, host: &dyn Host) {
@@ -200,7 +176,7 @@ impl HttpFilter for MeshRequest {
     }
 }
 
-meshwasm::export_filter!(MeshSidecar);
+meshwasm::export_filter!(MeshSidecar, phases: [request_headers, response_headers, log]);
 
 #[cfg(test)]
 mod tests;

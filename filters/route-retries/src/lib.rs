@@ -248,6 +248,9 @@ impl Attributes for RequestView<'_> {
 
 impl HttpFilter for RouteRetriesRequest {
     type Root = RouteRetries;
+    const PHASES: Phases = Phases::REQUEST_HEADERS
+        .with(Phases::RESPONSE_HEADERS)
+        .with(Phases::LOG);
 
     fn on_request_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
         let view = RequestView::new(host);
@@ -411,7 +414,7 @@ impl RouteRetriesRequest {
 }
 
 #[cfg(feature = "entry")]
-meshwasm::export_filter!(RouteRetries);
+meshwasm::export_filter!(RouteRetries, phases: [request_headers, response_headers, log]);
 
 #[cfg(test)]
 mod tests;

@@ -361,6 +361,9 @@ impl RootFilter for ServiceMetrics {
 
 impl HttpFilter for MetricsRequest {
     type Root = ServiceMetrics;
+    const PHASES: Phases = Phases::REQUEST_HEADERS
+        .with(Phases::RESPONSE_HEADERS)
+        .with(Phases::LOG);
 
     fn on_request_headers(&mut self, root: &ServiceMetrics, host: &dyn Host, _eos: bool) -> Action {
         let is_grpc = |ct: &[u8]| ct.starts_with(b"application/grpc");
@@ -411,7 +414,7 @@ impl HttpFilter for MetricsRequest {
 }
 
 #[cfg(feature = "entry")]
-meshwasm::export_filter!(ServiceMetrics);
+meshwasm::export_filter!(ServiceMetrics, phases: [request_headers, response_headers, log]);
 
 #[cfg(test)]
 mod tests;

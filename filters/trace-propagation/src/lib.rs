@@ -166,6 +166,9 @@ impl RootFilter for TracePropagation {
 
 impl HttpFilter for TraceRequest {
     type Root = TracePropagation;
+    const PHASES: Phases = Phases::REQUEST_HEADERS
+        .with(Phases::RESPONSE_HEADERS)
+        .with(Phases::LOG);
 
     fn on_request_headers(
         &mut self,
@@ -340,7 +343,7 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
 }
 
 #[cfg(feature = "entry")]
-meshwasm::export_filter!(TracePropagation);
+meshwasm::export_filter!(TracePropagation, phases: [request_headers, response_headers, log]);
 
 #[cfg(test)]
 mod tests;

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::host::TestHost;
 use crate::config::ConfigError;
-use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
+use crate::filter::{Action, CalloutResponse, HttpFilter, Phases, RootFilter};
 use crate::host::{BufferKind, Host, MapKind};
 use crate::properties;
 
@@ -131,42 +131,141 @@ impl<F: RootFilter> HttpStream<F> {
                 }
             }
         }
-        self.filter.on_request_headers(&self.root, &self.host, eos)
+        self.phase(Phases::REQUEST_HEADERS, |f, r, h| {
+            f.on_request_headers(r, h, eos)
+        })
     }
     /// Delivers request headers with raw byte values (non-UTF-8 and other hostile input).
     pub fn request_headers_bytes(&mut self, headers: &[(&str, &[u8])], eos: bool) -> Action {
         self.host.set_map_bytes(MapKind::RequestHeaders, headers);
-        self.filter.on_request_headers(&self.root, &self.host, eos)
+        self.phase(Phases::REQUEST_HEADERS, |f, r, h| {
+            f.on_request_headers(r, h, eos)
+        })
     }
     /// Delivers a request body chunk.
     pub fn request_body(&mut self, chunk: &[u8], eos: bool) -> Action {
         self.host.set_buffer_bytes(BufferKind::RequestBody, chunk);
-        self.filter
-            .on_request_body(&self.root, &self.host, chunk.len(), eos)
+        let size = chunk.len();
+        self.phase(Phases::REQUEST_BODY, |f, r, h| {
+            f.on_request_body(r, h, size, eos)
+        })
     }
     /// Delivers request trailers.
     pub fn request_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
         self.host.set_map(MapKind::RequestTrailers, trailers);
-        self.filter.on_request_trailers(&self.root, &self.host)
+        self.phase(Phases::REQUEST_TRAILERS, |f, r, h| {
+            f.on_request_trailers(r, h)
+        })
     }
     /// Delivers response headers (`:status` included as given).
     pub fn response_headers(&mut self, headers: &[(&str, &str)], eos: bool) -> Action {
         self.host.set_map(MapKind::ResponseHeaders, headers);
-        self.filter.on_response_headers(&self.root, &self.host, eos)
+        self.phase(Phases::RESPONSE_HEADERS, |f, r, h| {
+            f.on_response_headers(r, h, eos)
+        })
     }
     /// Delivers a response body chunk.
     pub fn response_body(&mut self, chunk: &[u8], eos: bool) -> Action {
         self.host.set_buffer_bytes(BufferKind::ResponseBody, chunk);
-        self.filter
-            .on_response_body(&self.root, &self.host, chunk.len(), eos)
+        let size = chunk.len();
+        self.phase(Phases::RESPONSE_BODY, |f, r, h| {
+            f.on_response_body(r, h, size, eos)
+        })
     }
     /// Delivers response trailers.
     pub fn response_trailers(&mut self, trailers: &[(&str, &str)]) -> Action {
         self.host.set_map(MapKind::ResponseTrailers, trailers);
-        self.filter.on_response_trailers(&self.root, &self.host)
+        self.phase(Phases::RESPONSE_TRAILERS, |f, r, h| {
+            f.on_response_trailers(r, h)
+        })
     }
     /// Ends the stream (`on_log`).
     pub fn log(&mut self) {
-        self.filter.on_log(&self.root, &self.host);
+        if <F::Http as HttpFilter>::PHASES.contains(Phases::LOG) {
+            self.filter.on_log(&self.root, &self.host);
+        }
+    }
+
+    /// Runs a phase callback when the filter declares the phase (as Envoy calls only the
+    /// exported ones), else continues as Envoy does for a phase the module does not export.
+    fn phase(
+        &mut self,
+        phase: Phases,
+        call: impl FnOnce(&mut F::Http, &F, &TestHost) -> Action,
+    ) -> Action {
+        if <F::Http as HttpFilter>::PHASES.contains(phase) {
+            call(&mut self.filter, &self.root, &self.host)
+        } else {
+            Action::Continue
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::config::ConfigError;
+
+    /// Counts every callback it gets, but declares only the request headers and the log.
+    struct Counting;
+    struct CountingRequest {
+        calls: Vec<&'static str>,
+    }
+
+    impl RootFilter for Counting {
+        type Config = serde_json::Value;
+        type Http = CountingRequest;
+        const NAME: &'static str = "counting";
+        fn configure(_: serde_json::Value, _: &dyn Host) -> Result<Self, ConfigError> {
+            Ok(Counting)
+        }
+        fn new_http(&self, _: &dyn Host) -> CountingRequest {
+            CountingRequest { calls: Vec::new() }
+        }
+    }
+
+    impl HttpFilter for CountingRequest {
+        type Root = Counting;
+        const PHASES: Phases = Phases::REQUEST_HEADERS.with(Phases::LOG);
+        fn on_request_headers(&mut self, _: &Counting, _: &dyn Host, _: bool) -> Action {
+            self.calls.push("request_headers");
+            Action::Pause
+        }
+        fn on_response_headers(&mut self, _: &Counting, _: &dyn Host, _: bool) -> Action {
+            self.calls.push("response_headers");
+            Action::Pause
+        }
+        fn on_response_body(&mut self, _: &Counting, _: &dyn Host, _: usize, _: bool) -> Action {
+            self.calls.push("response_body");
+            Action::Pause
+        }
+        fn on_log(&mut self, _: &Counting, _: &dyn Host) {
+            self.calls.push("log");
+        }
+    }
+
+    #[test]
+    fn only_declared_phases_are_delivered_as_envoy_calls_only_exported_ones() {
+        let h = FilterHarness::<Counting>::new("{}").unwrap();
+        let mut s = h.stream();
+        assert_eq!(s.request_headers(&[(":path", "/")], true), Action::Pause);
+        // Implemented but not declared: Envoy would not call it; the harness continues.
+        assert_eq!(
+            s.response_headers(&[(":status", "200")], false),
+            Action::Continue
+        );
+        assert_eq!(s.response_body(b"x", true), Action::Continue);
+        s.log();
+        assert_eq!(s.filter().calls, ["request_headers", "log"]);
+    }
+
+    #[test]
+    fn phase_sets_combine() {
+        let p = Phases::REQUEST_HEADERS.with(Phases::LOG);
+        assert!(p.contains(Phases::LOG) && p.contains(Phases::REQUEST_HEADERS));
+        assert!(!p.contains(Phases::RESPONSE_BODY));
+        assert!(Phases::ALL.contains(p) && !p.contains(Phases::ALL));
+        assert_eq!(Phases::NONE.with(Phases::ALL), Phases::ALL);
     }
 }
