@@ -583,7 +583,17 @@ impl Host for WasmHost {
         raw::set_buffer_bytes(buffer_type(kind), start, size, value).map_err(err)
     }
     fn property(&self, path: &[&str]) -> Option<Bytes> {
-        match raw::get_property(&wire::encode_path(path)) {
+        // Every attribute path Envoy has fits the stack buffer; a longer one takes the heap.
+        let mut stack = [0u8; 96];
+        let heap;
+        let encoded: &[u8] = match wire::encode_path_into(path, &mut stack) {
+            Some(n) => &stack[..n],
+            None => {
+                heap = wire::encode_path(path);
+                &heap
+            }
+        };
+        match raw::get_property(encoded) {
             Ok(bytes) => bytes,
             Err(Status::NotFound) => None,
             Err(status) => {

@@ -11,11 +11,12 @@
 //! end: between callbacks the proxy (and other filters in the chain) may change anything.
 
 use std::cell::RefCell;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use crate::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
+use crate::host::{BufferKind, Bytes, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
 
-type Pairs = Vec<(String, Bytes)>;
+type Pairs = Rc<Vec<(String, Bytes)>>;
 
 /// A [`Host`] over another one that serves repeated reads within one phase callback from memory.
 pub struct PhaseHost<'a> {
@@ -28,6 +29,24 @@ pub struct PhaseHost<'a> {
 /// The cache key of a property path (segments cannot contain NUL in Envoy's attribute names).
 fn property_key(path: &[&str]) -> String {
     path.join("\0")
+}
+
+/// Whether `key` (made by [`property_key`]) is `path`, compared without building a key.
+fn is_key(key: &str, path: &[&str]) -> bool {
+    let mut rest = key.as_bytes();
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            match rest.split_first() {
+                Some((0, after)) => rest = after,
+                _ => return false,
+            }
+        }
+        match rest.strip_prefix(segment.as_bytes()) {
+            Some(after) => rest = after,
+            None => return false,
+        }
+    }
+    rest.is_empty()
 }
 
 impl<'a> PhaseHost<'a> {
@@ -44,6 +63,16 @@ impl<'a> PhaseHost<'a> {
     fn with_map<T>(&self, map: MapKind, f: impl FnOnce(&mut Pairs) -> T) -> Option<T> {
         let mut maps = self.maps.borrow_mut();
         maps.iter_mut().find(|(m, _)| *m == map).map(|(_, p)| f(p))
+    }
+
+    /// The map, read from the proxy on first use in this callback.
+    fn shared_map(&self, map: MapKind) -> Pairs {
+        if let Some(pairs) = self.with_map(map, |pairs| Rc::clone(pairs)) {
+            return pairs;
+        }
+        let pairs = Rc::new(self.inner.headers(map));
+        self.maps.borrow_mut().push((map, Rc::clone(&pairs)));
+        pairs
     }
 }
 
@@ -62,17 +91,19 @@ impl Host for PhaseHost<'_> {
     }
 
     fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
-        if let Some(pairs) = self.with_map(map, |pairs| pairs.clone()) {
-            return pairs;
-        }
-        let pairs = self.inner.headers(map);
-        self.maps.borrow_mut().push((map, pairs.clone()));
-        pairs
+        self.shared_map(map).as_ref().clone()
+    }
+
+    /// One read of the map per callback, shared (not copied) by every filter that looks.
+    fn snapshot(&self, map: MapKind) -> HeaderSnapshot {
+        HeaderSnapshot::shared(self.shared_map(map))
     }
 
     fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
         self.inner.set_header(map, name, value);
+        // A snapshot a filter still holds keeps what it saw (copy on write).
         self.with_map(map, |pairs| {
+            let pairs = Rc::make_mut(pairs);
             pairs.retain(|(k, _)| k != name);
             if let Some(v) = value {
                 pairs.push((name.to_string(), v.to_vec()));
@@ -82,7 +113,9 @@ impl Host for PhaseHost<'_> {
 
     fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
         self.inner.add_header(map, name, value);
-        self.with_map(map, |pairs| pairs.push((name.to_string(), value.to_vec())));
+        self.with_map(map, |pairs| {
+            Rc::make_mut(pairs).push((name.to_string(), value.to_vec()))
+        });
     }
 
     fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
@@ -100,18 +133,25 @@ impl Host for PhaseHost<'_> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Bytes> {
-        let key = property_key(path);
-        if let Some((_, v)) = self.properties.borrow().iter().find(|(k, _)| *k == key) {
+        if let Some((_, v)) = self
+            .properties
+            .borrow()
+            .iter()
+            .find(|(k, _)| is_key(k, path))
+        {
             return v.clone();
         }
         let value = self.inner.property(path);
-        self.properties.borrow_mut().push((key, value.clone()));
+        self.properties
+            .borrow_mut()
+            .push((property_key(path), value.clone()));
         value
     }
 
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
-        let key = property_key(path);
-        self.properties.borrow_mut().retain(|(k, _)| *k != key);
+        self.properties
+            .borrow_mut()
+            .retain(|(k, _)| !is_key(k, path));
         self.inner.set_property(path, value)
     }
 
@@ -196,6 +236,37 @@ mod tests {
     use super::*;
     use crate::filter::Action;
     use crate::testing::TestHost;
+
+    #[test]
+    fn property_keys_match_whole_segments_only() {
+        let key = property_key(&["xds", "route_name"]);
+        assert!(is_key(&key, &["xds", "route_name"]));
+        for other in [
+            &["xds"][..],
+            &["xds", "route"],
+            &["xds", "route_name", "x"],
+            &["xd", "s\0route_name"],
+            &["xdsroute_name"],
+            &[],
+        ] {
+            assert!(!is_key(&key, other), "{other:?}");
+        }
+        assert!(is_key(&property_key(&[]), &[]));
+    }
+
+    #[test]
+    fn a_snapshot_keeps_what_it_saw_while_later_reads_see_the_writes() {
+        let host = TestHost::new();
+        host.set_map(MapKind::RequestHeaders, &[("a", "1"), ("b", "2")]);
+        let phase = PhaseHost::new(&host);
+        let first = phase.snapshot(MapKind::RequestHeaders);
+        phase.set_header(MapKind::RequestHeaders, "a", Some(b"9"));
+        assert_eq!(first.get("a"), Some(&b"1"[..]));
+        let second = phase.snapshot(MapKind::RequestHeaders);
+        assert_eq!(second.get("a"), Some(&b"9"[..]));
+        assert_eq!(second.get("b"), Some(&b"2"[..]));
+        assert_eq!(host.request_header("a").as_deref(), Some("9"));
+    }
 
     #[test]
     fn reads_once_and_sees_its_own_writes() {

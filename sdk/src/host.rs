@@ -84,12 +84,17 @@ impl std::error::Error for HostError {}
 /// header costs one per name (present or not).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderSnapshot {
-    pairs: Vec<(String, Bytes)>,
+    pairs: std::rc::Rc<Vec<(String, Bytes)>>,
 }
 
 impl HeaderSnapshot {
     /// A snapshot of `pairs` (names as the host keeps them: lowercase).
     pub fn new(pairs: Vec<(String, Bytes)>) -> HeaderSnapshot {
+        HeaderSnapshot::shared(std::rc::Rc::new(pairs))
+    }
+    /// A snapshot of pairs shared with whoever else holds them (several filters in one module
+    /// read one snapshot without copying it; see [`crate::compose::PhaseHost`]).
+    pub fn shared(pairs: std::rc::Rc<Vec<(String, Bytes)>>) -> HeaderSnapshot {
         HeaderSnapshot { pairs }
     }
     /// The first value of `name` (lowercase), as bytes.

@@ -117,41 +117,64 @@ pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
+/// The raw value of the attribute at a dotted path. The path is split on the stack: these reads
+/// run on every request, and a heap allocation costs more than the split.
+fn raw(host: &dyn Host, path: &str) -> Option<Vec<u8>> {
+    const MAX: usize = 8;
+    let mut segments = [""; MAX];
+    let mut n = 0;
+    if let Some(key) = path.strip_prefix(META) {
+        segments[..4].copy_from_slice(&["xds", "node", "metadata", key]);
+        n = 4;
+    } else {
+        for segment in path.split('.') {
+            match segments.get_mut(n) {
+                Some(slot) => *slot = segment,
+                // Deeper than any attribute Envoy has: the general split.
+                None => return host.property(&split(path)),
+            }
+            n += 1;
+        }
+    }
+    host.property(&segments[..n])
+}
+
 /// Reads a string attribute at a dotted path such as `xds.route_name`.
 pub fn string(host: &dyn Host, path: &str) -> Option<String> {
-    host.property(&split(path)).and_then(|b| decode_string(&b))
+    // The host's buffer becomes the string: no copy.
+    raw(host, path).and_then(|b| String::from_utf8(b).ok())
 }
 /// Reads an int64 attribute.
 pub fn int(host: &dyn Host, path: &str) -> Option<i64> {
-    host.property(&split(path)).and_then(|b| decode_i64(&b))
+    raw(host, path).and_then(|b| decode_i64(&b))
 }
 /// Reads a uint64 attribute.
 pub fn uint(host: &dyn Host, path: &str) -> Option<u64> {
-    host.property(&split(path)).and_then(|b| decode_u64(&b))
+    raw(host, path).and_then(|b| decode_u64(&b))
 }
 /// Reads a bool attribute.
 pub fn boolean(host: &dyn Host, path: &str) -> Option<bool> {
-    host.property(&split(path)).and_then(|b| decode_bool(&b))
+    raw(host, path).and_then(|b| decode_bool(&b))
 }
 /// Reads a duration attribute.
 pub fn duration(host: &dyn Host, path: &str) -> Option<Duration> {
-    host.property(&split(path))
-        .and_then(|b| decode_duration(&b))
+    raw(host, path).and_then(|b| decode_duration(&b))
 }
 /// Reads a timestamp attribute.
 pub fn timestamp(host: &dyn Host, path: &str) -> Option<SystemTime> {
-    host.property(&split(path))
-        .and_then(|b| decode_timestamp(&b))
+    raw(host, path).and_then(|b| decode_timestamp(&b))
 }
 /// Reads a string map attribute.
 pub fn string_map(host: &dyn Host, path: &str) -> Option<Vec<(String, String)>> {
-    host.property(&split(path)).and_then(|b| decode_pairs(&b))
+    raw(host, path).and_then(|b| decode_pairs(&b))
 }
+
+/// The prefix of node metadata paths, whose key (the rest) may contain dots.
+const META: &str = "xds.node.metadata.";
 
 /// Splits a dotted attribute path. Node metadata keys may contain dots, so everything after
 /// `xds.node.metadata.` is one segment.
 pub fn split(path: &str) -> Vec<&str> {
-    const META: &str = "xds.node.metadata.";
     if let Some(key) = path.strip_prefix(META) {
         return vec!["xds", "node", "metadata", key];
     }

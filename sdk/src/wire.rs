@@ -223,6 +223,21 @@ pub fn encode_path(path: &[&str]) -> Vec<u8> {
     out
 }
 
+/// [`encode_path`] into `buf`: the length written, or `None` when it does not fit.
+pub fn encode_path_into(path: &[&str], buf: &mut [u8]) -> Option<usize> {
+    let mut at = 0;
+    for (i, part) in path.iter().enumerate() {
+        if i > 0 {
+            *buf.get_mut(at)? = 0;
+            at += 1;
+        }
+        let end = at.checked_add(part.len())?;
+        buf.get_mut(at..end)?.copy_from_slice(part.as_bytes());
+        at = end;
+    }
+    Some(at)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -474,6 +489,18 @@ mod tests {
         assert_eq!(
             encode_path(&["xds", "node", "metadata", "k"]),
             b"xds\0node\0metadata\0k"
+        );
+        let mut buf = [0u8; 16];
+        for path in [&["request", "path"][..], &[], &["xds", "route_name"]] {
+            let n = encode_path_into(path, &mut buf).unwrap();
+            assert_eq!(&buf[..n], encode_path(path).as_slice());
+        }
+        // Too long for the buffer, by one byte and by a lot: `None`, never a panic.
+        assert_eq!(encode_path_into(&["request", "pathxxxxx"], &mut buf), None);
+        assert_eq!(encode_path_into(&["x"; 40], &mut buf), None);
+        assert_eq!(
+            encode_path_into(&["request", "path"], &mut [0u8; 12]),
+            Some(12)
         );
     }
 }

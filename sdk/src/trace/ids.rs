@@ -32,12 +32,16 @@ impl TraceId {
 
     /// The 32 lowercase hex digits of the id.
     pub fn to_hex(&self) -> String {
-        format!("{:032x}", self.0)
+        let mut out = String::with_capacity(32);
+        push_hex(&mut out, self.0, 32);
+        out
     }
 
     /// The 16 lowercase hex digits of the low 64 bits (the B3 64-bit form).
     pub fn low_hex(&self) -> String {
-        format!("{:016x}", self.low64())
+        let mut out = String::with_capacity(16);
+        push_hex(&mut out, u128::from(self.low64()), 16);
+        out
     }
 
     /// Whether the high 64 bits are zero, so the id fits the B3 64-bit form.
@@ -65,8 +69,27 @@ impl SpanId {
 
     /// The 16 lowercase hex digits of the id.
     pub fn to_hex(&self) -> String {
-        format!("{:016x}", self.0)
+        let mut out = String::with_capacity(16);
+        push_hex(&mut out, u128::from(self.0), 16);
+        out
     }
+}
+
+/// Appends the low `digits` hex digits of `value`, lowercase, zero-padded (at most 32). Ids are
+/// written on every request: a table lookup per digit on 64-bit halves (128-bit shifts are
+/// library calls in wasm32), where `core::fmt` goes through its formatter machinery.
+pub fn push_hex(out: &mut String, value: u128, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let digits = digits.min(32);
+    let halves = [(value >> 64) as u64, value as u64];
+    let mut buf = [0u8; 32];
+    for (i, half) in halves.iter().enumerate() {
+        for j in 0..16 {
+            buf[i * 16 + j] = HEX[((half >> ((15 - j) * 4)) & 0xf) as usize];
+        }
+    }
+    // Always ASCII, so never the empty fallback.
+    out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
 }
 
 /// A fast, seedable pseudo-random generator for ids: xoshiro256** (Blackman and Vigna) with its

@@ -14,7 +14,7 @@
 //!   every valid list is read whole (up to [`MAX_TRACESTATE_LEN`] bytes of input, room for the
 //!   longest list the grammar allows and as much whitespace again).
 
-use super::ids::{SpanId, TraceId};
+use super::ids::{push_hex, SpanId, TraceId};
 use super::{is_lower_hex, parse_lower_hex, trim_ows, TraceError};
 
 /// The longest `traceparent` value accepted (after trimming surrounding whitespace). Version
@@ -91,12 +91,15 @@ impl TraceParent {
     /// when downgrading a future version). Only the `sampled` and `random` flags are kept:
     /// vendors must send the other bits as zero.
     pub fn to_header(&self) -> String {
-        format!(
-            "00-{}-{}-{:02x}",
-            self.trace_id.to_hex(),
-            self.parent_id.to_hex(),
-            self.flags & (Self::FLAG_SAMPLED | Self::FLAG_RANDOM)
-        )
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        push_hex(&mut out, self.trace_id.0, 32);
+        out.push('-');
+        push_hex(&mut out, u128::from(self.parent_id.0), 16);
+        out.push('-');
+        let flags = self.flags & (Self::FLAG_SAMPLED | Self::FLAG_RANDOM);
+        push_hex(&mut out, u128::from(flags), 2);
+        out
     }
 }
 
