@@ -7,7 +7,7 @@ pub mod labels;
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshwasm::identity::{self, Identity, NodeInfo, PeerError, SigningKey};
 use meshwasm::prelude::*;
@@ -102,6 +102,8 @@ pub enum Peer {
 pub struct MetricsRequest {
     peer: Peer,
     grpc: bool,
+    /// When the request headers reached the filter (the start of the duration).
+    start: Option<SystemTime>,
 }
 
 impl MetricsRequest {
@@ -112,8 +114,11 @@ impl MetricsRequest {
 }
 
 fn now_secs(host: &dyn Host) -> u64 {
-    host.now()
-        .duration_since(UNIX_EPOCH)
+    secs(host.now())
+}
+
+fn secs(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
 }
@@ -190,8 +195,7 @@ impl ServiceMetrics {
     }
 
     /// Sets our identity header on `map`, re-encoding (and re-signing) once per second.
-    fn put_own_header(&self, host: &dyn Host, map: MapKind) {
-        let now = now_secs(host);
+    fn put_own_header(&self, host: &dyn Host, map: MapKind, now: u64) {
         let mut cached = self.own_header.borrow_mut();
         if cached.0 != now {
             *cached = (now, identity::encode(&self.local, now, self.key.as_ref()));
@@ -319,7 +323,14 @@ impl ServiceMetrics {
         };
         let values: Vec<&str> = self.labels.iter().map(|l| l.value(&observed)).collect();
         self.requests.inc(host, &values);
-        if let Some(d) = properties::request_duration(host) {
+        // The proxy's clock from the request headers to the end of the stream (one clock
+        // reading, where the `request.duration` attribute cost a property read); the attribute
+        // only for a stream whose request headers the filter never saw.
+        let duration = match request.start {
+            Some(start) => Some(host.now().duration_since(start).unwrap_or_default()),
+            None => properties::request_duration(host),
+        };
+        if let Some(d) = duration {
             let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
             self.duration.record(host, &values, ms);
         }
@@ -355,6 +366,7 @@ impl RootFilter for ServiceMetrics {
         MetricsRequest {
             peer: Peer::Missing,
             grpc: false,
+            start: None,
         }
     }
 }
@@ -368,6 +380,8 @@ impl HttpFilter for MetricsRequest {
     fn on_request_headers(&mut self, root: &ServiceMetrics, host: &dyn Host, _eos: bool) -> Action {
         let is_grpc = |ct: &[u8]| ct.starts_with(b"application/grpc");
         let map = MapKind::RequestHeaders;
+        let start = host.now();
+        self.start = Some(start);
         // The content type matters only to the `grpc_status` label.
         match (root.reporter, root.uses.grpc) {
             (Reporter::Source, grpc) => {
@@ -375,7 +389,7 @@ impl HttpFilter for MetricsRequest {
                     && host
                         .header(map, "content-type")
                         .is_some_and(|ct| is_grpc(&ct));
-                root.put_own_header(host, map);
+                root.put_own_header(host, map, secs(start));
             }
             (Reporter::Destination, false) => self.peer = root.take_peer(host, map),
             (Reporter::Destination, true) => {
@@ -401,7 +415,7 @@ impl HttpFilter for MetricsRequest {
             // replayed by it as a request header within the allowed skew.
             Reporter::Destination => {
                 if matches!(self.peer, Peer::Known(_)) {
-                    root.put_own_header(host, MapKind::ResponseHeaders);
+                    root.put_own_header(host, MapKind::ResponseHeaders, now_secs(host));
                 }
             }
         }

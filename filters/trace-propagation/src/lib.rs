@@ -288,10 +288,9 @@ impl HttpFilter for TraceRequest {
 fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop: HopSpan) -> Span {
     let status = properties::response_code(host).unwrap_or(0);
     let flags = properties::response_flags(host).unwrap_or(0);
-    let duration_us = match properties::request_duration(host) {
-        Some(d) => u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
-        None => micros(host.now()).saturating_sub(micros(hop.start)),
-    };
+    // The proxy's clock from the request headers to the end of the stream: one clock reading
+    // (about 0.2 us) where the `request.duration` attribute cost a property read (1.3 us).
+    let duration_us = micros(host.now()).saturating_sub(micros(hop.start));
     let (kind, remote_addr) = match root.cfg.direction {
         Direction::Outbound => (SpanKind::Client, properties::upstream_address(host)),
         Direction::Inbound => (SpanKind::Server, properties::source_address(host)),

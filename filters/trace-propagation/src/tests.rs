@@ -1063,7 +1063,7 @@ fn hostcalls_per_request_stay_as_they_were() {
         [
             "get_property response.code",
             "get_property response.flags",
-            "get_property request.duration",
+            // The duration is the clock's since the request headers (was `request.duration`).
             "get_current_time_nanoseconds",
             "get_property upstream.address",
             "get_property xds.cluster_name",
