@@ -20,6 +20,7 @@ mod load;
 mod report;
 mod scenario;
 mod upstream;
+mod vmwork;
 
 use std::fmt::Write as _;
 use std::fs;
@@ -75,6 +76,11 @@ pub struct Options {
     /// from bench/cost-probe doing each N times per request; writes target/bench/cost-model.md.
     #[arg(long)]
     pub cost_model: bool,
+    /// The work each filter does inside its VM per request instead of the scenarios: wasm
+    /// instructions counted by wasmtime with every hostcall stubbed (bench/vm-work), which the
+    /// machine's load does not move; writes target/bench/vm-work.md.
+    #[arg(long)]
+    pub vm_work: bool,
     /// Only these scenarios (comma-separated keys, e.g. `mesh,trace-core`), always with
     /// `baseline` and `wasm-noop`, for comparing a change; results under target/bench/ only.
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
@@ -104,6 +110,7 @@ impl Default for Options {
             concurrency: 1,
             no_build: false,
             cost_model: false,
+            vm_work: false,
             only: Vec::new(),
             rounds: None,
         }
@@ -181,6 +188,11 @@ struct Running {
 fn run(options: &Options, command: &str) -> Result<()> {
     if options.cost_model {
         return cost::run(options.quick(), command);
+    }
+    if options.vm_work {
+        let filters_dir = std::path::absolute(toolkit::filters_dir())
+            .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
+        return vmwork::run(&filters_dir);
     }
     let started = Instant::now();
     if cfg!(debug_assertions) {
@@ -932,6 +944,7 @@ mod tests {
                 concurrency: 2,
                 no_build: true,
                 cost_model: false,
+                vm_work: false,
                 only: Vec::new(),
                 rounds: None,
             }
