@@ -485,13 +485,24 @@ mod tests {
     fn only_adds_the_baselines_and_the_floor_and_refuses_unknown_keys() -> Result<()> {
         let keys = |list: Vec<Scenario>| list.into_iter().map(|s| s.key).collect::<Vec<_>>();
         assert_eq!(keys(select(all(1), &[])?).len(), all(1).len());
-        let chosen = keys(select(all(1), &["mesh".to_string(), "all3-c2".to_string()])?);
+        let chosen = keys(select(
+            all(1),
+            &["mesh".to_string(), "all3-c2".to_string()],
+        )?);
         for key in ["baseline", "mesh", "wasm-noop", "all3-c2", "baseline-c2"] {
-            assert!(chosen.iter().any(|k| k == key), "{key} missing from {chosen:?}");
+            assert!(
+                chosen.iter().any(|k| k == key),
+                "{key} missing from {chosen:?}"
+            );
         }
         assert_eq!(chosen.len(), 5);
-        let err = select(all(1), &["nope".to_string()]).err().unwrap_or_default();
-        assert!(err.contains("no scenario `nope`") && err.contains("mesh"), "{err}");
+        let err = select(all(1), &["nope".to_string()])
+            .err()
+            .unwrap_or_default();
+        assert!(
+            err.contains("no scenario `nope`") && err.contains("mesh"),
+            "{err}"
+        );
         Ok(())
     }
 
