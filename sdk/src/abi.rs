@@ -24,7 +24,7 @@ use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::filter::{Action, CalloutResponse, HttpFilter, RootFilter};
-use crate::host::{BufferKind, Bytes, Host, HostError, MapKind, MetricKind};
+use crate::host::{BufferKind, Bytes, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
 use crate::wire::{self, Status};
 
 /// The proxy-wasm ABI 0.2.1 functions this SDK calls. Every status and every enum is a plain
@@ -507,6 +507,35 @@ fn bump(slot: &Cell<Option<u32>>, name: &str, by: usize) {
     let _ = raw::increment_metric(id, i64::try_from(by).unwrap_or(i64::MAX));
 }
 
+/// The wire form of a header map (empty when the host has none or fails, logged at debug).
+fn read_map(map: MapKind) -> Bytes {
+    match raw::get_header_map_pairs(map_type(map)) {
+        Ok(bytes) => bytes.unwrap_or_default(),
+        Err(status) => {
+            debug_failed("reading header map", &map, status);
+            Vec::new()
+        }
+    }
+}
+
+/// Counts (and logs at debug) a header map that did not come as the ABI says.
+fn count_faults(map: MapKind, lossy_names: usize, malformed: bool) {
+    if lossy_names == 0 && !malformed {
+        return;
+    }
+    log::debug!(
+        "meshwasm: header map {map:?}: {lossy_names} name(s) not UTF-8, malformed: {malformed}"
+    );
+    DECODE_COUNTERS.with(|c| {
+        if lossy_names > 0 {
+            bump(&c.lossy_names, wire::LOSSY_HEADER_NAMES, lossy_names);
+        }
+        if malformed {
+            bump(&c.malformed_maps, wire::MALFORMED_HEADER_MAPS, 1);
+        }
+    });
+}
+
 impl Host for WasmHost {
     fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
         match raw::get_header_map_value(map_type(map), name) {
@@ -520,34 +549,17 @@ impl Host for WasmHost {
         }
     }
     fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
-        let bytes = match raw::get_header_map_pairs(map_type(map)) {
-            Ok(bytes) => bytes.unwrap_or_default(),
-            Err(status) => {
-                debug_failed("reading header map", &map, status);
-                return Vec::new();
-            }
-        };
+        let bytes = read_map(map);
         let decoded = wire::decode_map(&bytes);
-        if decoded.lossy_names > 0 || decoded.malformed {
-            log::debug!(
-                "meshwasm: header map {map:?}: {} name(s) not UTF-8, malformed: {}",
-                decoded.lossy_names,
-                decoded.malformed
-            );
-            DECODE_COUNTERS.with(|c| {
-                if decoded.lossy_names > 0 {
-                    bump(
-                        &c.lossy_names,
-                        wire::LOSSY_HEADER_NAMES,
-                        decoded.lossy_names,
-                    );
-                }
-                if decoded.malformed {
-                    bump(&c.malformed_maps, wire::MALFORMED_HEADER_MAPS, 1);
-                }
-            });
-        }
+        count_faults(map, decoded.lossy_names, decoded.malformed);
         decoded.pairs
+    }
+    /// The host's buffer itself, indexed: one allocation (the index), not two per header.
+    fn snapshot(&self, map: MapKind) -> HeaderSnapshot {
+        let bytes = read_map(map);
+        let index = wire::index_map(&bytes);
+        count_faults(map, index.lossy_names, index.malformed);
+        HeaderSnapshot::from_index(bytes, index.spans)
     }
     fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
         let result = match value {

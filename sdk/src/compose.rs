@@ -11,17 +11,17 @@
 //! end: between callbacks the proxy (and other filters in the chain) may change anything.
 
 use std::cell::RefCell;
-use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
-use crate::host::{BufferKind, Bytes, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
+use crate::host::{BufferKind, Bytes, Edit, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
 
-type Pairs = Rc<Vec<(String, Bytes)>>;
+/// A map read in this callback, and the writes made to it since, applied when next read whole.
+type Cached = (MapKind, HeaderSnapshot, Vec<Edit>);
 
 /// A [`Host`] over another one that serves repeated reads within one phase callback from memory.
 pub struct PhaseHost<'a> {
     inner: &'a dyn Host,
-    maps: RefCell<Vec<(MapKind, Pairs)>>,
+    maps: RefCell<Vec<Cached>>,
     properties: RefCell<Vec<(String, Option<Bytes>)>>,
     now: std::cell::Cell<Option<SystemTime>>,
 }
@@ -60,62 +60,61 @@ impl<'a> PhaseHost<'a> {
         }
     }
 
-    fn with_map<T>(&self, map: MapKind, f: impl FnOnce(&mut Pairs) -> T) -> Option<T> {
+    /// The map as it is now: read from the proxy on first use in this callback, with the writes
+    /// made since applied once (a snapshot a filter still holds keeps what it saw).
+    fn current(&self, map: MapKind) -> HeaderSnapshot {
         let mut maps = self.maps.borrow_mut();
-        maps.iter_mut().find(|(m, _)| *m == map).map(|(_, p)| f(p))
+        if let Some((_, snapshot, edits)) = maps.iter_mut().find(|(m, _, _)| *m == map) {
+            if !edits.is_empty() {
+                *snapshot = snapshot.edited(edits);
+                edits.clear();
+            }
+            return snapshot.clone();
+        }
+        let snapshot = self.inner.snapshot(map);
+        maps.push((map, snapshot.clone(), Vec::new()));
+        snapshot
     }
 
-    /// The map, read from the proxy on first use in this callback.
-    fn shared_map(&self, map: MapKind) -> Pairs {
-        if let Some(pairs) = self.with_map(map, |pairs| Rc::clone(pairs)) {
-            return pairs;
+    /// Records a write to a map read whole in this callback (other maps are not cached).
+    fn edit(&self, map: MapKind, edit: Edit) {
+        let mut maps = self.maps.borrow_mut();
+        if let Some((_, _, edits)) = maps.iter_mut().find(|(m, _, _)| *m == map) {
+            edits.push(edit);
         }
-        let pairs = Rc::new(self.inner.headers(map));
-        self.maps.borrow_mut().push((map, Rc::clone(&pairs)));
-        pairs
+    }
+
+    fn is_cached(&self, map: MapKind) -> bool {
+        self.maps.borrow().iter().any(|(m, _, _)| *m == map)
     }
 }
 
 impl Host for PhaseHost<'_> {
     fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
         // From a map already read whole; a single lookup does not justify reading one.
-        match self.with_map(map, |pairs| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }) {
-            Some(found) => found,
-            None => self.inner.header(map, name),
+        if self.is_cached(map) {
+            return self.current(map).get(name).map(<[u8]>::to_vec);
         }
+        self.inner.header(map, name)
     }
 
     fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
-        self.shared_map(map).as_ref().clone()
+        self.current(map).to_pairs()
     }
 
     /// One read of the map per callback, shared (not copied) by every filter that looks.
     fn snapshot(&self, map: MapKind) -> HeaderSnapshot {
-        HeaderSnapshot::shared(self.shared_map(map))
+        self.current(map)
     }
 
     fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
         self.inner.set_header(map, name, value);
-        // A snapshot a filter still holds keeps what it saw (copy on write).
-        self.with_map(map, |pairs| {
-            let pairs = Rc::make_mut(pairs);
-            pairs.retain(|(k, _)| k != name);
-            if let Some(v) = value {
-                pairs.push((name.to_string(), v.to_vec()));
-            }
-        });
+        self.edit(map, Edit::Set(name.to_string(), value.map(<[u8]>::to_vec)));
     }
 
     fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
         self.inner.add_header(map, name, value);
-        self.with_map(map, |pairs| {
-            Rc::make_mut(pairs).push((name.to_string(), value.to_vec()))
-        });
+        self.edit(map, Edit::Add(name.to_string(), value.to_vec()));
     }
 
     fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {

@@ -2,6 +2,8 @@
 //! is a real Envoy (the ABI module) or the in-process test host (`crate::testing`).
 
 use std::fmt;
+use std::ops::Range;
+use std::rc::Rc;
 use std::time::{Duration, SystemTime};
 
 /// Raw bytes as they cross the proxy-wasm ABI.
@@ -82,27 +84,107 @@ impl std::error::Error for HostError {}
 /// All headers of one map, read with a single host call ([`Host::snapshot`]). On a hot path,
 /// reading the map once and looking names up locally costs one hostcall where reading each
 /// header costs one per name (present or not).
+///
+/// The pairs stay in one buffer (in Envoy, the very buffer the host returned) with an index of
+/// where each name and value lies: reading a map costs one allocation for the index, not two
+/// per header. Clones share the buffer.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderSnapshot {
-    pairs: std::rc::Rc<Vec<(String, Bytes)>>,
+    data: Rc<Indexed>,
+}
+
+/// A map's bytes and where each pair's name and value lie in them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Indexed {
+    buf: Vec<u8>,
+    spans: Vec<(Range<usize>, Range<usize>)>,
+}
+
+/// A change to a map, in the order it was made (see [`HeaderSnapshot::edited`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Every value of the name replaced by this one (`None`: removed).
+    Set(String, Option<Bytes>),
+    /// A value appended for the name.
+    Add(String, Bytes),
 }
 
 impl HeaderSnapshot {
     /// A snapshot of `pairs` (names as the host keeps them: lowercase).
     pub fn new(pairs: Vec<(String, Bytes)>) -> HeaderSnapshot {
-        HeaderSnapshot::shared(std::rc::Rc::new(pairs))
+        HeaderSnapshot::build(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
     }
-    /// A snapshot of pairs shared with whoever else holds them (several filters in one module
-    /// read one snapshot without copying it; see [`crate::compose::PhaseHost`]).
-    pub fn shared(pairs: std::rc::Rc<Vec<(String, Bytes)>>) -> HeaderSnapshot {
-        HeaderSnapshot { pairs }
+
+    /// A snapshot over `buf` whose pairs lie at `spans` (from [`crate::wire::index_map`]).
+    /// A span outside `buf` is dropped, never a panic.
+    pub fn from_index(buf: Vec<u8>, spans: Vec<(Range<usize>, Range<usize>)>) -> HeaderSnapshot {
+        let len = buf.len();
+        let mut spans = spans;
+        spans.retain(|(n, v)| n.start <= n.end && n.end <= len && v.start <= v.end && v.end <= len);
+        HeaderSnapshot {
+            data: Rc::new(Indexed { buf, spans }),
+        }
     }
+
+    fn build<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> HeaderSnapshot {
+        let mut indexed = Indexed::default();
+        for (name, value) in pairs {
+            let n = indexed.buf.len();
+            indexed.buf.extend_from_slice(name);
+            let v = indexed.buf.len();
+            indexed.buf.extend_from_slice(value);
+            indexed.spans.push((n..v, v..indexed.buf.len()));
+        }
+        HeaderSnapshot {
+            data: Rc::new(indexed),
+        }
+    }
+
+    /// This map with `edits` applied in order, as the proxy applies them.
+    pub fn edited(&self, edits: &[Edit]) -> HeaderSnapshot {
+        let mut pairs: Vec<(&[u8], &[u8])> = self.iter_bytes().collect();
+        for edit in edits {
+            match edit {
+                Edit::Set(name, value) => {
+                    pairs.retain(|(k, _)| *k != name.as_bytes());
+                    if let Some(v) = value {
+                        pairs.push((name.as_bytes(), v));
+                    }
+                }
+                Edit::Add(name, value) => pairs.push((name.as_bytes(), value)),
+            }
+        }
+        HeaderSnapshot::build(pairs.into_iter())
+    }
+
+    fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        let buf = &self.data.buf;
+        self.data.spans.iter().map(move |(n, v)| {
+            (
+                buf.get(n.clone()).unwrap_or_default(),
+                buf.get(v.clone()).unwrap_or_default(),
+            )
+        })
+    }
+
+    /// The values of `name`, in order. Names are compared by length first: most lookups are
+    /// of names the map does not have, and a length check rejects most pairs at once.
+    /// The first value of `name` at or after pair `from`, and the pair after it.
+    fn find(&self, name: &str, from: usize) -> Option<(&[u8], usize)> {
+        let buf = &self.data.buf;
+        let want = name.as_bytes();
+        let spans = self.data.spans.get(from..)?;
+        spans.iter().enumerate().find_map(|(i, (n, v))| {
+            if n.len() != want.len() || buf.get(n.clone())? != want {
+                return None;
+            }
+            Some((buf.get(v.clone())?, from + i + 1))
+        })
+    }
+
     /// The first value of `name` (lowercase), as bytes.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.pairs
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_slice())
+        self.find(name, 0).map(|(v, _)| v)
     }
     /// The first value of `name` as text (lossy UTF-8, as [`Host::header_str`]).
     pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
@@ -113,19 +195,18 @@ impl HeaderSnapshot {
     /// Context (`tracestate`) and W3C Baggage (`baggage`) ask of a receiver of several fields.
     /// A single value is borrowed, not copied.
     pub fn get_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        let mut values = self
-            .pairs
-            .iter()
-            .filter(|(k, _)| k == name)
-            .map(|(_, v)| String::from_utf8_lossy(v));
-        let first = values.next()?;
-        let Some(second) = values.next() else {
-            return Some(first);
+        let (first, mut next) = self.find(name, 0)?;
+        let Some((second, after)) = self.find(name, next) else {
+            return Some(String::from_utf8_lossy(first));
         };
-        let mut joined = first.into_owned();
-        for v in std::iter::once(second).chain(values) {
+        next = after;
+        let mut joined = String::from_utf8_lossy(first).into_owned();
+        joined.push(',');
+        joined.push_str(&String::from_utf8_lossy(second));
+        while let Some((value, after)) = self.find(name, next) {
             joined.push(',');
-            joined.push_str(&v);
+            joined.push_str(&String::from_utf8_lossy(value));
+            next = after;
         }
         Some(std::borrow::Cow::Owned(joined))
     }
@@ -133,9 +214,25 @@ impl HeaderSnapshot {
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
-    /// Every pair, in order.
-    pub fn pairs(&self) -> &[(String, Bytes)] {
-        &self.pairs
+    /// Every pair, in order: the name as text (lossy UTF-8, borrowed when it is valid, as every
+    /// real header name is), the value as bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &[u8])> + '_ {
+        self.iter_bytes()
+            .map(|(k, v)| (String::from_utf8_lossy(k), v))
+    }
+    /// Every pair, owned.
+    pub fn to_pairs(&self) -> Vec<(String, Bytes)> {
+        self.iter()
+            .map(|(k, v)| (k.into_owned(), v.to_vec()))
+            .collect()
+    }
+    /// The number of pairs.
+    pub fn len(&self) -> usize {
+        self.data.spans.len()
+    }
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.data.spans.is_empty()
     }
 }
 
@@ -242,6 +339,44 @@ pub trait Host {
 mod tests {
     use super::*;
     use std::borrow::Cow;
+
+    #[test]
+    fn edits_apply_in_order_as_the_proxy_applies_them() {
+        let base = HeaderSnapshot::new(vec![
+            ("a".into(), b"1".to_vec()),
+            ("b".into(), b"2".to_vec()),
+            ("a".into(), b"3".to_vec()),
+        ]);
+        let edited = base.edited(&[
+            Edit::Add("b".into(), b"4".to_vec()),
+            Edit::Set("a".into(), Some(b"5".to_vec())),
+            Edit::Set("c".into(), None),
+            Edit::Add("c".into(), b"6".to_vec()),
+        ]);
+        let pairs = edited.to_pairs();
+        let names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["b", "b", "a", "c"]);
+        assert_eq!(edited.get_joined("b").as_deref(), Some("2,4"));
+        assert_eq!(edited.get("a"), Some(&b"5"[..]));
+        // The base is untouched (a filter holding it keeps what it saw).
+        assert_eq!(base.get_joined("a").as_deref(), Some("1,3"));
+        assert_eq!(base.len(), 3);
+    }
+
+    #[test]
+    fn an_index_outside_the_buffer_is_dropped_not_a_panic() {
+        let snapshot = HeaderSnapshot::from_index(
+            b"namevalue".to_vec(),
+            vec![(0..4, 4..9), (4..20, 0..1), (5..3, 0..1)],
+        );
+        assert_eq!(snapshot.len(), 1);
+        assert_eq!(snapshot.get("name"), Some(&b"value"[..]));
+        let wire = crate::wire::encode_map(&[("x", "1"), ("é", "2")]).unwrap_or_default();
+        let index = crate::wire::index_map(&wire);
+        let snapshot = HeaderSnapshot::from_index(wire, index.spans);
+        assert_eq!(snapshot.get("é"), Some(&b"2"[..]));
+        assert_eq!(snapshot.iter().count(), 2);
+    }
 
     #[test]
     fn get_joined_combines_field_lines_in_order() {

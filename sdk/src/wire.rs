@@ -25,6 +25,7 @@
 //! - **A huge count** is checked against the buffer before anything is allocated.
 
 use std::fmt;
+use std::ops::Range;
 
 /// The host counter of header names that were not UTF-8 and were kept lossy: one per name, per
 /// read of a map. Defined by the real host on first use, so a VM that never meets one has none.
@@ -130,20 +131,33 @@ fn u32_at(bytes: &[u8], at: usize) -> Option<usize> {
     usize::try_from(u32::from_le_bytes(raw)).ok()
 }
 
-/// The `len` bytes at `*at` followed by a NUL; advances `*at` past the NUL.
-fn nul_terminated<'a>(bytes: &'a [u8], at: &mut usize, len: usize) -> Option<&'a [u8]> {
-    let end = at.checked_add(len)?;
-    let field = bytes.get(*at..end)?;
+/// Where the `len` bytes at `*at`, followed by a NUL, lie; advances `*at` past the NUL.
+fn nul_terminated(bytes: &[u8], at: &mut usize, len: usize) -> Option<Range<usize>> {
+    let start = *at;
+    let end = start.checked_add(len)?;
+    bytes.get(start..end)?;
     if *bytes.get(end)? != 0 {
         return None;
     }
     *at = end.checked_add(1)?;
-    Some(field)
+    Some(start..end)
 }
 
-/// Decodes a header map (the result of `proxy_get_header_map_pairs`). Total: never panics.
-pub fn decode_map(bytes: &[u8]) -> DecodedMap {
-    let mut out = DecodedMap::default();
+/// Where each pair of a header map in wire form lies, as [`index_map`] finds it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MapIndex {
+    /// Byte ranges of each whole pair's name and value, in order.
+    pub spans: Vec<(Range<usize>, Range<usize>)>,
+    /// How many names are not UTF-8.
+    pub lossy_names: usize,
+    /// The buffer was truncated or inconsistent: `spans` are the pairs whole before the fault.
+    pub malformed: bool,
+}
+
+/// Locates the pairs of a header map (the result of `proxy_get_header_map_pairs`) without
+/// copying them; the same checks as [`decode_map`]. Total: never panics.
+pub fn index_map(bytes: &[u8]) -> MapIndex {
+    let mut out = MapIndex::default();
     if bytes.is_empty() {
         // The host's answer for an empty (or absent) map.
         return out;
@@ -158,7 +172,7 @@ pub fn decode_map(bytes: &[u8]) -> DecodedMap {
         out.malformed = true;
         return out;
     };
-    out.pairs.reserve(count);
+    out.spans.reserve(count);
     let mut at = data_start;
     for i in 0..count {
         let entry = 4 + i * 8;
@@ -172,19 +186,37 @@ pub fn decode_map(bytes: &[u8]) -> DecodedMap {
             out.malformed = true;
             return out;
         };
-        let name = match std::str::from_utf8(name) {
-            Ok(name) => name.to_string(),
-            Err(_) => {
-                out.lossy_names += 1;
-                String::from_utf8_lossy(name).into_owned()
-            }
-        };
-        out.pairs.push((name, value.to_vec()));
+        if std::str::from_utf8(bytes.get(name.clone()).unwrap_or_default()).is_err() {
+            out.lossy_names += 1;
+        }
+        out.spans.push((name, value));
     }
     if at != bytes.len() {
         out.malformed = true;
     }
     out
+}
+
+/// Decodes a header map (the result of `proxy_get_header_map_pairs`) into owned pairs. Total:
+/// never panics.
+pub fn decode_map(bytes: &[u8]) -> DecodedMap {
+    let index = index_map(bytes);
+    let field = |r: &Range<usize>| bytes.get(r.clone()).unwrap_or_default();
+    let pairs = index
+        .spans
+        .iter()
+        .map(|(n, v)| {
+            (
+                String::from_utf8_lossy(field(n)).into_owned(),
+                field(v).to_vec(),
+            )
+        })
+        .collect();
+    DecodedMap {
+        pairs,
+        lossy_names: index.lossy_names,
+        malformed: index.malformed,
+    }
 }
 
 /// Encodes a header map in its wire form (for `proxy_send_local_response`, `proxy_http_call`).

@@ -266,10 +266,10 @@ impl HttpFilter for RouteRetriesRequest {
         let policy = &rule.policy;
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
-        let mut removed: Vec<&str> = Vec::new();
-        for (name, value) in view.headers.pairs() {
-            let name = name.as_str();
-            if !headers::is_client_envoy_header(name) || removed.contains(&name) {
+        let mut removed: Vec<String> = Vec::new();
+        for (name, value) in view.headers.iter() {
+            let name: &str = &name;
+            if !headers::is_client_envoy_header(name) || removed.iter().any(|r| r == name) {
                 continue;
             }
             if rule.trust_client_headers {
@@ -291,7 +291,7 @@ impl HttpFilter for RouteRetriesRequest {
             }
             host.remove_request_header(name);
             root.stripped_headers.inc(host, &[headers::label(name)]);
-            removed.push(name);
+            removed.push(name.to_string());
         }
         if !removed.is_empty() {
             root.stripped.add(host, &label, removed.len() as i64);
