@@ -13,7 +13,8 @@
 //! - [`collector`]: a Zipkin span collector (JSON v2 batches) that keeps the spans it received;
 //! - [`prom`]: Envoy's `/stats` and Prometheus text formats;
 //! - [`derive`]: configurations derived from others (the one-module sidecar from the three-module
-//!   one).
+//!   one);
+//! - [`pinned`]: Python and npm packages pinned in the repository, installed on first use.
 //!
 //! Nothing here ever picks a port and binds it later: a port number exists only once something
 //! holds it.
@@ -26,6 +27,7 @@ pub mod derive;
 pub mod envoy;
 pub mod find;
 pub mod http;
+pub mod pinned;
 pub mod prom;
 pub mod server;
 pub mod template;

@@ -7,6 +7,7 @@
 
 mod build;
 mod compat;
+mod component;
 mod deny;
 mod envoy;
 mod fuzz;
@@ -38,7 +39,9 @@ enum Task {
     /// Build every wasm filter into target/filters/.
     ///
     /// Every wasm crate of the workspace, for wasm32-wasip1 in release, shrunk with wasm-opt -Oz
-    /// (installed with npm when missing) unless --no-opt; prints their sizes.
+    /// (installed with npm when missing) unless --no-opt; prints their sizes. Then the
+    /// components under components/ with cargo-component (installed when missing) into
+    /// target/components/.
     Build {
         /// Skip wasm-opt.
         #[arg(long)]
@@ -119,6 +122,16 @@ enum Task {
         #[arg(long)]
         no_readme: bool,
     },
+    /// Calls per second of the meshwasm:propagation component from Python.
+    ///
+    /// One instance in one thread (PyPI wasmtime), `propagate` on a typical request's headers
+    /// (W3C traceparent and tracestate, baggage, x-request-id, and a dozen others). Needs
+    /// `cargo xtask build` first.
+    ComponentBench {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// cargo deny: licenses, bans, sources, advisories.
     ///
     /// Advisories only when the RustSec database can be had.
@@ -144,6 +157,7 @@ fn main() -> ExitCode {
             versions,
             no_readme,
         } => compat::main(versions, !no_readme),
+        Task::ComponentBench { seconds } => component::bench(seconds),
         Task::Deny { offline } => deny::check_all(offline).map(|_| ()),
     };
     match result {
