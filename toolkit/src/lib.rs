@@ -72,6 +72,15 @@ pub fn target_dir() -> PathBuf {
     }
 }
 
+/// Where the built components live (`cargo xtask build`): `MESHWASM_COMPONENTS_DIR`, default
+/// `<target>/components`.
+pub fn components_dir() -> PathBuf {
+    std::env::var_os("MESHWASM_COMPONENTS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("components"))
+}
+
 /// Where the built filters live: `MESHWASM_FILTERS_DIR`, default `<target>/filters`.
 pub fn filters_dir() -> PathBuf {
     std::env::var_os("MESHWASM_FILTERS_DIR")

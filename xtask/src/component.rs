@@ -18,9 +18,9 @@ pub const CARGO_COMPONENT_VERSION: &str = "0.21.1";
 /// The component crate: its package name and directory.
 pub const PROPAGATION: (&str, &str) = ("meshwasm-propagation", "components/propagation");
 
-/// Where the built components go: `<target>/components`.
+/// Where the built components go: `<target>/components` ([`toolkit::components_dir`]).
 pub fn components_dir() -> PathBuf {
-    target_dir().join("components")
+    toolkit::components_dir()
 }
 
 /// The built `meshwasm:propagation` component.
