@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::build::WASM_TARGET;
-use crate::{cargo, find_on_path, is_executable, project_root, run, target_dir, Result};
+use crate::{cargo, find_on_path, project_root, run, target_dir, Result};
 
 /// The cargo-component release installed into the tools directory (`cargo install --locked`).
 pub const CARGO_COMPONENT_VERSION: &str = "0.21.1";
@@ -31,33 +31,7 @@ pub fn propagation_wasm() -> PathBuf {
 /// `cargo-component` of [`CARGO_COMPONENT_VERSION`] in the tools directory
 /// ([`crate::tools_dir`]), installed there from crates.io when missing.
 pub fn ensure_cargo_component() -> Result<PathBuf> {
-    let root = crate::tools_dir().join(format!("cargo-component-{CARGO_COMPONENT_VERSION}"));
-    let bin = root.join("bin").join("cargo-component");
-    if is_executable(&bin) {
-        return Ok(bin);
-    }
-    println!(
-        "installing cargo-component {CARGO_COMPONENT_VERSION} into {} (takes a few minutes)",
-        root.display()
-    );
-    run(cargo()
-        .args([
-            "install",
-            "--locked",
-            "--version",
-            CARGO_COMPONENT_VERSION,
-            "--root",
-        ])
-        .arg(&root)
-        .arg("cargo-component"))?;
-    if is_executable(&bin) {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "cargo install cargo-component finished but {} is missing",
-            bin.display()
-        ))
-    }
+    crate::installed_crate("cargo-component", CARGO_COMPONENT_VERSION)
 }
 
 /// One built component: the component file, and its core module's size before and after

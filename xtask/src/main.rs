@@ -212,6 +212,32 @@ pub fn tools_dir() -> PathBuf {
     cargo_home.join("meshwasm-tools")
 }
 
+/// The binary `krate` of `version` in the tools directory ([`tools_dir`]`/<krate>-<version>/bin/`),
+/// installed there with `cargo install --locked` (from crates.io) when missing.
+pub fn installed_crate(krate: &str, version: &str) -> Result<PathBuf> {
+    let root = tools_dir().join(format!("{krate}-{version}"));
+    let bin = root.join("bin").join(krate);
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    println!(
+        "installing {krate} {version} into {} (takes a few minutes)",
+        root.display()
+    );
+    run(cargo()
+        .args(["install", "--locked", "--version", version, "--root"])
+        .arg(&root)
+        .arg(krate))?;
+    if is_executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "cargo install {krate} finished but {} is missing",
+            bin.display()
+        ))
+    }
+}
+
 /// A `Command` for the cargo that runs us (`$CARGO`), falling back to `cargo` on PATH,
 /// started in the workspace root.
 pub fn cargo() -> Command {
