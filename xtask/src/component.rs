@@ -118,7 +118,7 @@ fn transpiled() -> Result<PathBuf> {
     if out.exists() {
         fs::remove_dir_all(&out).map_err(|e| format!("could not clear {}: {e}", out.display()))?;
     }
-    let jco = npm.join("node_modules/@bytecodealliance/jco/src/jco.js");
+    let jco = npm.join("node_modules/@bytecodealliance/jco/dist/jco.js");
     run(Command::new(&node)
         .arg(jco)
         .arg("transpile")

@@ -45,7 +45,7 @@ def normalized(out):
     if c is not None:
         context = {
             "trace_id": getattr(c, "trace-id"),
-            "trace_id_64bit": getattr(c, "trace-id-64bit"),
+            "short_trace_id": getattr(c, "short-trace-id"),
             "span_id": getattr(c, "span-id"),
             "parent_span_id": getattr(c, "parent-span-id"),
             "sampled": c.sampled,

@@ -53,9 +53,8 @@ class Propagation:
     def propagate(self, headers, config=None):
         """The `outgoing` record for a request with `headers` (pairs of strings)."""
         result = self._propagate(self.store, config or self.config, list(headers))
-        tag = getattr(result, "tag", None)
-        if tag == "err":
-            raise PropagationError(result.payload)
-        if tag == "ok":
-            return result.payload
+        # wasmtime lifts `result<outgoing, string>` untagged (its two cases have distinct
+        # Python types): the record, or the error's string.
+        if isinstance(result, str):
+            raise PropagationError(result)
         return result

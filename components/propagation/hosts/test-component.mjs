@@ -42,7 +42,7 @@ function normalized(out) {
     headers: pairs(out.headers),
     context: c === undefined ? null : {
       trace_id: c.traceId,
-      trace_id_64bit: c.traceId64bit,
+      short_trace_id: c.shortTraceId,
       span_id: c.spanId,
       parent_span_id: orNull(c.parentSpanId),
       sampled: orNull(c.sampled),

@@ -242,7 +242,7 @@ fn kept_tracestate(value: &str, incoming: &mut Incoming) -> Option<TraceState> {
 fn describe(c: &Context) -> TraceContext {
     TraceContext {
         trace_id: c.ids.trace_id.to_hex(),
-        trace_id_64bit: c.ids.trace_id_64bit,
+        short_trace_id: c.ids.trace_id_64bit,
         span_id: c.ids.span_id.to_hex(),
         parent_span_id: c.ids.parent_span_id.map(|p| p.to_hex()),
         sampled: c.ids.sampling.decision(),

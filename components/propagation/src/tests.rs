@@ -32,7 +32,7 @@ fn normalized(out: &Outgoing) -> Value {
     let context = out.context.as_ref().map(|c| {
         json!({
             "trace_id": c.trace_id,
-            "trace_id_64bit": c.trace_id_64bit,
+            "short_trace_id": c.short_trace_id,
             "span_id": c.span_id,
             "parent_span_id": c.parent_span_id,
             "sampled": c.sampled,
