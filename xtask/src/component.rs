@@ -55,24 +55,18 @@ pub fn build(wasm_opt: Option<&Path>) -> Result<BuiltComponent> {
     let stem = package.replace('-', "_");
     let out = components_dir();
     fs::create_dir_all(&out).map_err(|e| format!("could not create {}: {e}", out.display()))?;
-    let artifact = target_dir()
-        .join(WASM_TARGET)
-        .join("release")
-        .join(format!("{stem}.wasm"));
-    let copy = |to: &Path| {
-        fs::copy(&artifact, to).map(drop).map_err(|e| {
-            format!(
-                "could not copy {} to {}: {e}",
-                artifact.display(),
-                to.display()
-            )
-        })
+    let release = target_dir().join(WASM_TARGET).join("release");
+    let copy = |from: &Path, to: &Path| {
+        fs::copy(from, to)
+            .map(drop)
+            .map_err(|e| format!("could not copy {} to {}: {e}", from.display(), to.display()))
     };
 
-    // The core module first: cargo-component writes its component over the same file.
+    // The core module as rustc linked it (`deps/`: cargo-component writes its component over
+    // the copy in `release/`).
     run(cargo().args(["build", "--release", "--target", WASM_TARGET, "-p", package]))?;
     let core = out.join(format!("{stem}.core.wasm"));
-    copy(&core)?;
+    copy(&release.join("deps").join(format!("{stem}.wasm")), &core)?;
     let core_optimized_bytes = match wasm_opt {
         Some(tool) => {
             let optimized = out.join(format!("{stem}.core.opt.wasm"));
@@ -91,7 +85,7 @@ pub fn build(wasm_opt: Option<&Path>) -> Result<BuiltComponent> {
     }
     run(&mut cmd)?;
     let path = propagation_wasm();
-    copy(&path)?;
+    copy(&release.join(format!("{stem}.wasm")), &path)?;
     Ok(BuiltComponent {
         bytes: crate::build::file_size(&path)?,
         core_bytes: crate::build::file_size(&core)?,

@@ -122,6 +122,11 @@ enum Task {
         #[arg(long)]
         no_readme: bool,
     },
+    /// Run the shared cases against the built meshwasm:propagation component from Python and Node.
+    ///
+    /// PyPI wasmtime and npm jco, pinned in components/propagation/hosts/ and installed under
+    /// target/tools/ on first use (`cargo xtask test` runs this too). Needs `cargo xtask build`.
+    ComponentTest,
     /// Calls per second of the meshwasm:propagation component from Python.
     ///
     /// One instance in one thread (PyPI wasmtime), `propagate` on a typical request's headers
@@ -157,6 +162,7 @@ fn main() -> ExitCode {
             versions,
             no_readme,
         } => compat::main(versions, !no_readme),
+        Task::ComponentTest => component::test_hosts(),
         Task::ComponentBench { seconds } => component::bench(seconds),
         Task::Deny { offline } => deny::check_all(offline).map(|_| ()),
     };
