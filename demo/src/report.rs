@@ -101,7 +101,7 @@ pub fn polyglot_hops(trace: &[Span], apps: &[(String, String)]) -> Vec<(bool, St
                 .collect();
             let line = match calls.first() {
                 Some(call) => format!(
-                    "polyglot hop: {service}'s app ({language}) carried the trace: its sidecar's SERVER span {} is the parent of its call's CLIENT span {}{}",
+                    "polyglot hop: the {service} app ({language}) carried the trace: its sidecar's SERVER span {} is the parent of its call's CLIENT span {}{}",
                     server.id,
                     call.id,
                     match calls.len() {
@@ -110,7 +110,7 @@ pub fn polyglot_hops(trace: &[Span], apps: &[(String, String)]) -> Vec<(bool, St
                     }
                 ),
                 None => format!(
-                    "polyglot hop: {service}'s app ({language}) did NOT carry the trace: no CLIENT span of {service} has its SERVER span {} as parent",
+                    "polyglot hop: the {service} app ({language}) did NOT carry the trace: no CLIENT span of {service} has its SERVER span {} as parent",
                     server.id
                 ),
             };

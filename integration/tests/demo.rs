@@ -116,7 +116,7 @@ fn check_demo(one_module: bool) {
         "{hops:?}\n{text}"
     );
     assert!(
-        text.contains("polyglot hop: orders's app (python + meshwasm:propagation (wasmtime)) carried the trace"),
+        text.contains("polyglot hop: the orders app (python + meshwasm:propagation (wasmtime)) carried the trace"),
         "{text}"
     );
 
