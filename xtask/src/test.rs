@@ -73,6 +73,7 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         build::ensure_wasm_target()?;
         let mut cmd = cargo();
         cmd.args(["clippy", "--target", WASM_TARGET, "-p", "meshwasm"]);
+        cmd.args(["-p", crate::component::PROPAGATION.0]);
         for krate in build::wasm_crates()? {
             cmd.args(["-p", &krate.package]);
         }
