@@ -150,7 +150,7 @@ pub fn waterfall_svg(trace: &[Span], apps: &[(String, String)]) -> String {
     let x = |t: u64| label_w + bar_w * (t.saturating_sub(start)) as f64 / total;
     let mut svg = format!(
         "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>",
-        label_w + bar_w + 20.0
+        label_w + bar_w + 110.0
     );
     for i in 0..=4 {
         let t = start + (total * f64::from(i) / 4.0) as u64;
@@ -193,7 +193,7 @@ pub fn waterfall_svg(trace: &[Span], apps: &[(String, String)]) -> String {
             (x1 - x0).max(1.0),
             row_h - 6.0,
             escape(&format!("span {} parent {}", s.id, s.parent_id.as_deref().unwrap_or("-"))),
-            (x1 + 4.0).min(label_w + bar_w - 60.0),
+            x1 + 4.0,
             y + 14.0,
             s.status(),
             s.duration_us as f64 / 1000.0
