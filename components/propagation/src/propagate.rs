@@ -16,7 +16,7 @@ pub use crate::bindings::exports::meshwasm::propagation::propagate::{
 };
 
 /// The only request headers the component looks at; others are not even copied.
-const READ: [&str; 10] = [
+pub const READ: [&str; 10] = [
     "traceparent",
     "tracestate",
     "b3",
