@@ -13,6 +13,7 @@
 
 pub mod cli;
 pub mod mesh;
+pub mod python;
 pub mod report;
 pub mod service;
 pub mod trace;
@@ -230,6 +231,14 @@ pub fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<Report, String>
             .map(|i| (i.name.clone(), i.sidecar.admin_port()))
             .collect(),
         traffic: traffic_result,
+        apps: mesh
+            .instances
+            .iter()
+            .filter(|i| i.app.language() != "rust")
+            .map(|i| (i.service.clone(), i.app.language().to_string()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect(),
     };
     say(out, report.text());
     fs::create_dir_all(&options.out_dir)

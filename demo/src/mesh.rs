@@ -1,5 +1,6 @@
 //! The local mesh: three services (`frontend` -> `orders` -> `inventory`, inventory with two
-//! instances), each instance with its own sidecar Envoy running `envoy-configs/sidecar.yaml`,
+//! instances; orders is the Python service, the others Rust), each instance with its own sidecar
+//! Envoy running `envoy-configs/sidecar.yaml`,
 //! endpoints in EDS files the sidecars watch, a span collector, and the traffic driver.
 
 use std::fs;
@@ -11,7 +12,8 @@ use std::time::{Duration, Instant};
 use toolkit::collector::Collector;
 use toolkit::{http, prom, Envoy};
 
-use crate::service::{Service, ServiceConfig};
+use crate::python::PythonService;
+use crate::service::{Service, ServiceConfig, ServiceStats};
 
 /// The services and who calls whom: (service, next service, instances, simulated work).
 pub const TOPOLOGY: [(&str, Option<&str>, usize, Duration); 3] = [
@@ -19,6 +21,55 @@ pub const TOPOLOGY: [(&str, Option<&str>, usize, Duration); 3] = [
     ("orders", Some("inventory"), 1, Duration::from_millis(1)),
     ("inventory", None, 2, Duration::from_millis(2)),
 ];
+
+/// The service whose app is the Python one ([`PythonService`]): a polyglot hop in the middle of
+/// the trace, propagated by the `meshwasm:propagation` component instead of Rust code.
+pub const PYTHON_SERVICE: &str = "orders";
+
+/// An instance's app: a Rust [`Service`], or the [`PythonService`].
+pub enum App {
+    /// The Rust service, copying the trace headers itself.
+    Rust(Service),
+    /// The Python service, propagating with the component.
+    Python(PythonService),
+}
+
+impl App {
+    /// The port it listens on (its sidecar's `local_app`, `{{PORT_APP}}`).
+    pub fn port(&self) -> u16 {
+        match self {
+            App::Rust(s) => s.port(),
+            App::Python(p) => p.port(),
+        }
+    }
+
+    /// Tells it its sidecar's outbound listener port.
+    pub fn set_outbound_port(&self, port: u16) -> Result<(), String> {
+        match self {
+            App::Rust(s) => {
+                s.config().set_outbound_port(port);
+                Ok(())
+            }
+            App::Python(p) => p.set_outbound_port(port),
+        }
+    }
+
+    /// What it is written in, for the report.
+    pub fn language(&self) -> &'static str {
+        match self {
+            App::Rust(_) => "rust",
+            App::Python(_) => crate::python::LANGUAGE,
+        }
+    }
+
+    /// The Rust service's counters (none for the Python service).
+    pub fn stats(&self) -> Option<&ServiceStats> {
+        match self {
+            App::Rust(s) => Some(s.stats()),
+            App::Python(_) => None,
+        }
+    }
+}
 
 /// How to start the mesh.
 #[derive(Debug, Clone)]
@@ -53,7 +104,7 @@ pub struct Instance {
     /// The sidecar (declared before `app`: stopped first).
     pub sidecar: Envoy,
     /// The app.
-    pub app: Service,
+    pub app: App,
 }
 
 /// How long a sidecar may take to become ready, and then to see its endpoints.
@@ -157,19 +208,25 @@ impl Mesh {
                 seed = seed
                     .wrapping_mul(6364136223846793005)
                     .wrapping_add(1442695040888963407);
-                let app = Service::start(ServiceConfig {
-                    name: service.to_string(),
-                    calls: calls.map(str::to_string),
-                    outbound_port: Arc::default(),
-                    failure_rate: if service == "inventory" {
-                        options.failure_rate
-                    } else {
-                        0.0
-                    },
-                    work,
-                    seed,
-                })?;
-                apps.push((service, format!("{service}-{i}"), app));
+                let name = format!("{service}-{i}");
+                let app = if service == PYTHON_SERVICE {
+                    let log = options.work_dir.join(format!("{name}-app.log"));
+                    App::Python(PythonService::start(service, calls, work, &log)?)
+                } else {
+                    App::Rust(Service::start(ServiceConfig {
+                        name: service.to_string(),
+                        calls: calls.map(str::to_string),
+                        outbound_port: Arc::default(),
+                        failure_rate: if service == "inventory" {
+                            options.failure_rate
+                        } else {
+                            0.0
+                        },
+                        work,
+                        seed,
+                    })?)
+                };
+                apps.push((service, name, app));
             }
         }
 
@@ -227,10 +284,7 @@ impl Mesh {
             let (outbound, inbound) = (port("PORT_OUTBOUND")?, port("PORT_INBOUND")?);
             instance.outbound_port = outbound;
             instance.inbound_port = inbound;
-            instance
-                .app
-                .config()
-                .set_outbound_port(instance.outbound_port);
+            instance.app.set_outbound_port(instance.outbound_port)?;
         }
         let mesh = Mesh {
             instances: spawned,

@@ -80,6 +80,127 @@ pub struct Report {
     pub trace_count: usize,
     /// (instance, admin port).
     pub admins: Vec<(String, u16)>,
+    /// (service, what its app is written in) for the apps not in Rust.
+    pub apps: Vec<(String, String)>,
+}
+
+/// The hops of a trace through an app not written in Rust: for each such service, its inbound
+/// sidecar's SERVER span and the outbound sidecar's CLIENT spans whose parent it is. The app sat
+/// between the two and only its propagation links them: a line per hop, saying whether it did.
+pub fn polyglot_hops(trace: &[Span], apps: &[(String, String)]) -> Vec<(bool, String)> {
+    let mut out = Vec::new();
+    for (service, language) in apps {
+        for server in trace
+            .iter()
+            .filter(|s| &s.service == service && s.kind == "SERVER")
+        {
+            let calls: Vec<&Span> = trace
+                .iter()
+                .filter(|c| &c.service == service && c.kind == "CLIENT")
+                .filter(|c| c.parent_id.as_deref() == Some(server.id.as_str()))
+                .collect();
+            let line = match calls.first() {
+                Some(call) => format!(
+                    "polyglot hop: the {service} app ({language}) carried the trace: its sidecar's SERVER span {} is the parent of its call's CLIENT span {}{}",
+                    server.id,
+                    call.id,
+                    match calls.len() {
+                        1 => String::new(),
+                        n => format!(" (and {} more)", n - 1),
+                    }
+                ),
+                None => format!(
+                    "polyglot hop: the {service} app ({language}) did NOT carry the trace: no CLIENT span of {service} has its SERVER span {} as parent",
+                    server.id
+                ),
+            };
+            out.push((!calls.is_empty(), line));
+        }
+    }
+    out
+}
+
+/// The trace as a waterfall, as trace UIs draw one: a row per span (depth first, indented under
+/// its parent), its bar on a shared time axis from the first span's start, coloured by service,
+/// outlined red when it failed; apps in `apps` are named after their service. Plain SVG.
+pub fn waterfall_svg(trace: &[Span], apps: &[(String, String)]) -> String {
+    fn rows<'a>(node: &'a crate::trace::TraceNode, depth: usize, out: &mut Vec<(usize, &'a Span)>) {
+        out.push((depth, &node.span));
+        for c in &node.children {
+            rows(c, depth + 1, out);
+        }
+    }
+    let trees = build_trees(trace);
+    let mut all = Vec::new();
+    for t in &trees {
+        rows(t, 0, &mut all);
+    }
+    let Some(start) = all.iter().map(|(_, s)| s.timestamp_us).min() else {
+        return "<p>no trace</p>".to_string();
+    };
+    let end = all
+        .iter()
+        .map(|(_, s)| s.timestamp_us + s.duration_us)
+        .max()
+        .unwrap_or(start)
+        .max(start + 1);
+    let total = (end - start) as f64;
+    let (label_w, bar_w, row_h) = (430.0, 560.0, 24.0);
+    let height = 40.0 + row_h * all.len() as f64;
+    let x = |t: u64| label_w + bar_w * (t.saturating_sub(start)) as f64 / total;
+    let mut svg = format!(
+        "<svg xmlns='http://www.w3.org/2000/svg' width='{}' height='{height}' font-family='sans-serif' font-size='11'>",
+        label_w + bar_w + 110.0
+    );
+    for i in 0..=4 {
+        let t = start + (total * f64::from(i) / 4.0) as u64;
+        let _ = write!(
+            svg,
+            "<line x1='{0:.1}' y1='18' x2='{0:.1}' y2='{height}' stroke='#ddd'/>             <text x='{0:.1}' y='12' text-anchor='middle'>{1:.2} ms</text>",
+            x(t),
+            (t - start) as f64 / 1000.0
+        );
+    }
+    const COLOURS: [&str; 5] = ["#42a5f5", "#ab47bc", "#66bb6a", "#ffa726", "#26c6da"];
+    let mut services: Vec<&str> = Vec::new();
+    for (i, (depth, s)) in all.iter().enumerate() {
+        if !services.contains(&s.service.as_str()) {
+            services.push(&s.service);
+        }
+        let colour = services
+            .iter()
+            .position(|n| *n == s.service)
+            .and_then(|i| COLOURS.get(i % COLOURS.len()))
+            .unwrap_or(&COLOURS[0]);
+        let y = 24.0 + row_h * i as f64;
+        let app = apps
+            .iter()
+            .find(|(service, _)| *service == s.service)
+            .map(|(_, language)| format!(" [{language}]"))
+            .unwrap_or_default();
+        let (x0, x1) = (x(s.timestamp_us), x(s.timestamp_us + s.duration_us));
+        let outline = if s.status() >= 500 { "#c62828" } else { "none" };
+        let _ = write!(
+            svg,
+            "<text x='{:.1}' y='{:.1}'>{} {} {}{}</text>             <rect x='{x0:.1}' y='{:.1}' width='{:.1}' height='{:.1}' fill='{colour}' stroke='{outline}' stroke-width='2'><title>{}</title></rect>             <text x='{:.1}' y='{:.1}'>{} {:.2} ms</text>",
+            4.0 + 14.0 * *depth as f64,
+            y + 14.0,
+            escape(&s.service),
+            escape(&s.kind),
+            escape(&s.name),
+            escape(&app),
+            y + 3.0,
+            (x1 - x0).max(1.0),
+            row_h - 6.0,
+            escape(&format!("span {} parent {}", s.id, s.parent_id.as_deref().unwrap_or("-"))),
+            x1 + 4.0,
+            y + 14.0,
+            s.status(),
+            s.duration_us as f64 / 1000.0
+        );
+    }
+    svg.push_str("</svg>");
+    svg
 }
 
 fn is_error(code: &str) -> bool {
@@ -278,6 +399,9 @@ impl Report {
             let _ = writeln!(out, "trace {}", tree.span.trace_id);
             out.push_str(&render_tree(tree));
         }
+        for (_, line) in polyglot_hops(&self.trace, &self.apps) {
+            let _ = writeln!(out, "{line}");
+        }
 
         let r = &self.retries;
         let _ = writeln!(out, "\n== Retries (route_retries filter, all sidecars)");
@@ -453,8 +577,10 @@ impl Report {
             "<!doctype html><html><head><meta charset='utf-8'><title>meshwasm demo</title>\
              <style>body{{font-family:sans-serif;margin:2em}} pre{{background:#f5f5f5;padding:1em}}</style></head>\
              <body><h1>meshwasm demo</h1><h2>Service graph</h2>{svg}\
+             <h2>One request's trace</h2>{}\
              <h2>Latency histograms (ms, caller's sidecar)</h2>{hists}\
              <h2>Printed report</h2><pre>{}</pre></body></html>\n",
+            waterfall_svg(&self.trace, &self.apps),
             escape(&self.text())
         )
     }
@@ -464,6 +590,7 @@ fn escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+        .replace('\'', "&#39;")
 }
 
 #[cfg(test)]
@@ -500,6 +627,48 @@ meshwasm_retry_budget_denied_total{rule="inventory-read"} 2
         assert_eq!(
             (r.retries, r.budget_denied, r.upstream_errors, r.passed_on),
             (28.0, 2.0, 30.0, 5.0)
+        );
+    }
+
+    fn span(id: &str, parent: Option<&str>, service: &str, kind: &str, ts: u64) -> Span {
+        Span {
+            trace_id: "t".into(),
+            id: id.into(),
+            parent_id: parent.map(str::to_string),
+            kind: kind.into(),
+            name: "GET inbound".into(),
+            timestamp_us: ts,
+            duration_us: 1000,
+            service: service.into(),
+            tags: [("http.status_code".to_string(), "200".to_string())].into(),
+        }
+    }
+
+    #[test]
+    fn polyglot_hops_and_the_waterfall() {
+        let apps = [("orders".to_string(), "python".to_string())];
+        let linked = vec![
+            span("a", None, "frontend", "SERVER", 0),
+            span("b", Some("a"), "frontend", "CLIENT", 100),
+            span("c", Some("b"), "orders", "SERVER", 200),
+            span("d", Some("c"), "orders", "CLIENT", 300),
+        ];
+        let hops = polyglot_hops(&linked, &apps);
+        assert_eq!(hops.len(), 1);
+        assert!(hops[0].0, "{hops:?}");
+        assert!(hops[0]
+            .1
+            .contains("SERVER span c is the parent of its call's CLIENT span d"));
+        let mut broken = linked.clone();
+        broken[3].parent_id = None;
+        assert!(!polyglot_hops(&broken, &apps)[0].0);
+
+        let svg = waterfall_svg(&linked, &apps);
+        assert_eq!(svg.matches("<rect").count(), 4, "{svg}");
+        assert!(svg.contains("orders SERVER GET inbound [python]"), "{svg}");
+        assert!(
+            svg.contains("1.30 ms"),
+            "the axis ends at the last span's end: {svg}"
         );
     }
 }

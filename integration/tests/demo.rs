@@ -100,6 +100,26 @@ fn check_demo(one_module: bool) {
         report.trace.iter().map(|s| s.service.as_str()).collect();
     assert_eq!(services.len(), 3, "{services:?}");
 
+    // A polyglot hop: orders' app is the Python service, propagating with the
+    // meshwasm:propagation component; only that links orders' SERVER span (its inbound
+    // sidecar) to its CLIENT span (its outbound sidecar) in one trace.
+    assert_eq!(
+        report.apps,
+        [(
+            "orders".to_string(),
+            meshwasm_demo::python::LANGUAGE.to_string()
+        )]
+    );
+    let hops = meshwasm_demo::report::polyglot_hops(&report.trace, &report.apps);
+    assert!(
+        !hops.is_empty() && hops.iter().all(|(carried, _)| *carried),
+        "{hops:?}\n{text}"
+    );
+    assert!(
+        text.contains("polyglot hop: the orders app (python + meshwasm:propagation (wasmtime)) carried the trace"),
+        "{text}"
+    );
+
     // Retries happened and absorbed most of inventory's failures.
     let retries = summary(&text, "retries");
     let client_errors = summary(&text, "client_errors");
@@ -129,6 +149,21 @@ fn check_demo(one_module: bool) {
 
     let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
     assert!(html.contains("<svg") && html.contains("orders"), "{html}");
+    // The trace as a waterfall: a bar per span of the trace shown, the Python app named.
+    let waterfall = html
+        .split("<h2>One request's trace</h2>")
+        .nth(1)
+        .and_then(|rest| rest.split("</svg>").next())
+        .unwrap_or_else(|| panic!("no waterfall in {html}"));
+    assert_eq!(
+        waterfall.matches("<rect").count(),
+        report.trace.len(),
+        "{waterfall}"
+    );
+    assert!(
+        waterfall.contains("[python + meshwasm:propagation"),
+        "{waterfall}"
+    );
 
     // Every Envoy it started is gone: no admin port answers any more.
     for (name, port) in &report.admins {
@@ -249,6 +284,7 @@ fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
         .unwrap()
         .app
         .stats()
+        .unwrap()
         .requests
         .load(Ordering::Relaxed);
     assert!(served >= 250, "inventory-1 served {served}");

@@ -66,7 +66,7 @@ pub mod wire;
 #[doc = include_str!("../docs/cost-model.md")]
 pub mod cost_model {}
 
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(target_arch = "wasm32", feature = "proxy-wasm"))]
 #[doc(hidden)]
 pub mod abi;
 

@@ -13,7 +13,8 @@
 //! - [`collector`]: a Zipkin span collector (JSON v2 batches) that keeps the spans it received;
 //! - [`prom`]: Envoy's `/stats` and Prometheus text formats;
 //! - [`derive`]: configurations derived from others (the one-module sidecar from the three-module
-//!   one).
+//!   one);
+//! - [`pinned`]: Python and npm packages pinned in the repository, installed on first use.
 //!
 //! Nothing here ever picks a port and binds it later: a port number exists only once something
 //! holds it.
@@ -26,6 +27,7 @@ pub mod derive;
 pub mod envoy;
 pub mod find;
 pub mod http;
+pub mod pinned;
 pub mod prom;
 pub mod server;
 pub mod template;
@@ -68,6 +70,15 @@ pub fn target_dir() -> PathBuf {
         Some(dir) => workspace_root().join(dir),
         None => workspace_root().join("target"),
     }
+}
+
+/// Where the built components live (`cargo xtask build`): `MESHWASM_COMPONENTS_DIR`, default
+/// `<target>/components`.
+pub fn components_dir() -> PathBuf {
+    std::env::var_os("MESHWASM_COMPONENTS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| target_dir().join("components"))
 }
 
 /// Where the built filters live: `MESHWASM_FILTERS_DIR`, default `<target>/filters`.

@@ -1,5 +1,6 @@
 //! `cargo xtask build`: compiles every wasm filter crate (workspace members under `filters/`,
-//! `examples/`, `bench/` and `integration/`) for wasm32-wasip1 into `target/filters/`, shrunk with `wasm-opt` when available.
+//! `examples/`, `bench/` and `integration/`) for wasm32-wasip1 into `target/filters/`, shrunk with `wasm-opt` when available,
+//! then the components (`components/`, see [`crate::component`]) into `target/components/`.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -117,7 +118,28 @@ pub fn build(optimize: bool) -> Result<Vec<PathBuf>> {
     }
 
     print_table(&built);
-    Ok(built.into_iter().map(|b| b.path).collect())
+
+    // The components (components/), with cargo-component.
+    let tool = match optimize {
+        true => wasm_opt
+            .get_or_insert_with(find_or_install_wasm_opt)
+            .clone(),
+        false => None,
+    };
+    let component = crate::component::build(tool.as_deref())?;
+    println!(
+        "\ncomponent {}: {}; its core module {} raw, {} after wasm-opt -Oz",
+        component.path.display(),
+        human_size(component.bytes),
+        human_size(component.core_bytes),
+        component
+            .core_optimized_bytes
+            .map(human_size)
+            .unwrap_or_else(|| "-".to_string()),
+    );
+    let mut paths: Vec<PathBuf> = built.into_iter().map(|b| b.path).collect();
+    paths.push(component.path);
+    Ok(paths)
 }
 
 /// Adds the wasm32-wasip1 target with rustup when `rustup target list --installed` lacks it.
@@ -219,7 +241,7 @@ fn find_or_install_wasm_opt() -> Option<PathBuf> {
 }
 
 /// Runs `wasm-opt -Oz` on `wasm`, replacing it only when wasm-opt succeeds; returns the new size.
-fn optimize_in_place(wasm_opt: &Path, wasm: &Path) -> Result<u64> {
+pub fn optimize_in_place(wasm_opt: &Path, wasm: &Path) -> Result<u64> {
     let tmp = wasm.with_extension("opt.wasm");
     let mut cmd = Command::new(wasm_opt);
     cmd.arg("-Oz")
@@ -269,7 +291,7 @@ fn human_size(bytes: u64) -> String {
     format!("{bytes} B ({:.1} KiB)", bytes as f64 / 1024.0)
 }
 
-fn file_size(path: &Path) -> Result<u64> {
+pub fn file_size(path: &Path) -> Result<u64> {
     fs::metadata(path)
         .map(|m| m.len())
         .map_err(|e| format!("could not read {}: {e}", path.display()))

@@ -7,7 +7,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::{cargo, display, is_executable, project_root, run, Result};
+use crate::{display, project_root, run, Result};
 
 /// The cargo-deny release installed into the tools directory (`~/.cargo/meshwasm-tools/`) (`cargo install --locked`).
 const CARGO_DENY_VERSION: &str = "0.20.2";
@@ -122,27 +122,5 @@ fn can_reach_github() -> bool {
 /// `cargo-deny` of [`CARGO_DENY_VERSION`] in the tools directory ([`crate::tools_dir`]),
 /// installed there with `cargo install --locked` (from crates.io) when missing.
 pub fn ensure_cargo_deny() -> Result<PathBuf> {
-    let root = crate::tools_dir().join(format!("cargo-deny-{CARGO_DENY_VERSION}"));
-    let bin = root.join("bin").join("cargo-deny");
-    if is_executable(&bin) {
-        return Ok(bin);
-    }
-    run(cargo()
-        .args([
-            "install",
-            "--locked",
-            "--version",
-            CARGO_DENY_VERSION,
-            "--root",
-        ])
-        .arg(&root)
-        .arg("cargo-deny"))?;
-    if is_executable(&bin) {
-        Ok(bin)
-    } else {
-        Err(format!(
-            "cargo install cargo-deny finished but {} is missing",
-            bin.display()
-        ))
-    }
+    crate::installed_crate("cargo-deny", CARGO_DENY_VERSION)
 }

@@ -7,6 +7,7 @@
 
 mod build;
 mod compat;
+mod component;
 mod deny;
 mod envoy;
 mod fuzz;
@@ -38,7 +39,9 @@ enum Task {
     /// Build every wasm filter into target/filters/.
     ///
     /// Every wasm crate of the workspace, for wasm32-wasip1 in release, shrunk with wasm-opt -Oz
-    /// (installed with npm when missing) unless --no-opt; prints their sizes.
+    /// (installed with npm when missing) unless --no-opt; prints their sizes. Then the
+    /// components under components/ with cargo-component (installed when missing) into
+    /// target/components/.
     Build {
         /// Skip wasm-opt.
         #[arg(long)]
@@ -119,6 +122,21 @@ enum Task {
         #[arg(long)]
         no_readme: bool,
     },
+    /// Run the shared cases against the built meshwasm:propagation component from Python and Node.
+    ///
+    /// PyPI wasmtime and npm jco, pinned in components/propagation/hosts/ and installed under
+    /// target/tools/ on first use (`cargo xtask test` runs this too). Needs `cargo xtask build`.
+    ComponentTest,
+    /// Calls per second of the meshwasm:propagation component from Python.
+    ///
+    /// One instance in one thread (PyPI wasmtime), `propagate` on a typical request's headers
+    /// (W3C traceparent and tracestate, baggage, x-request-id, and a dozen others). Needs
+    /// `cargo xtask build` first.
+    ComponentBench {
+        /// Seconds to measure.
+        #[arg(long, default_value_t = 5.0)]
+        seconds: f64,
+    },
     /// cargo deny: licenses, bans, sources, advisories.
     ///
     /// Advisories only when the RustSec database can be had.
@@ -144,6 +162,8 @@ fn main() -> ExitCode {
             versions,
             no_readme,
         } => compat::main(versions, !no_readme),
+        Task::ComponentTest => component::test_hosts(),
+        Task::ComponentBench { seconds } => component::bench(seconds),
         Task::Deny { offline } => deny::check_all(offline).map(|_| ()),
     };
     match result {
@@ -196,6 +216,32 @@ pub fn tools_dir() -> PathBuf {
         .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
         .unwrap_or_else(|| target_dir().join("tools"));
     cargo_home.join("meshwasm-tools")
+}
+
+/// The binary `krate` of `version` in the tools directory ([`tools_dir`]`/<krate>-<version>/bin/`),
+/// installed there with `cargo install --locked` (from crates.io) when missing.
+pub fn installed_crate(krate: &str, version: &str) -> Result<PathBuf> {
+    let root = tools_dir().join(format!("{krate}-{version}"));
+    let bin = root.join("bin").join(krate);
+    if is_executable(&bin) {
+        return Ok(bin);
+    }
+    println!(
+        "installing {krate} {version} into {} (takes a few minutes)",
+        root.display()
+    );
+    run(cargo()
+        .args(["install", "--locked", "--version", version, "--root"])
+        .arg(&root)
+        .arg(krate))?;
+    if is_executable(&bin) {
+        Ok(bin)
+    } else {
+        Err(format!(
+            "cargo install {krate} finished but {} is missing",
+            bin.display()
+        ))
+    }
 }
 
 /// A `Command` for the cargo that runs us (`$CARGO`), falling back to `cargo` on PATH,

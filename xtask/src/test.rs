@@ -73,6 +73,7 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         build::ensure_wasm_target()?;
         let mut cmd = cargo();
         cmd.args(["clippy", "--target", WASM_TARGET, "-p", "meshwasm"]);
+        cmd.args(["-p", crate::component::PROPAGATION.0]);
         for krate in build::wasm_crates()? {
             cmd.args(["-p", &krate.package]);
         }
@@ -101,7 +102,11 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         // only against a database already on disk (`cargo xtask deny` fetches it).
         crate::deny::check_all(true).map(|_| ())
     })?;
-    steps.run("build wasm filters", || build::build(true))?;
+    steps.run("build wasm filters and components", || build::build(true))?;
+    steps.run(
+        "component hosts (Python via wasmtime, Node via jco: components/propagation/cases.json)",
+        crate::component::test_hosts,
+    )?;
     let envoy_bin = steps.run("validate envoy-configs", || {
         let bin = envoy::find()?;
         let count = envoy::validate_all(&bin)?;

@@ -917,9 +917,12 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
             }
         );
     }
-    let findings = workspace_root().join("bench").join("FINDINGS.md");
-    if let Ok(text) = fs::read_to_string(&findings) {
-        let _ = writeln!(s, "\n{}", text.trim_end());
+    // Sections kept by hand beside the generated ones: the findings, and the propagation
+    // component's figures (`cargo xtask component-bench`, not measured here).
+    for file in ["FINDINGS.md", "COMPONENT.md"] {
+        if let Ok(text) = fs::read_to_string(workspace_root().join("bench").join(file)) {
+            let _ = writeln!(s, "\n{}", text.trim_end());
+        }
     }
     s
 }

@@ -2,18 +2,16 @@
 //! ...) go to PyPI `kubernetes-validate --strict`, Istio's custom resources (WasmPlugin,
 //! EnvoyFilter, ...) to npm `@kubernetes-models/istio` through
 //! `integration/k8s/validate-istio.mjs`; both are pinned in `integration/k8s/` and installed on
-//! first use under `<target>/tools/`. A document passes only when a validator passed it: one
+//! first use under `<target>/tools/` ([`toolkit::pinned`]). A document passes only when a validator passed it: one
 //! that a validator rejects, or that neither has a schema for, is an error.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::sync::Mutex;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
-use sha2::{Digest, Sha256};
-use toolkit::cmd::{find_on_path, output};
+use toolkit::cmd::find_on_path;
 
 /// Validates YAML documents, each given as `(label, text)`. Returns a line per document saying
 /// which validator passed it, or every problem (a rejection with the validator's reason, a
@@ -127,122 +125,13 @@ fn nanos() -> u32 {
         .unwrap_or(0)
 }
 
-/// The Python of a virtualenv with `integration/k8s/requirements.txt` installed (run it as
-/// `python -m kubernetes_validate`: the scripts in the venv's `bin/` name the temporary path it
-/// was made in).
+/// The Python of a virtualenv with `integration/k8s/requirements.txt` installed.
 fn kubernetes_validate_python() -> PathBuf {
-    let venv = installed("kubernetes-validate", &["requirements.txt"], |tmp| {
-        output(Command::new("python3").args(["-m", "venv"]).arg(tmp))?;
-        output(
-            Command::new(tmp.join("bin").join("python"))
-                .args([
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--disable-pip-version-check",
-                    "-r",
-                ])
-                .arg(pins_dir().join("requirements.txt")),
-        )
-        .map(drop)
-    });
-    venv.join("bin").join("python")
+    toolkit::pinned::python("kubernetes-validate", &pins_dir().join("requirements.txt"))
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// A directory with `integration/k8s/package.json` installed by `npm ci` from its lock file.
 fn istio_models_dir() -> PathBuf {
-    let files = ["package.json", "package-lock.json"];
-    installed("k8s-models", &files, |tmp| {
-        fs::create_dir_all(tmp).map_err(|e| e.to_string())?;
-        for f in files {
-            fs::copy(pins_dir().join(f), tmp.join(f)).map_err(|e| format!("copying {f}: {e}"))?;
-        }
-        let npm = find_on_path("npm").ok_or("npm not found on PATH")?;
-        output(
-            Command::new(npm)
-                .args(["ci", "--no-audit", "--no-fund", "--ignore-scripts"])
-                .args(["--loglevel", "error"])
-                .current_dir(tmp),
-        )
-        .map(drop)
-    })
-}
-
-/// Installs in one test process one at a time (the other waits, then finds it installed).
-static INSTALLING: Mutex<()> = Mutex::new(());
-
-/// `<target>/tools/<tool>/<hash of the pin files>`, installed when missing: `install` fills a
-/// temporary directory that is then renamed into place, so a half-done install is never used and
-/// test processes may race (the first rename wins; the others discard their copy). A change of
-/// the pins gives a new directory. Prints what it installed and how long that took.
-fn installed(
-    tool: &str,
-    pins: &[&str],
-    install: impl FnOnce(&Path) -> Result<(), String>,
-) -> PathBuf {
-    let _one_at_a_time = INSTALLING.lock().unwrap_or_else(|e| e.into_inner());
-    let mut hash = Sha256::new();
-    for pin in pins {
-        hash.update(fs::read(pins_dir().join(pin)).unwrap());
-    }
-    let hash: String = hash.finalize()[..6]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let parent = toolkit::target_dir().join("tools").join(tool);
-    let dir = parent.join(&hash);
-    if dir.is_dir() {
-        return dir;
-    }
-    fs::create_dir_all(&parent).unwrap();
-    let tmp = parent.join(format!(".tmp-{hash}-{}-{}", std::process::id(), nanos()));
-    let started = Instant::now();
-    let result = install(&tmp).and_then(|()| match fs::rename(&tmp, &dir) {
-        Ok(()) => Ok(()),
-        Err(_) if dir.is_dir() => Ok(()),
-        Err(e) => Err(format!(
-            "renaming {} to {}: {e}",
-            tmp.display(),
-            dir.display()
-        )),
-    });
-    let _ = fs::remove_dir_all(&tmp);
-    if let Err(e) = result {
-        panic!(
-            "installing {tool} from integration/k8s/{}: {e}",
-            pins.join(", ")
-        );
-    }
-    println!(
-        "installed {tool} (integration/k8s/{}: {}) into {} in {:.1} s",
-        pins.join(", "),
-        pinned(pins[0]),
-        dir.display(),
-        started.elapsed().as_secs_f64()
-    );
-    dir
-}
-
-/// The packages a pin file names with their versions, for the install message.
-fn pinned(pin: &str) -> String {
-    let text = fs::read_to_string(pins_dir().join(pin)).unwrap();
-    if pin.ends_with(".json") {
-        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
-        let deps = json["dependencies"]
-            .as_object()
-            .cloned()
-            .unwrap_or_default();
-        let deps: Vec<String> = deps
-            .iter()
-            .map(|(name, v)| format!("{name}@{}", v.as_str().unwrap_or("?")))
-            .collect();
-        format!("{} and their locked dependencies", deps.join(" "))
-    } else {
-        let pins: Vec<&str> = text
-            .lines()
-            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
-            .collect();
-        pins.join(" ")
-    }
+    toolkit::pinned::npm("k8s-models", &pins_dir()).unwrap_or_else(|e| panic!("{e}"))
 }
