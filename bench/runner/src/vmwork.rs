@@ -130,37 +130,13 @@ fn table(counts: &[Count]) -> String {
     out
 }
 
-/// The Python of `<target>/bench/vm-work-venv` with `bench/vm-work/requirements.txt` installed
-/// (made on first use).
+/// The Python of a virtualenv with `bench/vm-work/requirements.txt` (made on first use).
 fn venv_python() -> Result<PathBuf> {
-    let venv = target_dir().join("bench").join("vm-work-venv");
-    let python = venv.join("bin").join("python");
     let pins = workspace_root()
         .join("bench")
         .join("vm-work")
         .join("requirements.txt");
-    let stamp = venv.join("requirements.txt");
-    let wanted =
-        fs::read_to_string(&pins).map_err(|e| format!("reading {}: {e}", pins.display()))?;
-    if python.is_file() && fs::read_to_string(&stamp).ok().as_deref() == Some(wanted.as_str()) {
-        return Ok(python);
-    }
-    println!("==> installing {} into {}", wanted.trim(), venv.display());
-    toolkit::cmd::output(Command::new("python3").args(["-m", "venv"]).arg(&venv))?;
-    toolkit::cmd::output(
-        Command::new(&python)
-            .args([
-                "-m",
-                "pip",
-                "install",
-                "-q",
-                "--disable-pip-version-check",
-                "-r",
-            ])
-            .arg(&pins),
-    )?;
-    fs::write(&stamp, &wanted).map_err(|e| format!("writing {}: {e}", stamp.display()))?;
-    Ok(python)
+    toolkit::pinned::python("vm-work", &pins)
 }
 
 #[cfg(test)]
