@@ -62,7 +62,8 @@ enum Task {
     },
     /// Render the templates in envoy-configs/ into a directory.
     ///
-    /// FILTERS_DIR, ENVOY_CONFIGS_DIR and EDS_DIR become absolute paths, each PORT_<NAME> a port
+    /// FILTERS_DIR, ENVOY_CONFIGS_DIR, EDS_DIR and CERTS_DIR become absolute paths (CERTS_DIR a
+    /// workload `sidecar` of a new mesh CA under <out-dir>/certs), each PORT_<NAME> a port
     /// numbered from 20000 (the same name the same port in every file), SHA256_<FILTER> the hash
     /// of the built filter.
     RenderConfigs {
