@@ -76,6 +76,7 @@ fn sidecar(service: &str, dir: &Path, app: &Upstream, collector: &Collector) -> 
         .arg("--service-node")
         .arg(&format!("{service}-1"))
         .env("MESH_NAMESPACE", NAMESPACE)
+        .env("MESH_VERSION", "v1")
         .start()
         .unwrap()
 }
@@ -335,4 +336,65 @@ fn every_certificate_rotates_under_load_with_no_failed_request() {
     // No handshake failed at inventory during the rotation.
     assert_eq!(pair.inbound_stat("connection_error"), 0);
     assert_eq!(pair.inbound_stat("fail_verify_error"), 0);
+}
+
+/// The `mesh_requests_total` series of `sidecar` with `reporter` whose name holds `needle`.
+fn requests_with(sidecar: &Envoy, reporter: &str, needle: &str) -> u64 {
+    sidecar
+        .stats()
+        .lines()
+        .filter(|l| l.contains(&format!("mesh_requests_total;.reporter={reporter};")))
+        .filter(|l| l.contains(needle))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn service_metrics_name_peers_by_their_verified_certificates() {
+    let pair = Pair::start();
+    for _ in 0..3 {
+        assert_eq!(pair.call(), Ok(200));
+    }
+    // The caller's sidecar learns the destination from inventory's certificate and its version
+    // from inventory's header, which agrees; inventory's sidecar the same of orders (the header
+    // went out: inventory is one of the `mesh_clusters`).
+    assert_eventually!(
+        requests_with(
+            &pair.orders,
+            "source",
+            ";.source_service=orders;.source_version=v1;.source_region=unknown;.destination_service=inventory;.destination_version=v1;"
+        ) == 3,
+        "{}",
+        pair.orders.stats()
+    );
+    assert_eventually!(
+        requests_with(
+            &pair.inventory,
+            "destination",
+            ";.source_service=orders;.source_version=v1;"
+        ) == 3,
+        "{}",
+        pair.inventory.stats()
+    );
+
+    // A workload with a certificate of orders claiming to be payments: labelled orders, and
+    // counted as forged.
+    let claims_payments = pair.outsider(&pair.dir.0.join("certs").join("orders"), true);
+    let resp = http_get(
+        claims_payments.listener_port(),
+        "/",
+        &[("x-mesh-peer", "v1;s=payments;t=1")],
+    )
+    .unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eventually!(
+        requests_with(&pair.inventory, "destination", ";.source_service=orders;") == 4
+    );
+    let forged = "mesh_peer_identity_rejected_total;.reporter=destination;.reason=forged: 1";
+    assert!(
+        pair.inventory.stats().lines().any(|l| l.ends_with(forged)),
+        "{}",
+        pair.inventory.stats()
+    );
+    assert!(!pair.inventory.stats().contains("payments"));
 }

@@ -192,3 +192,26 @@ fn outside_clients_cannot_set_timeouts() {
     );
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn the_identity_header_goes_only_to_the_listed_mesh_clusters() {
+    // The outbound listener's cluster is `upstream`: listed, it gets our identity; not listed
+    // (an external service), it gets none, not even one the app set itself.
+    for (clusters, sent) in [(r#"["upstream"]"#, true), (r#"["orders"]"#, false)] {
+        let sidecar = start(&Configs {
+            metrics_out: format!(
+                r#"{{"reporter":"source","signing_key":"{}","mesh_clusters":{clusters}}}"#,
+                all_filters::KEY
+            ),
+            ..Configs::default()
+        });
+        http_get(sidecar.outbound(), "/", &[("x-mesh-peer", "v1;s=app;t=1")]).unwrap();
+        let got = sidecar.upstream.requests()[0]
+            .header("x-mesh-peer")
+            .map(str::to_string);
+        assert_eq!(got.is_some(), sent, "{clusters}: {got:?}");
+        if let Some(value) = got {
+            assert!(value.starts_with("v1;s=orders;"), "{value}");
+        }
+    }
+}

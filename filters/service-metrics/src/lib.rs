@@ -4,6 +4,7 @@
 
 pub mod config;
 pub mod labels;
+pub mod trust;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -36,6 +37,10 @@ pub struct ServiceMetrics {
     local: Identity,
     peer_header: String,
     key: Option<SigningKey>,
+    /// What to believe about a peer without a verified certificate.
+    trust: trust::PeerTrust,
+    /// The clusters our identity header goes to on the source side (`None`: all).
+    mesh_clusters: Option<Vec<String>>,
     max_skew: u64,
     labels: Vec<Label>,
     /// Which per-request values the labels use (the others are never read).
@@ -150,8 +155,9 @@ impl ServiceMetrics {
             .map(|(field, origin)| format!("{field}={} ({origin:?})", local.field(field)))
             .collect();
         log::info!(
-            "service_metrics: reporter={} identity {}",
+            "service_metrics: reporter={} peer_trust={} identity {}",
             cfg.reporter.as_str(),
+            cfg.trust.as_str(),
             described.join(" ")
         );
         let [requests, duration, request_bytes, response_bytes] =
@@ -166,6 +172,8 @@ impl ServiceMetrics {
             local,
             peer_header: cfg.peer_header,
             key: cfg.key,
+            trust: cfg.trust,
+            mesh_clusters: cfg.mesh_clusters,
             max_skew: cfg.max_skew_seconds,
             uses: Uses::of(&cfg.labels),
             labels: cfg.labels,
@@ -205,19 +213,13 @@ impl ServiceMetrics {
         self.take_peer_value(host, map, value.as_deref())
     }
 
-    /// Removes the peer header, read as `value`, from `map`, and decides whether to believe it.
+    /// Removes the peer header, read as `value`, from `map`, and decides who the peer is from
+    /// the connection's certificate and the header (see [`trust`]).
     fn take_peer_value(&self, host: &dyn Host, map: MapKind, value: Option<&[u8]>) -> Peer {
-        let Some(value) = value else {
-            return Peer::Missing;
-        };
-        host.set_header(map, &self.peer_header, None);
-        let peer = self.check(host, value);
-        if let Peer::Rejected(reason) = &peer {
-            log::debug!("service_metrics: peer header rejected: {reason}");
-            self.rejected
-                .inc(host, &[self.reporter.as_str(), reason.reason()]);
+        if value.is_some() {
+            host.set_header(map, &self.peer_header, None);
         }
-        peer
+        self.decide_peer(host, map, value)
     }
 
     fn check(&self, host: &dyn Host, value: &[u8]) -> Peer {
@@ -372,7 +374,12 @@ impl HttpFilter for MetricsRequest {
                     && host
                         .header(map, "content-type")
                         .is_some_and(|ct| is_grpc(&ct));
-                root.put_own_header(host, map);
+                if root.upstream_is_in_mesh(host) {
+                    root.put_own_header(host, map);
+                } else {
+                    // Not a mesh service: whatever the app set is not ours to pass on either.
+                    host.set_header(map, &root.peer_header, None);
+                }
             }
             (Reporter::Destination, false) => self.peer = root.take_peer(host, map),
             (Reporter::Destination, true) => {

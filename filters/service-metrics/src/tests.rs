@@ -259,10 +259,26 @@ fn a_cached_header_still_expires() {
 }
 
 #[test]
-fn without_a_key_headers_are_taken_as_claimed() {
+fn without_a_certificate_or_key_headers_are_not_believed_unless_asked_for() {
     let h = FilterHarness::<ServiceMetrics>::with_host(
         node_host("orders", "us-east-1"),
         r#"{"reporter":"destination"}"#,
+    )
+    .unwrap();
+    let mut s = h.stream();
+    let header = identity::encode(&orders(), now(), None);
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert_eq!(s.filter().peer(), &Peer::Rejected(PeerError::NoCertificate));
+    assert_eq!(s.host().request_header("x-mesh-peer"), None);
+    let name = format!("{REJECTED};.reporter=destination;.reason=no_certificate");
+    assert_eq!(h.host().counter(&name), Some(1));
+}
+
+#[test]
+fn unsigned_headers_are_taken_as_claimed_only_when_asked_for() {
+    let h = FilterHarness::<ServiceMetrics>::with_host(
+        node_host("orders", "us-east-1"),
+        r#"{"reporter":"destination","peer_trust":"unsigned_header"}"#,
     )
     .unwrap();
     let mut s = h.stream();
@@ -600,9 +616,13 @@ fn hostcalls_per_request_stay_low() {
             "replace_header_map_value RequestHeaders x-mesh-peer",
         ]
     );
+    // The upstream's verified certificate names the destination (issue 14): one property read.
     assert_eq!(
         response,
-        ["get_header_map_value ResponseHeaders x-mesh-peer"]
+        [
+            "get_header_map_value ResponseHeaders x-mesh-peer",
+            "get_property upstream.uri_san_peer_certificate"
+        ]
     );
     assert_eq!(
         log,
@@ -620,7 +640,7 @@ fn hostcalls_per_request_stay_low() {
             "record_metric",
         ]
     );
-    assert!(request.len() + response.len() + log.len() <= 15);
+    assert!(request.len() + response.len() + log.len() <= 16);
 
     // Labels left out cost nothing: no content type without `grpc_status`, no cluster without
     // `destination_service`.
@@ -644,7 +664,13 @@ fn hostcalls_per_request_stay_low() {
     // The destination side looks up two request headers with one read of the map.
     let inbound = format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#);
     let (request, response, _) = hostcalls(&inbound);
-    assert_eq!(request, ["get_header_map_pairs RequestHeaders"]);
+    assert_eq!(
+        request,
+        [
+            "get_header_map_pairs RequestHeaders",
+            "get_property connection.uri_san_peer_certificate"
+        ]
+    );
     // A caller without a verified peer header is not given our identity: no response calls.
     assert!(response.is_empty(), "{response:?}");
 }
@@ -671,4 +697,156 @@ fn sizes_fall_back_to_body_sizes_only_without_totals() {
     };
     assert_eq!(h.host().histogram(&name(REQUEST_BYTES)), Some(vec![7]));
     assert_eq!(h.host().histogram(&name(RESPONSE_BYTES)), Some(vec![340]));
+}
+
+/// One header was counted as forged on `reporter`'s side, and no series names the service it
+/// claimed.
+fn assert_forged_once(h: &FilterHarness<ServiceMetrics>, reporter: &str, claimed: &str) {
+    let forged = format!("{REJECTED};.reporter={reporter};.reason=forged");
+    assert_eq!(h.host().counter(&forged), Some(1));
+    assert!(h.host().metrics().iter().all(|m| !m.name.contains(claimed)));
+}
+
+/// `h`'s next stream, its downstream connection verified as `uri`.
+fn with_downstream_cert(
+    h: &FilterHarness<ServiceMetrics>,
+    uri: &str,
+) -> HttpStream<ServiceMetrics> {
+    let s = h.stream();
+    s.host()
+        .set_property_str("connection.uri_san_peer_certificate", uri);
+    s
+}
+
+#[test]
+fn inbound_takes_the_source_from_the_certificate_and_a_header_only_where_it_agrees() {
+    let h = destination("");
+    let cert = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let frontend = Identity {
+        service: "frontend".into(),
+        version: "v7".into(),
+        region: "eu-west-1".into(),
+        ..Identity::default()
+    };
+    // A certificate and an agreeing header (unsigned is enough over mTLS: the certificate
+    // authenticates the connection; here a key is set, so it must be signed all the same).
+    let mut s = with_downstream_cert(&h, cert);
+    let header = identity::encode(&frontend, now(), Some(&key()));
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(
+        matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend" && id.version == "v7" && id.namespace == "shop")
+    );
+    finish(&mut s, 200, 1);
+    // A certificate alone: namespace and service, the rest unknown.
+    let mut s = with_downstream_cert(&h, cert);
+    s.request_headers(&[(":path", "/")], true);
+    assert!(
+        matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend" && id.version.is_empty())
+    );
+    // Its answer carries our identity: the caller proved who it is.
+    s.response_headers(&[(":status", "200")], true);
+    assert!(s.host().response_header("x-mesh-peer").is_some());
+    finish(&mut s, 200, 1);
+    // A workload of frontend claiming to be admin: forged, labelled frontend.
+    let admin = Identity {
+        service: "admin".into(),
+        ..frontend.clone()
+    };
+    let mut s = with_downstream_cert(&h, cert);
+    let header = identity::encode(&admin, now(), Some(&key()));
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
+    finish(&mut s, 200, 1);
+    assert_forged_once(&h, "destination", "admin");
+    let as_frontend = h
+        .host()
+        .metrics()
+        .iter()
+        .filter(|m| m.name.starts_with(REQUESTS) && m.name.contains("source_service=frontend"))
+        .count();
+    assert!(as_frontend >= 2, "{:?}", h.host().metrics());
+    // A certificate of the CA that is no workload's SPIFFE ID: unknown, counted.
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/admin");
+    s.request_headers(&[(":path", "/")], true);
+    assert_eq!(
+        s.filter().peer(),
+        &Peer::Rejected(PeerError::BadCertificate)
+    );
+    let bad = format!("{REJECTED};.reporter=destination;.reason=bad_certificate");
+    assert_eq!(h.host().counter(&bad), Some(1));
+}
+
+#[test]
+fn outbound_takes_the_destination_from_the_upstream_certificate() {
+    let h = source("");
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/")], true);
+    s.host().set_property_str(
+        "upstream.uri_san_peer_certificate",
+        "spiffe://cluster.local/ns/shop/sa/orders",
+    );
+    // The upstream answers claiming to be payments: forged, counted, labelled orders.
+    let payments = Identity {
+        service: "payments".into(),
+        ..orders()
+    };
+    let answer = identity::encode(&payments, now(), Some(&key()));
+    s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "orders"));
+    finish(&mut s, 200, 1);
+    assert_forged_once(&h, "source", "payments");
+}
+
+#[test]
+fn peer_trust_settings_that_contradict_themselves_are_refused_with_how_to_trust_peers() {
+    let err = FilterHarness::<ServiceMetrics>::new(
+        r#"{"reporter":"destination","peer_trust":"signed_header"}"#,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("peer_trust: signed_header needs a signing_key"),
+        "{err}"
+    );
+    assert!(err.contains("mutual-TLS certificate"), "{err}");
+    let err = FilterHarness::<ServiceMetrics>::new(&format!(
+        r#"{{"reporter":"destination","peer_trust":"unsigned_header","signing_key":"{KEY}"}}"#
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("peer_trust: unsigned_header with a signing_key"),
+        "{err}"
+    );
+    let err =
+        FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"destination","peer_trust":"any"}"#)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.starts_with("peer_trust: unknown variant `any`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_identity_header_goes_only_to_mesh_clusters_when_they_are_listed() {
+    let h = source(r#","mesh_clusters":["orders","inventory"]"#);
+    for (cluster, sent) in [("orders", true), ("payments-api", false)] {
+        let mut s = h.stream();
+        s.host().set_property_str("xds.cluster_name", cluster);
+        s.request_headers(&[(":path", "/"), ("x-mesh-peer", "v1;s=spoof;t=1")], true);
+        let value = s.host().request_header("x-mesh-peer");
+        assert_eq!(value.is_some(), sent, "{cluster}: {value:?}");
+        if let Some(v) = value {
+            assert!(v.contains("s=frontend"), "{v}");
+        }
+    }
+    let err = FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"source","mesh_clusters":[""]}"#)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("mesh_clusters[0]: "), "{err}");
 }

@@ -29,10 +29,17 @@ pub enum PeerError {
     Forged,
     /// The timestamp is further from now than the allowed skew (either way).
     Expired,
+    /// A header arrived on a connection with no verified peer certificate, where only a
+    /// certificate (or a signed header) is believed.
+    NoCertificate,
+    /// The verified peer certificate's URI SAN is not a workload SPIFFE ID
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service>`).
+    BadCertificate,
 }
 
 impl PeerError {
-    /// The label value: `malformed`, `unsupported_version`, `unsigned`, `forged`, `expired`.
+    /// The label value: `malformed`, `unsupported_version`, `unsigned`, `forged`, `expired`,
+    /// `no_certificate`, `bad_certificate`.
     pub fn reason(self) -> &'static str {
         match self {
             PeerError::Malformed => "malformed",
@@ -40,16 +47,20 @@ impl PeerError {
             PeerError::Unsigned => "unsigned",
             PeerError::Forged => "forged",
             PeerError::Expired => "expired",
+            PeerError::NoCertificate => "no_certificate",
+            PeerError::BadCertificate => "bad_certificate",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL: [PeerError; 5] = [
+    pub const ALL: [PeerError; 7] = [
         PeerError::Malformed,
         PeerError::UnsupportedVersion,
         PeerError::Unsigned,
         PeerError::Forged,
         PeerError::Expired,
+        PeerError::NoCertificate,
+        PeerError::BadCertificate,
     ];
 }
 
