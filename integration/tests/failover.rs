@@ -474,7 +474,8 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
     assert_eq!(crossed.path, "/items/42", "{crossed:?}");
     assert_eq!(crossed.header("host"), Some("inventory"), "{crossed:?}");
     // The mesh header reached region-a's sidecar (which consumes it): its service_metrics
-    // counts the requests as coming from orders.
+    // counts the requests as coming from orders, not from the front proxy whose certificate it
+    // verified, because the shipped sidecar lists `front-proxy` in `relays`.
     assert_eventually!(r.inventory_a_sidecars.iter().any(|s| s
         .stats()
         .lines()

@@ -215,3 +215,21 @@ fn the_identity_header_goes_only_to_the_listed_mesh_clusters() {
         }
     }
 }
+
+#[test]
+fn a_signed_header_captured_at_one_hop_is_refused_at_another() {
+    let sidecar = start(&Configs::default());
+    // A real signed header, as this sidecar sends it to its upstream (audience `upstream`,
+    // direction request), captured there.
+    http_get(sidecar.outbound(), "/", &[]).unwrap();
+    let captured = sidecar.upstream.requests()[0]
+        .header("x-mesh-peer")
+        .unwrap()
+        .to_string();
+    assert!(captured.contains(";a=upstream;d=rq;m="), "{captured}");
+    // Replayed from outside to the inbound listener (service `orders`), within the skew: the
+    // signature is good, the audience is not.
+    http_get(sidecar.inbound(), "/", &[("x-mesh-peer", &captured)]).unwrap();
+    assert_eventually!(rejected(&sidecar.envoy, "wrong_audience") == 1);
+    assert_eq!(source_count(&sidecar.envoy, "orders"), 0);
+}

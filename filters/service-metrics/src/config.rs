@@ -5,7 +5,7 @@ use meshwasm::identity::{IdentityConfig, SigningKey, DEFAULT_PEER_HEADER};
 use meshwasm::prelude::*;
 
 use crate::labels::{Label, DEFAULT_LABELS};
-use crate::trust::{PeerTrust, HOW_TO_TRUST};
+use crate::trust::{KeySource, PeerTrust, HOW_TO_TRUST};
 
 /// Which side of a request this sidecar reports (the `reporter` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -49,6 +49,10 @@ pub struct Config {
     /// source side sends our identity header only to these. Absent: to every upstream.
     #[serde(default)]
     pub mesh_clusters: Option<Vec<String>>,
+    /// Services whose certificate may carry a header naming another service: proxies that pass
+    /// a caller's header on (a region's front proxy). Their header is believed as it is.
+    #[serde(default)]
+    pub relays: Vec<String>,
     /// Name of the peer identity header (request and response).
     #[serde(default = "default_peer_header")]
     pub peer_header: String,
@@ -56,6 +60,10 @@ pub struct Config {
     /// believe only peer headers signed with it.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// Mesh keys from the host's environment, each with an id: the first signs, both verify
+    /// (at most two, for a rotation).
+    #[serde(default)]
+    pub signing_keys: Vec<KeySource>,
     /// Allowed clock difference for signed headers, in seconds.
     #[serde(default = "default_skew")]
     pub max_skew_seconds: u64,
@@ -93,8 +101,12 @@ pub struct Validated {
     pub key: Option<SigningKey>,
     /// What to believe about a peer without a certificate.
     pub trust: PeerTrust,
+    /// Mesh keys from the environment (resolved when the filter is built).
+    pub signing_keys: Vec<KeySource>,
     /// The clusters our identity header goes to (`None`: all).
     pub mesh_clusters: Option<Vec<String>>,
+    /// Services that may relay another service's header.
+    pub relays: Vec<String>,
     /// Allowed skew, seconds.
     pub max_skew_seconds: u64,
     /// The labels every metric carries, in order.
@@ -114,11 +126,14 @@ impl Config {
             }
             None => None,
         };
-        match (self.peer_trust, key.is_some()) {
+        match (
+            self.peer_trust,
+            key.is_some() || !self.signing_keys.is_empty(),
+        ) {
             (PeerTrust::SignedHeader, false) => {
                 return Err(ConfigError::new(
                     "peer_trust",
-                    format!("signed_header needs a signing_key; {HOW_TO_TRUST}"),
+                    format!("signed_header needs signing_keys; {HOW_TO_TRUST}"),
                 ))
             }
             (PeerTrust::UnsignedHeader, true) => {
@@ -140,6 +155,13 @@ impl Config {
                     "a cluster name of 1 to 255 bytes",
                 )?;
             }
+        }
+        for (i, name) in self.relays.iter().enumerate() {
+            check::ensure(
+                !name.is_empty() && name.len() <= 128,
+                format!("relays[{i}]"),
+                "a service name of 1 to 128 bytes",
+            )?;
         }
         check::in_range(self.max_skew_seconds, 1, 86_400, "max_skew_seconds")?;
         check::in_range(self.max_series, 1, 100_000, "max_series")?;
@@ -177,7 +199,9 @@ impl Config {
             peer_header: self.peer_header,
             key,
             trust: self.peer_trust,
+            signing_keys: self.signing_keys,
             mesh_clusters: self.mesh_clusters,
+            relays: self.relays,
             max_skew_seconds: self.max_skew_seconds,
             labels,
             max_series: self.max_series,

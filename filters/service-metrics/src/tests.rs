@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use meshwasm::identity::{self, Identity, SigningKey};
+use meshwasm::identity::{self, Direction, Identity, KeyRing, Scope, SigningKey};
 use meshwasm::metrics::stats_tags;
 use meshwasm::prelude::*;
 use meshwasm::testing::{CountingHost, FilterHarness, HttpStream, TestHost, TEST_EPOCH_SECS};
@@ -17,6 +17,36 @@ const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1
 
 fn key() -> SigningKey {
     SigningKey::parse(KEY).unwrap()
+}
+
+/// A header signed with [`key`] for `audience` travelling `direction`, as a peer sidecar makes it.
+fn signed_for(
+    id: &Identity,
+    ts: u64,
+    k: &SigningKey,
+    audience: &str,
+    direction: Direction,
+) -> String {
+    let ring = KeyRing::new(vec![(String::new(), k.clone())]).unwrap();
+    identity::encode_scoped(
+        id,
+        ts,
+        &ring,
+        &Scope {
+            audience,
+            direction,
+        },
+    )
+}
+
+/// A request header from a caller to the destination harness (service `orders`).
+fn to_orders(id: &Identity, ts: u64, k: &SigningKey) -> String {
+    signed_for(id, ts, k, "orders", Direction::Request)
+}
+
+/// A response header from a callee back to the source harness (service `frontend`).
+fn to_frontend(id: &Identity, ts: u64, k: &SigningKey) -> String {
+    signed_for(id, ts, k, "frontend", Direction::Response)
 }
 
 fn node_host(cluster: &str, region: &str) -> TestHost {
@@ -125,7 +155,7 @@ fn outbound_sends_signed_identity_and_learns_destination_from_response() {
     assert_eq!(claimed.version, "v1");
     assert_eq!(claimed.instance, "frontend-node-pod-1");
 
-    let answer = identity::encode(&orders(), now(), Some(&key()));
+    let answer = to_frontend(&orders(), now(), &key());
     s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
     assert_eq!(
         s.host().response_header("x-mesh-peer"),
@@ -164,7 +194,7 @@ fn inbound_learns_source_removes_header_and_answers_with_its_identity() {
         region: "eu-west-1".into(),
         ..Identity::default()
     };
-    let header = identity::encode(&from, now(), Some(&key()));
+    let header = to_orders(&from, now(), &key());
     let mut s = h.stream();
     s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
     assert_eq!(
@@ -199,19 +229,13 @@ fn inbound_learns_source_removes_header_and_answers_with_its_identity() {
 #[test]
 fn untrusted_headers_are_unknown_and_counted_by_reason() {
     let h = destination("");
-    let good = identity::encode(&orders(), now(), Some(&key()));
+    let good = to_orders(&orders(), now(), &key());
     let other_key = SigningKey::from_bytes(&[7; 32]);
     let cases = [
         ("forged", good.replace("s=orders", "s=admin")),
-        (
-            "forged",
-            identity::encode(&orders(), now(), Some(&other_key)),
-        ),
+        ("forged", to_orders(&orders(), now(), &other_key)),
         ("unsigned", identity::encode(&orders(), now(), None)),
-        (
-            "expired",
-            identity::encode(&orders(), now() - 61, Some(&key())),
-        ),
+        ("expired", to_orders(&orders(), now() - 61, &key())),
         ("malformed", "orders".to_string()),
         ("unsupported_version", "v9;s=orders;t=1".to_string()),
     ];
@@ -246,7 +270,7 @@ fn untrusted_headers_are_unknown_and_counted_by_reason() {
 #[test]
 fn a_cached_header_still_expires() {
     let h = destination("");
-    let header = identity::encode(&orders(), now(), Some(&key()));
+    let header = to_orders(&orders(), now(), &key());
     for _ in 0..2 {
         let mut s = h.stream();
         s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
@@ -314,7 +338,7 @@ fn destination_falls_back_to_cluster_then_authority_and_rejected_stays_unknown()
     // A forged answer: unknown, never the claimed service nor the cluster.
     let mut s = h.stream();
     s.request_headers(&[(":path", "/"), (":authority", "orders.example")], true);
-    let forged = identity::encode(&orders(), now(), Some(&SigningKey::from_bytes(&[1; 32])));
+    let forged = to_frontend(&orders(), now(), &SigningKey::from_bytes(&[1; 32]));
     s.response_headers(&[(":status", "200"), ("x-mesh-peer", &forged)], true);
     finish(&mut s, 200, 1);
 
@@ -369,7 +393,7 @@ fn label_selection_and_grpc_and_flags() {
         &[
             (":path", "/svc/Method"),
             ("content-type", "application/grpc"),
-            ("x-mesh-peer", &identity::encode(&from, now(), Some(&key()))),
+            ("x-mesh-peer", &to_orders(&from, now(), &key())),
         ],
         true,
     );
@@ -612,6 +636,8 @@ fn hostcalls_per_request_stay_low() {
         request,
         [
             "get_header_map_value RequestHeaders content-type",
+            // The audience of the signed header: the upstream cluster (issue 14).
+            "get_property xds.cluster_name",
             "get_current_time_nanoseconds",
             "replace_header_map_value RequestHeaders x-mesh-peer",
         ]
@@ -640,15 +666,16 @@ fn hostcalls_per_request_stay_low() {
             "record_metric",
         ]
     );
-    assert!(request.len() + response.len() + log.len() <= 16);
+    assert!(request.len() + response.len() + log.len() <= 17);
 
-    // Labels left out cost nothing: no content type without `grpc_status`, no cluster without
-    // `destination_service`.
+    // Labels left out cost nothing: no content type without `grpc_status`; in the log, no
+    // cluster without `destination_service` (the request still reads it: the audience of the
+    // signed header).
     let lean = format!(
         r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route","request_protocol","grpc_status","response_flags","destination_service"]}}"#
     );
     let (request, _, log) = hostcalls(&lean);
-    assert_eq!(request.len(), 2, "{request:?}");
+    assert_eq!(request.len(), 3, "{request:?}"); // the cluster: the signed header's audience
     assert_eq!(
         log.iter()
             .filter(|c| c.starts_with("get_property"))
@@ -731,7 +758,7 @@ fn inbound_takes_the_source_from_the_certificate_and_a_header_only_where_it_agre
     // A certificate and an agreeing header (unsigned is enough over mTLS: the certificate
     // authenticates the connection; here a key is set, so it must be signed all the same).
     let mut s = with_downstream_cert(&h, cert);
-    let header = identity::encode(&frontend, now(), Some(&key()));
+    let header = to_orders(&frontend, now(), &key());
     s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
     assert!(
         matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend" && id.version == "v7" && id.namespace == "shop")
@@ -753,7 +780,7 @@ fn inbound_takes_the_source_from_the_certificate_and_a_header_only_where_it_agre
         ..frontend.clone()
     };
     let mut s = with_downstream_cert(&h, cert);
-    let header = identity::encode(&admin, now(), Some(&key()));
+    let header = to_orders(&admin, now(), &key());
     s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
     assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
     finish(&mut s, 200, 1);
@@ -790,7 +817,7 @@ fn outbound_takes_the_destination_from_the_upstream_certificate() {
         service: "payments".into(),
         ..orders()
     };
-    let answer = identity::encode(&payments, now(), Some(&key()));
+    let answer = to_frontend(&payments, now(), &key());
     s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
     assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "orders"));
     finish(&mut s, 200, 1);
@@ -806,7 +833,7 @@ fn peer_trust_settings_that_contradict_themselves_are_refused_with_how_to_trust_
     .unwrap()
     .to_string();
     assert!(
-        err.starts_with("peer_trust: signed_header needs a signing_key"),
+        err.starts_with("peer_trust: signed_header needs signing_keys"),
         "{err}"
     );
     assert!(err.contains("mutual-TLS certificate"), "{err}");
@@ -849,4 +876,76 @@ fn the_identity_header_goes_only_to_mesh_clusters_when_they_are_listed() {
         .unwrap()
         .to_string();
     assert!(err.starts_with("mesh_clusters[0]: "), "{err}");
+}
+
+#[test]
+fn a_relay_passes_its_callers_header_on() {
+    let h = destination(r#","relays":["front-proxy"]"#);
+    let header = to_orders(
+        &Identity {
+            service: "frontend".into(),
+            ..Identity::default()
+        },
+        now(),
+        &key(),
+    );
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/ns/shop/sa/front-proxy");
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
+    // Anyone else naming another service is still forged.
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/ns/shop/sa/orders-b");
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "orders-b"));
+}
+
+#[test]
+fn signing_keys_come_from_the_environment_with_ids_and_two_verify_during_a_rotation() {
+    let config = |json: &str| meshwasm::config::parse::<Config>(json.as_bytes()).unwrap();
+    let env = |name: &str| match name {
+        "KEY_NEW" => {
+            Some("hex:0202020202020202020202020202020202020202020202020202020202020202".into())
+        }
+        "KEY_OLD" => Some(KEY.to_string()),
+        _ => None,
+    };
+    let host = node_host("orders", "us-east-1");
+    let rotating = r#"{"reporter":"destination","signing_keys":[{"id":"new","env":"KEY_NEW"},{"id":"old","env":"KEY_OLD"}]}"#;
+    let root = ServiceMetrics::build(config(rotating), &host, &env).unwrap();
+    // A header signed with the old key (id-less, as an older sidecar sends) still verifies.
+    let by_old = to_orders(&orders(), now(), &key());
+    let stream = host.new_stream();
+    assert!(matches!(
+        root.check(&stream, MapKind::RequestHeaders, by_old.as_bytes()),
+        Peer::Known(_)
+    ));
+    // Unset variable, inline and env keys together, three keys: refused, naming the field.
+    for (json, want) in [
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","env":"NOPE"}]}"#,
+            "signing_keys[0].env: NOPE is not set in the VM's environment",
+        ),
+        (
+            &format!(
+                r#"{{"reporter":"source","signing_key":"{KEY}","signing_keys":[{{"id":"k","env":"KEY_OLD"}}]}}"#
+            ),
+            "signing_keys: set signing_keys or signing_key, not both",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"a","env":"KEY_OLD"},{"id":"b","env":"KEY_OLD"},{"id":"c","env":"KEY_OLD"}]}"#,
+            "signing_keys: at most 2 keys",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","file":"/etc/key"}]}"#,
+            "signing_keys[0].file: unknown field `file`, expected `id` or `env`",
+        ),
+    ] {
+        let err = match meshwasm::config::parse::<Config>(json.as_bytes()) {
+            Ok(c) => ServiceMetrics::build(c, &host, &env)
+                .err()
+                .unwrap()
+                .to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with(want), "{err}");
+    }
 }

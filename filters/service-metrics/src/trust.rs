@@ -5,7 +5,7 @@
 
 use std::rc::Rc;
 
-use meshwasm::identity::{Identity, PeerError};
+use meshwasm::identity::{Identity, KeyRing, PeerError, SigningKey};
 use meshwasm::prelude::*;
 
 use crate::{Peer, ServiceMetrics};
@@ -44,8 +44,66 @@ impl PeerTrust {
 /// How to say to an operator what their choices are, in configuration errors.
 pub const HOW_TO_TRUST: &str = "peers are trusted on their mutual-TLS certificate \
      (\"peer_trust\":\"certificate\", the default; see envoy-configs/README.md), on a header \
-     signed with a shared key (\"peer_trust\":\"signed_header\" with \"signing_key\"), or, only \
+     signed with a shared key (\"peer_trust\":\"signed_header\" with \"signing_keys\"), or, only \
      on a network you trust, on an unsigned header (\"peer_trust\":\"unsigned_header\")";
+
+/// Where a mesh key comes from: an environment variable of the Envoy host, passed to the VM with
+/// `vm_config.environment_variables.host_env_keys` (a wasm VM reads no host files; on
+/// Kubernetes, set the variable from a Secret).
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeySource {
+    /// The key's id, sent in signed headers (`k`): `[a-z0-9-_.]`, at most 32 bytes.
+    pub id: String,
+    /// The environment variable holding the key (`hex:...` or `base64:...`, 16 to 64 bytes).
+    pub env: String,
+}
+
+/// The key ring of a configuration: `signing_keys` read from the environment (the first signs),
+/// or the legacy inline `signing_key` alone (id empty). Both at once, a missing variable, a bad
+/// key or id is an error naming the field.
+pub fn key_ring(
+    inline: Option<SigningKey>,
+    sources: &[KeySource],
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<KeyRing, ConfigError> {
+    if inline.is_some() && !sources.is_empty() {
+        return Err(ConfigError::new(
+            "signing_keys",
+            "set signing_keys or signing_key, not both (signing_key sits inline in the \
+             configuration, visible in /config_dump: prefer signing_keys)",
+        ));
+    }
+    if sources.len() > 2 {
+        return Err(ConfigError::new(
+            "signing_keys",
+            "at most 2 keys: the one that signs and the one being rotated out",
+        ));
+    }
+    let mut keys = Vec::new();
+    for (i, source) in sources.iter().enumerate() {
+        let path = format!("signing_keys[{i}].env");
+        let text = env(&source.env)
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| {
+                ConfigError::new(
+                    path.as_str(),
+                    format!(
+                        "{} is not set in the VM's environment: add it to \
+                         vm_config.environment_variables.host_env_keys and set it on the Envoy \
+                         host",
+                        source.env
+                    ),
+                )
+            })?;
+        let key = SigningKey::parse(text.trim()).map_err(|e| ConfigError::new(path.as_str(), e))?;
+        keys.push((source.id.clone(), key));
+    }
+    if let Some(key) = inline {
+        keys.push((String::new(), key));
+    }
+    KeyRing::new(keys).map_err(|e| ConfigError::new("signing_keys", e))
+}
 
 /// A SPIFFE ID of the form `spiffe://<trust-domain>/ns/<namespace>/sa/<service>`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -130,14 +188,14 @@ impl ServiceMetrics {
         properties::string(host, path).filter(|uri| !uri.is_empty())
     }
 
-    /// Whether this request's upstream cluster is a mesh service our identity header may go to
-    /// (`mesh_clusters`; every cluster when unset).
-    pub(crate) fn upstream_is_in_mesh(&self, host: &dyn Host) -> bool {
+    /// The audience of our identity header on this request (the upstream cluster, named after
+    /// its service), or `None` when the cluster is not one of `mesh_clusters` and gets no header.
+    /// The cluster is read only when a list or a signature needs it.
+    pub(crate) fn mesh_upstream(&self, host: &dyn Host) -> Option<String> {
         match &self.mesh_clusters {
-            None => true,
-            Some(list) => {
-                properties::xds_cluster_name(host).is_some_and(|cluster| list.contains(&cluster))
-            }
+            None if self.keys.is_empty() => Some(String::new()),
+            None => Some(properties::xds_cluster_name(host).unwrap_or_default()),
+            Some(list) => properties::xds_cluster_name(host).filter(|c| list.contains(c)),
         }
     }
 
@@ -147,12 +205,18 @@ impl ServiceMetrics {
         let uri = self.peer_certificate_uri(host, map);
         let (peer, reason) = match uri.as_deref().map(parse_spiffe) {
             Some(Some(cert)) => {
-                let header = value.map(|v| match self.check(host, v) {
+                let header = value.map(|v| match self.check(host, map, v) {
                     Peer::Known(id) => Ok(id),
                     Peer::Rejected(e) => Err(e),
                     Peer::Missing => Err(PeerError::Malformed),
                 });
-                with_certificate(&cert, header)
+                match header {
+                    // A relay (a front proxy) passes its caller's header on: believed as it is.
+                    Some(Ok(id)) if self.relays.iter().any(|r| r == cert.service) => {
+                        (Peer::Known(id), None)
+                    }
+                    header => with_certificate(&cert, header),
+                }
             }
             // A certificate the mesh CA signed but whose URI is not a workload's SPIFFE ID.
             Some(None) => (
@@ -161,11 +225,11 @@ impl ServiceMetrics {
             ),
             None => match value {
                 None => (Peer::Missing, None),
-                Some(_) if self.trust == PeerTrust::Certificate && self.key.is_none() => (
+                Some(_) if self.trust == PeerTrust::Certificate && self.keys.is_empty() => (
                     Peer::Rejected(PeerError::NoCertificate),
                     Some(PeerError::NoCertificate),
                 ),
-                Some(v) => match self.check(host, v) {
+                Some(v) => match self.check(host, map, v) {
                     Peer::Rejected(e) => (Peer::Rejected(e), Some(e)),
                     known => (known, None),
                 },

@@ -35,11 +35,13 @@ pub enum PeerError {
     /// The verified peer certificate's URI SAN is not a workload SPIFFE ID
     /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service>`).
     BadCertificate,
+    /// A signed header made for another service or the other direction (replayed elsewhere).
+    WrongAudience,
 }
 
 impl PeerError {
     /// The label value: `malformed`, `unsupported_version`, `unsigned`, `forged`, `expired`,
-    /// `no_certificate`, `bad_certificate`.
+    /// `no_certificate`, `bad_certificate`, `wrong_audience`.
     pub fn reason(self) -> &'static str {
         match self {
             PeerError::Malformed => "malformed",
@@ -49,11 +51,12 @@ impl PeerError {
             PeerError::Expired => "expired",
             PeerError::NoCertificate => "no_certificate",
             PeerError::BadCertificate => "bad_certificate",
+            PeerError::WrongAudience => "wrong_audience",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL: [PeerError; 7] = [
+    pub const ALL: [PeerError; 8] = [
         PeerError::Malformed,
         PeerError::UnsupportedVersion,
         PeerError::Unsigned,
@@ -61,6 +64,7 @@ impl PeerError {
         PeerError::Expired,
         PeerError::NoCertificate,
         PeerError::BadCertificate,
+        PeerError::WrongAudience,
     ];
 }
 
@@ -205,6 +209,22 @@ pub fn verify_header(
     let Some(key) = key else {
         return Ok(header);
     };
+    let (signed, tag) = signed_part(value, &header)?;
+    if !key.verify(signed.as_bytes(), tag) {
+        return Err(PeerError::Forged);
+    }
+    if now_secs.abs_diff(header.timestamp) > max_skew_secs {
+        return Err(PeerError::Expired);
+    }
+    Ok(header)
+}
+
+/// The signed text of a decoded `header` (everything before `;m=`) and its signature;
+/// [`PeerError::Unsigned`] when it has none.
+pub(super) fn signed_part<'a>(
+    value: &'a [u8],
+    header: &'a PeerHeader,
+) -> Result<(&'a str, &'a [u8]), PeerError> {
     let Some(tag) = header.mac.as_deref() else {
         return Err(PeerError::Unsigned);
     };
@@ -213,13 +233,7 @@ pub fn verify_header(
         .ok()
         .and_then(|t| t.rfind(";m=").and_then(|i| t.get(..i)))
         .ok_or(PeerError::Malformed)?;
-    if !key.verify(signed.as_bytes(), tag) {
-        return Err(PeerError::Forged);
-    }
-    if now_secs.abs_diff(header.timestamp) > max_skew_secs {
-        return Err(PeerError::Expired);
-    }
-    Ok(header)
+    Ok((signed, tag))
 }
 
 #[cfg(test)]
