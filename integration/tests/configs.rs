@@ -524,15 +524,7 @@ fn k8s_certs() -> std::path::PathBuf {
         .join("target")
         .join("integration-tmp")
         .join(format!("k8s-certs-{}", std::process::id()));
-    toolkit::certs::make_mesh(
-        &dir,
-        toolkit::certs::DEFAULT_TRUST_DOMAIN,
-        "shop",
-        &["orders"],
-        toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
-    )
-    .unwrap();
-    dir.join("orders")
+    toolkit::certs::one_workload(&dir, "shop", "orders").unwrap()
 }
 
 /// The kubelet probes the pod IP: the Pod's readiness probe must target a listener of the

@@ -439,6 +439,19 @@ pub fn make_mesh(
     Ok((ca, certs))
 }
 
+/// A mesh of one workload, `service` in `namespace` of [`DEFAULT_TRUST_DOMAIN`], valid
+/// [`DEFAULT_WORKLOAD_VALIDITY`], under `dir`: returns its workload directory (a `CERTS_DIR`).
+pub fn one_workload(dir: &Path, namespace: &str, service: &str) -> Result<PathBuf, String> {
+    make_mesh(
+        dir,
+        DEFAULT_TRUST_DOMAIN,
+        namespace,
+        &[service],
+        DEFAULT_WORKLOAD_VALIDITY,
+    )?;
+    Ok(dir.join(service))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {

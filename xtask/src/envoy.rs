@@ -183,15 +183,8 @@ pub fn render_all(out_dir: &Path, vars: &mut RenderVars) -> Result<Vec<PathBuf>>
     let src_dir = configs_dir();
     vars.eds_dir = absolute(&out_dir.join("eds"));
     // Certificates the rendered configs can load: a mesh CA and one workload, `sidecar`.
-    let certs = absolute(&out_dir.join("certs"));
-    toolkit::certs::make_mesh(
-        &certs,
-        toolkit::certs::DEFAULT_TRUST_DOMAIN,
-        "default",
-        &["sidecar"],
-        toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
-    )?;
-    vars.certs_dir = certs.join("sidecar");
+    vars.certs_dir =
+        toolkit::certs::one_workload(&absolute(&out_dir.join("certs")), "default", "sidecar")?;
     let mut rendered = Vec::new();
     for relative in yaml_files(&src_dir)? {
         let src = src_dir.join(&relative);
