@@ -154,6 +154,15 @@ pub fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<Report, String>
     say(
         out,
         format!(
+            "  {:<12} (traffic enters here, mutual TLS to frontend)  sidecar outbound :{:<5} admin :{}",
+            format!("{}-1", mesh::CLIENT),
+            mesh.entry_port()?,
+            mesh.client.admin_port()
+        ),
+    );
+    say(
+        out,
+        format!(
             "  span collector :{}   EDS files {}   configs and logs {}",
             mesh.collector.port(),
             mesh.eds_dir().display(),
@@ -229,6 +238,7 @@ pub fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<Report, String>
             .instances
             .iter()
             .map(|i| (i.name.clone(), i.sidecar.admin_port()))
+            .chain([(format!("{}-1", mesh::CLIENT), mesh.client.admin_port())])
             .collect(),
         traffic: traffic_result,
         apps: mesh

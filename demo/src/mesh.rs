@@ -110,11 +110,21 @@ pub struct Instance {
 /// How long a sidecar may take to become ready, and then to see its endpoints.
 const SIDECAR_PATIENCE: Duration = Duration::from_secs(60);
 
+/// The namespace of the demo's services: in their SPIFFE IDs and `MESH_NAMESPACE`.
+pub const NAMESPACE: &str = "demo";
+
+/// The workload the demo's traffic comes from: a sidecar with no app behind it, whose
+/// certificate makes it a caller the inbound listeners accept.
+pub const CLIENT: &str = "client";
+
 /// The running mesh; dropping it stops every process it started (and the toolkit's watchdog
 /// stops the sidecars if this process dies first).
 pub struct Mesh {
     /// Every instance, in [`TOPOLOGY`] order.
     pub instances: Vec<Instance>,
+    /// The sidecar of the workload traffic comes from ([`CLIENT`]): its outbound listener is
+    /// where traffic enters.
+    pub client: Envoy,
     /// The span collector.
     pub collector: Collector,
     eds_dir: PathBuf,
@@ -198,6 +208,19 @@ impl Mesh {
         for (service, _, _, _) in TOPOLOGY {
             write_eds(&eds_dir, service, &[])?;
         }
+        // Mutual TLS between the sidecars: a mesh CA and one certificate per service (SPIFFE ID
+        // spiffe://cluster.local/ns/demo/sa/<service>), each sidecar's {{CERTS_DIR}} its
+        // service's directory.
+        let certs_dir = options.work_dir.join("certs");
+        let mut services: Vec<&str> = TOPOLOGY.iter().map(|(service, _, _, _)| *service).collect();
+        services.push(CLIENT);
+        toolkit::certs::make_mesh(
+            &certs_dir,
+            toolkit::certs::DEFAULT_TRUST_DOMAIN,
+            NAMESPACE,
+            &services,
+            toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
+        )?;
         let collector = Collector::start()?;
 
         // Apps first: each holds its port from the start; its sidecar is told the port.
@@ -235,22 +258,22 @@ impl Mesh {
         let filters_dir = options.filters_dir.display().to_string();
         let eds = eds_dir.display().to_string();
         let collector_port = collector.port().to_string();
-        let mut spawned = Vec::new();
-        for (service, name, app) in apps {
-            let sidecar = Envoy::builder(&template)
-                .name(&name)
+        let sidecar = |service: &str, name: &str, app_port: u16| {
+            Envoy::builder(&template)
+                .name(name)
                 .bin(&options.envoy)
-                .dir(&options.work_dir.join(&name))
+                .dir(&options.work_dir.join(name))
                 .concurrency(options.concurrency)
                 .log_level("warn")
                 .var("FILTERS_DIR", filters_dir.as_str())
                 .var("EDS_DIR", eds.as_str())
-                .var("PORT_APP", app.port().to_string())
+                .var("CERTS_DIR", certs_dir.join(service).display().to_string())
+                .var("PORT_APP", app_port.to_string())
                 .var("PORT_COLLECTOR", collector_port.as_str())
                 .arg("--service-cluster")
                 .arg(service)
                 .arg("--service-node")
-                .arg(&name)
+                .arg(name)
                 // Histograms reach the admin endpoint at each flush (default 5 s): the demo
                 // reads them right after the traffic.
                 .arg("--config-yaml")
@@ -258,9 +281,17 @@ impl Mesh {
                 .env("MESH_VERSION", "v1")
                 .env("MESH_REGION", "region-a")
                 .env("MESH_ZONE", "region-a-1")
-                .env("MESH_NAMESPACE", "demo")
+                .env("MESH_NAMESPACE", NAMESPACE)
                 .spawn()
-                .map_err(|e| format!("{name}: {e}"))?;
+                .map_err(|e| format!("{name}: {e}"))
+        };
+        // Traffic enters through a workload of its own, `client`, with a sidecar like every
+        // other: the inbound listeners take mutual TLS only. Nothing calls its app; its
+        // `local_app` cluster points at the collector's port, which is held.
+        let mut client = sidecar(CLIENT, &format!("{CLIENT}-1"), collector.port())?;
+        let mut spawned = Vec::new();
+        for (service, name, app) in apps {
+            let sidecar = sidecar(service, &name, app.port())?;
             spawned.push(Instance {
                 service: service.to_string(),
                 name,
@@ -270,6 +301,7 @@ impl Mesh {
                 app,
             });
         }
+        client.wait_ready(SIDECAR_PATIENCE)?;
         for instance in &mut spawned {
             instance.sidecar.wait_ready(SIDECAR_PATIENCE)?;
             let port = |placeholder: &str| {
@@ -288,6 +320,7 @@ impl Mesh {
         }
         let mesh = Mesh {
             instances: spawned,
+            client,
             collector,
             eds_dir,
         };
@@ -355,9 +388,12 @@ impl Mesh {
             .ok_or_else(|| format!("no instance {name}"))
     }
 
-    /// Where traffic enters: the first frontend's inbound listener.
+    /// Where traffic enters: the outbound listener of [`CLIENT`]'s sidecar (calls with
+    /// `Host: frontend` go to frontend over mutual TLS).
     pub fn entry_port(&self) -> Result<u16, String> {
-        Ok(self.instance("frontend-1")?.inbound_port)
+        self.client
+            .try_port("PORT_OUTBOUND")
+            .ok_or_else(|| format!("{CLIENT}-1: no outbound listener"))
     }
 
     /// The directory of the EDS files.
@@ -376,7 +412,9 @@ impl Mesh {
 
     /// The pids of the sidecar Envoys.
     pub fn envoy_pids(&self) -> Vec<u32> {
-        self.instances.iter().map(|i| i.sidecar.pid()).collect()
+        let mut pids: Vec<u32> = self.instances.iter().map(|i| i.sidecar.pid()).collect();
+        pids.push(self.client.pid());
+        pids
     }
 }
 

@@ -378,7 +378,9 @@ fn k8s_sidecar_pod_loads_existing_filters_and_its_bootstrap_validates() {
     }
     assert_eq!(filters.len(), 5, "{file}: {filters:?}");
 
-    let rendered = bootstrap.replace("/etc/envoy/filters", &filters_dir().display().to_string());
+    let rendered = bootstrap
+        .replace("/etc/envoy/filters", &filters_dir().display().to_string())
+        .replace("/etc/envoy/certs", &k8s_certs().display().to_string());
     let path = workspace_root()
         .join("target")
         .join("integration-tmp")
@@ -509,9 +511,20 @@ fn with_port_placeholders(bootstrap: &str) -> (String, Vec<(String, String)>) {
         out.push('\n');
     }
     (
-        out.replace("/etc/envoy/filters", "{{FILTERS_DIR}}"),
+        out.replace("/etc/envoy/filters", "{{FILTERS_DIR}}")
+            .replace("/etc/envoy/certs", "{{CERTS_DIR}}"),
         placeholders,
     )
+}
+
+/// The Secret the sidecar Pod mounts at /etc/envoy/certs: the SDS files of a workload `orders`
+/// in namespace `shop`, made by the project's tooling in a temp dir.
+fn k8s_certs() -> std::path::PathBuf {
+    let dir = workspace_root()
+        .join("target")
+        .join("integration-tmp")
+        .join(format!("k8s-certs-{}", std::process::id()));
+    toolkit::certs::one_workload(&dir, "shop", "orders").unwrap()
 }
 
 /// The kubelet probes the pod IP: the Pod's readiness probe must target a listener of the
@@ -598,6 +611,7 @@ fn k8s_sidecar_pod_turns_ready_on_a_listener_the_kubelet_reaches() {
         "not every listener's port was replaced: {placeholders:?}"
     );
     let envoy = Envoy::builder(&template)
+        .var("CERTS_DIR", k8s_certs().display().to_string())
         .arg("--service-cluster")
         .arg("orders")
         .arg("--service-node")

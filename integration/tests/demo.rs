@@ -81,11 +81,13 @@ fn check_demo(one_module: bool) {
         .take_while(|l| !l.is_empty())
         .collect();
     assert!(trace[0].starts_with("trace "), "{text}");
+    // Traffic enters through the `client` workload's sidecar (mutual TLS to frontend).
     assert!(
-        trace[1].starts_with("frontend   SERVER GET inbound /checkout"),
+        trace[1].starts_with("client     CLIENT GET frontend /checkout -> frontend"),
         "{text}"
     );
     for needle in [
+        "└─ frontend   SERVER GET inbound /checkout",
         "└─ frontend   CLIENT GET orders /orders -> orders",
         "orders     SERVER GET inbound /orders",
         "orders     CLIENT GET inventory /inventory -> inventory",
@@ -98,7 +100,7 @@ fn check_demo(one_module: bool) {
     }
     let services: std::collections::BTreeSet<&str> =
         report.trace.iter().map(|s| s.service.as_str()).collect();
-    assert_eq!(services.len(), 3, "{services:?}");
+    assert_eq!(services.len(), 4, "{services:?}");
 
     // A polyglot hop: orders' app is the Python service, propagating with the
     // meshwasm:propagation component; only that links orders' SERVER span (its inbound

@@ -4,6 +4,10 @@
 //! temp dir. Test servers play inventory: one region-b instance (priority 0 in region-b's
 //! inventory file) and region-a's two instances behind the front proxy (priority 1).
 //!
+//! Every hop is mutual TLS with certificates of a test mesh CA (`toolkit::certs`): each inventory
+//! test server sits behind a sidecar of the shipped `sidecar.yaml`, and the front proxy has an
+//! identity of its own, which region-b's inventory cluster accepts besides inventory's.
+//!
 //! It proves that calls from region-b to inventory:
 //! 1. stay in region-b while its instance answers (region-a and the front proxy see nothing);
 //! 2. cross to region-a through the front proxy once region-b's instance answers 503 or stops
@@ -32,9 +36,13 @@ use integration::upstream::{Reply, Upstream};
 use integration::{
     assert_eventually, http_get, http_request, render, wasm_path, workspace_root, Envoy, Response,
 };
+use meshwasm_demo::mesh::write_eds;
+use toolkit::certs;
 
 const SIDECAR: &str = include_str!("../../envoy-configs/sidecar-region-b.yaml");
 const FRONT_PROXY: &str = include_str!("../../envoy-configs/front-proxy.yaml");
+/// The sidecar in front of each inventory instance (mutual TLS in, the test server as its app).
+const INSTANCE_SIDECAR: &str = include_str!("../../envoy-configs/sidecar.yaml");
 
 /// What each test server answers with, so a response tells where it was served.
 const REGION_A: &str = "inventory in region-a";
@@ -51,14 +59,39 @@ const CALLS_TO_EJECT: usize = 5;
 struct Regions {
     sidecar: Envoy,
     front_proxy: Envoy,
-    /// Inventory in region-b (priority 0 of region-b's inventory cluster).
+    /// Inventory in region-b (priority 0 of region-b's inventory cluster): the app.
     inventory_b: Upstream,
-    /// Inventory's two instances in region-a (behind the front proxy).
+    /// Its sidecar (the endpoint region-b's file lists, at `inventory_b_port`); `None` once
+    /// stopped.
+    inventory_b_sidecar: Option<Envoy>,
+    inventory_b_port: u16,
+    /// Inventory's two instances in region-a (behind the front proxy): apps and sidecars.
     inventory_a: [Upstream; 2],
+    inventory_a_sidecars: Vec<Envoy>,
     /// The span collector both Envoys export to.
     _collector: Upstream,
     front_proxy_port: u16,
     _dir: TempDir,
+}
+
+/// A sidecar of the shipped `sidecar.yaml` for one inventory instance, whose app is `app`;
+/// its own outbound clusters read the (empty) endpoint files of `eds`.
+fn instance_sidecar(name: &str, app: &Upstream, dir: &Path, collector: &Upstream) -> Envoy {
+    Envoy::builder(INSTANCE_SIDECAR)
+        .name(name)
+        .var("EDS_DIR", dir.join("eds-instances").display().to_string())
+        .var(
+            "CERTS_DIR",
+            dir.join("certs").join("inventory").display().to_string(),
+        )
+        .var("PORT_APP", app.port().to_string())
+        .var("PORT_COLLECTOR", collector.port().to_string())
+        .arg("--service-cluster")
+        .arg("inventory")
+        .arg("--service-node")
+        .arg(name)
+        .start()
+        .unwrap()
 }
 
 /// A directory under `target/integration-tmp`, removed on drop unless the test panicked.
@@ -107,23 +140,6 @@ impl Regions {
             Upstream::with_reply(reply(200, REGION_A)).unwrap(),
         ];
         let collector = Upstream::start().unwrap();
-
-        // The endpoint files: region-b's inventory lists the region-b test server and region-a's
-        // front proxy; region-a's lists its two test servers. No call goes to frontend or
-        // orders: their endpoints are port 1, where nothing listens. Region-a's files are
-        // rendered first; region-b's once the front proxy is up and has told its port.
-        let mut vars: Vec<(String, String)> = [
-            ("PORT_INVENTORY_B1_INBOUND", inventory_b.port()),
-            ("PORT_INVENTORY_1_INBOUND", inventory_a[0].port()),
-            ("PORT_INVENTORY_2_INBOUND", inventory_a[1].port()),
-            ("PORT_FRONTEND_1_INBOUND", 1),
-            ("PORT_ORDERS_1_INBOUND", 1),
-            ("PORT_FRONTEND_B1_INBOUND", 1),
-            ("PORT_ORDERS_B1_INBOUND", 1),
-        ]
-        .into_iter()
-        .map(|(n, p)| (n.to_string(), p.to_string()))
-        .collect();
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
@@ -134,6 +150,56 @@ impl Regions {
                 .join("integration-tmp")
                 .join(format!("failover-{}-{nanos}", std::process::id())),
         );
+
+        // Mutual TLS everywhere: a mesh CA and the identities of region-b's orders, inventory
+        // (every instance, both regions) and region-a's front proxy. Each inventory test server
+        // sits behind a sidecar of its own, whose outbound side is unused.
+        certs::make_mesh(
+            &dir.0.join("certs"),
+            certs::DEFAULT_TRUST_DOMAIN,
+            "shop",
+            &["orders", "inventory", "front-proxy"],
+            certs::DEFAULT_WORKLOAD_VALIDITY,
+        )
+        .unwrap();
+        let instances_eds = dir.0.join("eds-instances");
+        fs::create_dir_all(&instances_eds).unwrap();
+        for service in ["frontend", "orders", "inventory"] {
+            write_eds(&instances_eds, service, &[]).unwrap();
+        }
+        let inventory_b_sidecar =
+            instance_sidecar("inventory-b-1", &inventory_b, &dir.0, &collector);
+        let inventory_a_sidecars: Vec<Envoy> = inventory_a
+            .iter()
+            .enumerate()
+            .map(|(i, app)| {
+                instance_sidecar(&format!("inventory-{}", i + 1), app, &dir.0, &collector)
+            })
+            .collect();
+        let inventory_b_port = inventory_b_sidecar.port("PORT_INBOUND");
+
+        // The endpoint files: region-b's inventory lists the region-b instance and region-a's
+        // front proxy; region-a's lists its two instances. No call goes to frontend or
+        // orders: their endpoints are port 1, where nothing listens. Region-a's files are
+        // rendered first; region-b's once the front proxy is up and has told its port.
+        let mut vars: Vec<(String, String)> = [
+            ("PORT_INVENTORY_B1_INBOUND", inventory_b_port),
+            (
+                "PORT_INVENTORY_1_INBOUND",
+                inventory_a_sidecars[0].port("PORT_INBOUND"),
+            ),
+            (
+                "PORT_INVENTORY_2_INBOUND",
+                inventory_a_sidecars[1].port("PORT_INBOUND"),
+            ),
+            ("PORT_FRONTEND_1_INBOUND", 1),
+            ("PORT_ORDERS_1_INBOUND", 1),
+            ("PORT_FRONTEND_B1_INBOUND", 1),
+            ("PORT_ORDERS_B1_INBOUND", 1),
+        ]
+        .into_iter()
+        .map(|(n, p)| (n.to_string(), p.to_string()))
+        .collect();
         let eds = dir.0.join("eds");
         let shipped = workspace_root().join("envoy-configs").join("eds");
         render_eds(&shipped, &eds, &vars);
@@ -143,6 +209,14 @@ impl Regions {
         let front_proxy = Envoy::builder(FRONT_PROXY)
             .name("front-proxy-a-1")
             .var("EDS_DIR", eds_dir.as_str())
+            .var(
+                "CERTS_DIR",
+                dir.0
+                    .join("certs")
+                    .join("front-proxy")
+                    .display()
+                    .to_string(),
+            )
             .var("PORT_COLLECTOR", collector_port.as_str())
             .arg("--service-cluster")
             .arg("front-proxy-region-a")
@@ -156,6 +230,10 @@ impl Regions {
         let sidecar = Envoy::builder(SIDECAR)
             .name("orders-b-1")
             .var("EDS_DIR", eds_dir.as_str())
+            .var(
+                "CERTS_DIR",
+                dir.0.join("certs").join("orders").display().to_string(),
+            )
             // No call reaches this sidecar's own app: port 1, where nothing listens.
             .var("PORT_APP", "1")
             .var("PORT_COLLECTOR", collector_port.as_str())
@@ -173,7 +251,10 @@ impl Regions {
             sidecar,
             front_proxy,
             inventory_b,
+            inventory_b_sidecar: Some(inventory_b_sidecar),
+            inventory_b_port,
             inventory_a,
+            inventory_a_sidecars,
             _collector: collector,
             front_proxy_port,
             _dir: dir,
@@ -261,7 +342,7 @@ fn within(limit: Duration, mut condition: impl FnMut() -> bool) -> bool {
 /// Steps (1) and (2): calls served in region-b, then region-b's instance fails as `failure`
 /// says and calls are served by region-a. Returns when region-b started failing.
 fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
-    let b = r.inventory_b.port();
+    let b = r.inventory_b_port;
     let fp = r.front_proxy_port;
 
     // The sidecar's inventory cluster: region-b's instance at priority 0, region-a's front
@@ -298,11 +379,8 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
     let failing_since = Instant::now();
     match failure {
         Failure::Answers503 => r.inventory_b.set_reply(reply(503, "region-b down")),
-        // Its port closes; a fresh server (in no endpoint file) takes the field's place.
-        Failure::Stops => drop(std::mem::replace(
-            &mut r.inventory_b,
-            Upstream::start().unwrap(),
-        )),
+        // The instance's sidecar stops: its port refuses connections.
+        Failure::Stops => drop(r.inventory_b_sidecar.take()),
     }
     let failed_attempts = |r: &Regions| match failure {
         Failure::Answers503 => (r.inventory_b.requests().len() - CALLS) as u64,
@@ -384,16 +462,24 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
             .collect::<Vec<_>>()
     );
     // The call crossed with its authority and the caller's identity: region-a's inventory sees
-    // orders (region-b) as the source, not the front proxy.
+    // orders (region-b) as the source in the mesh header; the hop its sidecar verified is the
+    // front proxy's certificate.
     let crossed = r.inventory_a[0].requests()[0].clone();
-    assert_eq!(crossed.path, "/items/42", "{crossed:?}");
-    assert_eq!(crossed.header("host"), Some("inventory"), "{crossed:?}");
     assert!(
         crossed
-            .header("x-mesh-peer")
-            .is_some_and(|p| p.starts_with("v1;s=orders;")),
+            .header("x-forwarded-client-cert")
+            .is_some_and(|x| x.contains("URI=spiffe://cluster.local/ns/shop/sa/front-proxy")),
         "{crossed:?}"
     );
+    assert_eq!(crossed.path, "/items/42", "{crossed:?}");
+    assert_eq!(crossed.header("host"), Some("inventory"), "{crossed:?}");
+    // The mesh header reached region-a's sidecar (which consumes it): its service_metrics
+    // counts the requests as coming from orders, not from the front proxy whose certificate it
+    // verified, because the shipped sidecar lists `front-proxy` in `relays`.
+    assert_eventually!(r.inventory_a_sidecars.iter().any(|s| s
+        .stats()
+        .lines()
+        .any(|l| l.contains("reporter=destination;.source_service=orders;"))));
     // Every region-a answer went through the front proxy, and the sidecar counted them on its
     // priority-1 host.
     let crossed = r.region_a_requests() as u64;
@@ -413,7 +499,7 @@ fn fail_over(r: &mut Regions, failure: Failure) -> Instant {
 /// Step (3): region-b's instance answers again and traffic returns to it when its ejection
 /// ends.
 fn come_back(r: &Regions, ejection: Ejection, failing_since: Instant) {
-    let b = r.inventory_b.port();
+    let b = r.inventory_b_port;
     r.inventory_b.set_reply(reply(200, REGION_B));
     let recovered = Instant::now();
     let limit = match ejection {

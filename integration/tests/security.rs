@@ -192,3 +192,44 @@ fn outside_clients_cannot_set_timeouts() {
     );
     assert_eq!(count.load(Ordering::SeqCst), 1);
 }
+
+#[test]
+fn the_identity_header_goes_only_to_the_listed_mesh_clusters() {
+    // The outbound listener's cluster is `upstream`: listed, it gets our identity; not listed
+    // (an external service), it gets none, not even one the app set itself.
+    for (clusters, sent) in [(r#"["upstream"]"#, true), (r#"["orders"]"#, false)] {
+        let sidecar = start(&Configs {
+            metrics_out: format!(
+                r#"{{"reporter":"source","signing_key":"{}","mesh_clusters":{clusters}}}"#,
+                all_filters::KEY
+            ),
+            ..Configs::default()
+        });
+        http_get(sidecar.outbound(), "/", &[("x-mesh-peer", "v1;s=app;t=1")]).unwrap();
+        let got = sidecar.upstream.requests()[0]
+            .header("x-mesh-peer")
+            .map(str::to_string);
+        assert_eq!(got.is_some(), sent, "{clusters}: {got:?}");
+        if let Some(value) = got {
+            assert!(value.starts_with("v1;s=orders;"), "{value}");
+        }
+    }
+}
+
+#[test]
+fn a_signed_header_captured_at_one_hop_is_refused_at_another() {
+    let sidecar = start(&Configs::default());
+    // A real signed header, as this sidecar sends it to its upstream (audience `upstream`,
+    // direction request), captured there.
+    http_get(sidecar.outbound(), "/", &[]).unwrap();
+    let captured = sidecar.upstream.requests()[0]
+        .header("x-mesh-peer")
+        .unwrap()
+        .to_string();
+    assert!(captured.contains(";a=upstream;d=rq;m="), "{captured}");
+    // Replayed from outside to the inbound listener (service `orders`), within the skew: the
+    // signature is good, the audience is not.
+    http_get(sidecar.inbound(), "/", &[("x-mesh-peer", &captured)]).unwrap();
+    assert_eventually!(rejected(&sidecar.envoy, "wrong_audience") == 1);
+    assert_eq!(source_count(&sidecar.envoy, "orders"), 0);
+}

@@ -258,6 +258,34 @@ accessors! {
     plugin_vm_id => string("plugin_vm_id") -> String;
 }
 
+/// Whether the downstream peer is a verified mesh workload: its connection presented a
+/// certificate Envoy verified whose URI SAN is a SPIFFE ID (`spiffe://...`). One property read.
+pub fn downstream_is_mesh_peer(host: &dyn Host) -> bool {
+    connection_uri_san_peer_certificate(host).is_some_and(|uri| uri.starts_with("spiffe://"))
+}
+
+/// Whom a filter believes about what a caller asks for (retries, deadlines, sampling).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrustedCallers {
+    /// Any caller (the local app on an outbound listener, or where the network is trusted).
+    #[default]
+    Anyone,
+    /// Only a verified mesh peer ([`downstream_is_mesh_peer`]); anyone else gets the local
+    /// policy.
+    MeshPeers,
+}
+
+impl TrustedCallers {
+    /// Whether this request's caller is believed (a property read only for `mesh_peers`).
+    pub fn believes(self, host: &dyn Host) -> bool {
+        match self {
+            TrustedCallers::Anyone => true,
+            TrustedCallers::MeshPeers => downstream_is_mesh_peer(host),
+        }
+    }
+}
+
 /// One key of the node metadata (`xds.node.metadata.<KEY>`), when it is a string.
 pub fn xds_node_metadata(host: &dyn Host, key: &str) -> Option<String> {
     host.property(&["xds", "node", "metadata", key])

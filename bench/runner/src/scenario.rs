@@ -52,6 +52,8 @@ const ZIPKIN: &str = "hcm/tracing_zipkin.yaml";
 const ZIPKIN_JSON: &str = "hcm/tracing_zipkin_json.yaml";
 const OTEL: &str = "hcm/tracing_otel.yaml";
 const RETRY_POLICY: &str = "route/retry_policy.yaml";
+/// Mutual TLS to the upstream (through the peer Envoy of `bench/configs/tls_peer.yaml`).
+pub const MTLS: &str = "cluster/mtls.yaml";
 /// Tries of a request that fails every time under the retry scenarios' policy: one plus
 /// `num_retries` 2.
 const TRIES: u32 = 3;
@@ -60,6 +62,8 @@ const TRIES: u32 = 3;
 pub const HCM_DIR: &str = "hcm/";
 /// Snippets under this prefix go into the route's `route:` action (`{{ROUTE_EXTRA}}`).
 pub const ROUTE_DIR: &str = "route/";
+/// Snippets under this prefix go into the `upstream` cluster (`{{CLUSTER_EXTRA}}`).
+pub const CLUSTER_DIR: &str = "cluster/";
 
 /// The connection-manager snippets of Envoy's native tracers, each with the prefix of the stats
 /// its tracer counts under.
@@ -78,6 +82,8 @@ pub enum Place {
     Hcm,
     /// Keys of the route's `route:` action (`{{ROUTE_EXTRA}}`).
     Route,
+    /// Keys of the `upstream` cluster (`{{CLUSTER_EXTRA}}`), from `bench/configs/cluster/`.
+    Cluster,
 }
 
 /// Where `snippet` goes, from its prefix.
@@ -86,6 +92,8 @@ pub fn place(snippet: &str) -> Place {
         Place::Hcm
     } else if snippet.starts_with(ROUTE_DIR) {
         Place::Route
+    } else if snippet.starts_with(CLUSTER_DIR) {
+        Place::Cluster
     } else {
         Place::HttpFilter
     }
@@ -181,6 +189,13 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
             "a filter on our SDK that does next to nothing (add-headers, no headers)",
             vec!["sdk_noop.yaml"],
             vec![Expect::Stat("wasm.envoy.wasm.runtime.v8.created")],
+        ),
+        s(
+            "tls",
+            "no filter, mutual TLS to the upstream as the shipped sidecars run (SDS certificates, \
+             SAN check): the baseline users really run",
+            vec![MTLS],
+            vec![Expect::Stat("cluster.upstream.ssl.handshake")],
         ),
         s(
             "native-trace",
@@ -310,10 +325,12 @@ pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) 
     };
     let template = read(&configs.join("sidecar.yaml"))?;
     let (mut filters, mut hcm, mut route) = (String::new(), String::new(), String::new());
+    let mut cluster = String::new();
     for file in &scenario.filters {
         match place(file) {
             Place::Hcm => hcm.push_str(&indent(&read(&configs.join(file))?, 10)),
             Place::Route => route.push_str(&indent(&read(&configs.join(file))?, 18)),
+            Place::Cluster => cluster.push_str(&indent(&read(&configs.join(file))?, 4)),
             Place::HttpFilter => {
                 filters.push_str(&indent(&read(&configs.join("filters").join(file))?, 10))
             }
@@ -322,7 +339,8 @@ pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) 
     let template = template
         .replace("{{HTTP_FILTERS}}\n", &filters)
         .replace("{{HCM_EXTRA}}\n", &hcm)
-        .replace("{{ROUTE_EXTRA}}\n", &route);
+        .replace("{{ROUTE_EXTRA}}\n", &route)
+        .replace("{{CLUSTER_EXTRA}}\n", &cluster);
     let mut all_vars = vars.to_vec();
     all_vars.push(("BENCH_DIR".to_string(), bench_dir.display().to_string()));
     // Envoy's own ports stay placeholders; everything else must have a value now.
@@ -400,13 +418,14 @@ mod tests {
             ("PORT_UPSTREAM", "3"),
             ("PORT_COLLECTOR", "4"),
             ("FILTERS_DIR", "/f"),
+            ("CERTS_DIR", "/c"),
         ]
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let list = all(1);
-        assert_eq!(list.len(), 18);
-        assert_eq!(all(2).len(), 16);
+        assert_eq!(list.len(), 19);
+        assert_eq!(all(2).len(), 17);
         for s in &list {
             let text = render(s, &bench_dir, &vars)?;
             let wants = |p: Place| s.filters.iter().filter(|f| place(f) == p).count();

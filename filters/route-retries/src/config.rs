@@ -21,6 +21,12 @@ pub struct Config {
     /// The retry budget per destination cluster.
     #[serde(default)]
     pub budget: BudgetConfig,
+    /// Whose retry-control headers (`trust_client_headers`) and deadline headers
+    /// (`grpc-timeout`, `x-envoy-expected-rq-timeout-ms`) count: `anyone` (default) or
+    /// `mesh_peers` (a caller with a verified mesh certificate; anyone else gets the rule's
+    /// policy alone).
+    #[serde(default)]
+    pub trusted_clients: meshwasm::properties::TrustedCallers,
 }
 
 /// One rule.
@@ -102,6 +108,8 @@ pub struct Rules {
     pub default: Rule,
     /// Budget parameters.
     pub budget: BudgetParams,
+    /// Whose retry and deadline headers count.
+    pub trusted_clients: meshwasm::properties::TrustedCallers,
 }
 
 impl Config {
@@ -161,6 +169,7 @@ impl Config {
                 min_retries_per_second: b.min_retries_per_second,
                 window_seconds: b.window_seconds,
             },
+            trusted_clients: self.trusted_clients,
         })
     }
 }

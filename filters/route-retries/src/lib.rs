@@ -46,6 +46,9 @@ pub mod names {
     pub const BUDGET_CLAMPED: &str = "meshwasm_retry_budget_clamped_total";
     /// Client `x-envoy-*` headers removed, by rule.
     pub const CLIENT_HEADERS_STRIPPED: &str = "meshwasm_retry_client_headers_stripped_total";
+    /// Requests whose caller is not trusted with retry and deadline headers
+    /// (`trusted_clients: mesh_peers` and no verified mesh certificate), by rule.
+    pub const UNTRUSTED_CLIENTS: &str = "meshwasm_retry_untrusted_clients_total";
     /// Client `x-envoy-*` request headers removed, by header name (capped).
     pub const STRIPPED_HEADERS: &str = "meshwasm_retry_stripped_headers_total";
     /// Budget updates given up after every compare-and-swap round lost (fail closed).
@@ -66,6 +69,8 @@ pub struct RouteRetries {
     clamped: MetricFamily,
     stripped: MetricFamily,
     stripped_headers: MetricFamily,
+    /// Requests from callers not trusted with retry and deadline headers, by rule.
+    untrusted: MetricFamily,
     contended: Metric,
     attempt_count_missing: Metric,
     /// Unused reservations this worker owes the budgets, written with its next admission for
@@ -149,6 +154,7 @@ impl RootFilter for RouteRetries {
             // names clients send. Defined on first use.
             stripped_headers: MetricFamily::counter(names::STRIPPED_HEADERS, &["header"])
                 .with_max_series(headers::ENVOY_REQUEST_HEADERS.len() + 1),
+            untrusted: fam(names::UNTRUSTED_CLIENTS),
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
             refunds,
@@ -264,6 +270,13 @@ impl HttpFilter for RouteRetriesRequest {
         // header and the rule trusts the client: a trusted client's retry values stay, except
         // that the budget still caps its retry count. Envoy's own `x-envoy-internal` stays.
         let policy = &rule.policy;
+        // A caller that is not trusted (`trusted_clients`) gets the rule's policy alone: its
+        // retry-control headers are removed like any other, its deadline headers ignored.
+        let believed = root.rules.trusted_clients.believes(host);
+        if !believed {
+            root.untrusted.inc(host, &label);
+        }
+        let trust_client_headers = rule.trust_client_headers && believed;
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
         let mut removed: Vec<String> = Vec::new();
@@ -272,7 +285,7 @@ impl HttpFilter for RouteRetriesRequest {
             if !headers::is_client_envoy_header(name) || removed.iter().any(|r| r == name) {
                 continue;
             }
-            if rule.trust_client_headers {
+            if trust_client_headers {
                 if let Some(i) = CONTROL_HEADERS.iter().position(|c| *c == name) {
                     // The first value counts, as Envoy's router reads it.
                     if let Some(sent) = client_sent.get_mut(i).filter(|sent| !**sent) {
@@ -325,10 +338,14 @@ impl HttpFilter for RouteRetriesRequest {
 
         // The snapshot still holds the deadline headers, also a client's
         // `x-envoy-expected-rq-timeout-ms` removed above: a deadline only shortens its tries.
-        let deadline = policy::deadline_ms(
-            view.get("grpc-timeout").as_deref(),
-            view.get("x-envoy-expected-rq-timeout-ms").as_deref(),
-        );
+        let deadline = if believed {
+            policy::deadline_ms(
+                view.get("grpc-timeout").as_deref(),
+                view.get("x-envoy-expected-rq-timeout-ms").as_deref(),
+            )
+        } else {
+            None
+        };
         for (name, value) in policy.headers(admission.granted, deadline) {
             let trusted_value = CONTROL_HEADERS
                 .iter()

@@ -902,3 +902,40 @@ fn allowed_client_headers_are_checked() {
         assert!(err.starts_with(want), "{json}: got `{err}`");
     }
 }
+
+#[test]
+fn only_verified_mesh_peers_set_deadlines_when_trusted_clients_is_mesh_peers() {
+    let config =
+        CONFIG.trim_end().trim_end_matches('}').to_string() + r#","trusted_clients":"mesh_peers"}"#;
+    let h = harness(&config);
+    let mut headers = get("/orders");
+    headers.push(("grpc-timeout", "400m"));
+    // No verified certificate: the rule's own timeout, the deadline ignored, counted. A verified
+    // mesh peer's deadline shortens the tries.
+    for (certificate, timeout, untrusted) in [
+        (None, "1000", 1),
+        (Some("spiffe://cluster.local/ns/shop/sa/frontend"), "400", 1),
+    ] {
+        let mut s = h.stream();
+        s.host().set_property_str("xds.cluster_name", "orders");
+        if let Some(uri) = certificate {
+            s.host()
+                .set_property_str("connection.uri_san_peer_certificate", uri);
+        }
+        s.request_headers(&headers, true);
+        let got = header(&s, "x-envoy-upstream-rq-timeout-ms");
+        assert_eq!(got.as_deref(), Some(timeout), "{certificate:?}");
+        assert_eq!(
+            counter(&h, names::UNTRUSTED_CLIENTS, "orders-read"),
+            untrusted
+        );
+    }
+    let err = FilterHarness::<RouteRetries>::new(r#"{"trusted_clients":"everyone"}"#)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("trusted_clients: unknown variant `everyone`"),
+        "{err}"
+    );
+}

@@ -5,6 +5,7 @@ use meshwasm::identity::{IdentityConfig, SigningKey, DEFAULT_PEER_HEADER};
 use meshwasm::prelude::*;
 
 use crate::labels::{Label, DEFAULT_LABELS};
+use crate::trust::{KeySource, PeerTrust, HOW_TO_TRUST};
 
 /// Which side of a request this sidecar reports (the `reporter` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -40,6 +41,18 @@ pub struct Config {
     /// Identity fields that win over environment variables and the Envoy node.
     #[serde(default)]
     pub identity: IdentityConfig,
+    /// What to believe about a peer without a verified certificate (`certificate`, the
+    /// default: only a signed header, when a key is set; `signed_header`; `unsigned_header`).
+    #[serde(default)]
+    pub peer_trust: PeerTrust,
+    /// The upstream clusters that are mesh services (their sidecars remove the header): the
+    /// source side sends our identity header only to these. Absent: to every upstream.
+    #[serde(default)]
+    pub mesh_clusters: Option<Vec<String>>,
+    /// Services whose certificate may carry a header naming another service: proxies that pass
+    /// a caller's header on (a region's front proxy). Their header is believed as it is.
+    #[serde(default)]
+    pub relays: Vec<String>,
     /// Name of the peer identity header (request and response).
     #[serde(default = "default_peer_header")]
     pub peer_header: String,
@@ -47,6 +60,10 @@ pub struct Config {
     /// believe only peer headers signed with it.
     #[serde(default)]
     pub signing_key: Option<String>,
+    /// Mesh keys from the host's environment, each with an id: the first signs, both verify
+    /// (at most two, for a rotation).
+    #[serde(default)]
+    pub signing_keys: Vec<KeySource>,
     /// Allowed clock difference for signed headers, in seconds.
     #[serde(default = "default_skew")]
     pub max_skew_seconds: u64,
@@ -82,6 +99,14 @@ pub struct Validated {
     pub peer_header: String,
     /// The signing key, when configured.
     pub key: Option<SigningKey>,
+    /// What to believe about a peer without a certificate.
+    pub trust: PeerTrust,
+    /// Mesh keys from the environment (resolved when the filter is built).
+    pub signing_keys: Vec<KeySource>,
+    /// The clusters our identity header goes to (`None`: all).
+    pub mesh_clusters: Option<Vec<String>>,
+    /// Services that may relay another service's header.
+    pub relays: Vec<String>,
     /// Allowed skew, seconds.
     pub max_skew_seconds: u64,
     /// The labels every metric carries, in order.
@@ -101,6 +126,43 @@ impl Config {
             }
             None => None,
         };
+        match (
+            self.peer_trust,
+            key.is_some() || !self.signing_keys.is_empty(),
+        ) {
+            (PeerTrust::SignedHeader, false) => {
+                return Err(ConfigError::new(
+                    "peer_trust",
+                    format!("signed_header needs signing_keys; {HOW_TO_TRUST}"),
+                ))
+            }
+            (PeerTrust::UnsignedHeader, true) => {
+                return Err(ConfigError::new(
+                    "peer_trust",
+                    format!(
+                        "unsigned_header with a signing_key would also believe unsigned headers; \
+                         {HOW_TO_TRUST}"
+                    ),
+                ))
+            }
+            _ => {}
+        }
+        if let Some(clusters) = &self.mesh_clusters {
+            for (i, name) in clusters.iter().enumerate() {
+                check::ensure(
+                    !name.is_empty() && name.len() <= 255,
+                    format!("mesh_clusters[{i}]"),
+                    "a cluster name of 1 to 255 bytes",
+                )?;
+            }
+        }
+        for (i, name) in self.relays.iter().enumerate() {
+            check::ensure(
+                !name.is_empty() && name.len() <= 128,
+                format!("relays[{i}]"),
+                "a service name of 1 to 128 bytes",
+            )?;
+        }
         check::in_range(self.max_skew_seconds, 1, 86_400, "max_skew_seconds")?;
         check::in_range(self.max_series, 1, 100_000, "max_series")?;
         let mut labels: Vec<Label> = DEFAULT_LABELS.to_vec();
@@ -136,6 +198,10 @@ impl Config {
             identity: self.identity,
             peer_header: self.peer_header,
             key,
+            trust: self.peer_trust,
+            signing_keys: self.signing_keys,
+            mesh_clusters: self.mesh_clusters,
+            relays: self.relays,
             max_skew_seconds: self.max_skew_seconds,
             labels,
             max_series: self.max_series,

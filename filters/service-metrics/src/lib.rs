@@ -4,12 +4,13 @@
 
 pub mod config;
 pub mod labels;
+pub mod trust;
 
 use std::cell::RefCell;
 use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use meshwasm::identity::{self, Identity, NodeInfo, PeerError, SigningKey};
+use meshwasm::identity::{self, Direction, Identity, KeyRing, NodeInfo, PeerError, Scope};
 use meshwasm::prelude::*;
 
 use config::{Config, Reporter};
@@ -35,7 +36,14 @@ pub struct ServiceMetrics {
     reporter: Reporter,
     local: Identity,
     peer_header: String,
-    key: Option<SigningKey>,
+    /// The mesh keys (the first signs; every one verifies). Empty: headers are not signed.
+    keys: KeyRing,
+    /// What to believe about a peer without a verified certificate.
+    trust: trust::PeerTrust,
+    /// The clusters our identity header goes to on the source side (`None`: all).
+    mesh_clusters: Option<Vec<String>>,
+    /// Services that may relay another service's header (front proxies).
+    relays: Vec<String>,
     max_skew: u64,
     labels: Vec<Label>,
     /// Which per-request values the labels use (the others are never read).
@@ -45,8 +53,8 @@ pub struct ServiceMetrics {
     request_bytes: MetricFamily,
     response_bytes: MetricFamily,
     rejected: MetricFamily,
-    /// Our header for the current second: (unix seconds, value).
-    own_header: RefCell<(u64, String)>,
+    /// Our headers for the current second, one per audience and direction.
+    own_header: RefCell<Vec<OwnHeader>>,
     /// Recently believed peer headers.
     believed: RefCell<Vec<Believed>>,
 }
@@ -84,6 +92,12 @@ impl Uses {
     }
 }
 
+/// One of our headers: (unix seconds, audience, direction, value).
+type OwnHeader = (u64, String, Direction, String);
+
+/// How many of our headers (audiences and directions) a worker keeps for the current second.
+const OWN_HEADERS: usize = 8;
+
 /// A peer header that passed the checks: its exact bytes, timestamp and identity.
 type Believed = (Vec<u8>, u64, Rc<Identity>);
 
@@ -110,6 +124,14 @@ impl MetricsRequest {
     /// What this request learned about its peer so far.
     pub fn peer(&self) -> &Peer {
         &self.peer
+    }
+}
+
+/// A header on request headers travels as a request; anything else as a response.
+fn direction_of(map: MapKind) -> Direction {
+    match map {
+        MapKind::RequestHeaders | MapKind::RequestTrailers => Direction::Request,
+        _ => Direction::Response,
     }
 }
 
@@ -155,8 +177,9 @@ impl ServiceMetrics {
             .map(|(field, origin)| format!("{field}={} ({origin:?})", local.field(field)))
             .collect();
         log::info!(
-            "service_metrics: reporter={} identity {}",
+            "service_metrics: reporter={} peer_trust={} identity {}",
             cfg.reporter.as_str(),
+            cfg.trust.as_str(),
             described.join(" ")
         );
         let [requests, duration, request_bytes, response_bytes] =
@@ -170,7 +193,10 @@ impl ServiceMetrics {
             reporter: cfg.reporter,
             local,
             peer_header: cfg.peer_header,
-            key: cfg.key,
+            keys: trust::key_ring(cfg.key, &cfg.signing_keys, env)?,
+            trust: cfg.trust,
+            mesh_clusters: cfg.mesh_clusters,
+            relays: cfg.relays,
             max_skew: cfg.max_skew_seconds,
             uses: Uses::of(&cfg.labels),
             labels: cfg.labels,
@@ -179,7 +205,7 @@ impl ServiceMetrics {
             request_bytes,
             response_bytes,
             rejected,
-            own_header: RefCell::new((u64::MAX, String::new())),
+            own_header: RefCell::new(Vec::new()),
             believed: RefCell::new(Vec::new()),
         })
     }
@@ -194,13 +220,33 @@ impl ServiceMetrics {
         &self.labels
     }
 
-    /// Sets our identity header on `map`, re-encoding (and re-signing) once per second.
-    fn put_own_header(&self, host: &dyn Host, map: MapKind, now: u64) {
+    /// Sets our identity header for `audience` on `map` (a request or a response: the
+    /// direction), re-encoding (and re-signing) once per second per audience and direction.
+    fn put_own_header(&self, host: &dyn Host, map: MapKind, audience: &str, now: u64) {
+        let direction = direction_of(map);
         let mut cached = self.own_header.borrow_mut();
-        if cached.0 != now {
-            *cached = (now, identity::encode(&self.local, now, self.key.as_ref()));
+        cached.retain(|(t, ..)| *t == now);
+        let pos = cached
+            .iter()
+            .position(|(_, a, d, _)| a == audience && *d == direction);
+        let pos = match pos {
+            Some(pos) => pos,
+            None => {
+                if cached.len() >= OWN_HEADERS {
+                    cached.remove(0);
+                }
+                let scope = Scope {
+                    audience,
+                    direction,
+                };
+                let value = identity::encode_scoped(&self.local, now, &self.keys, &scope);
+                cached.push((now, audience.to_string(), direction, value));
+                cached.len() - 1
+            }
+        };
+        if let Some((.., value)) = cached.get(pos) {
+            host.set_header(map, &self.peer_header, Some(value.as_bytes()));
         }
-        host.set_header(map, &self.peer_header, Some(cached.1.as_bytes()));
     }
 
     /// Reads and removes the peer header from `map`, and decides whether to believe it.
@@ -209,22 +255,18 @@ impl ServiceMetrics {
         self.take_peer_value(host, map, value.as_deref())
     }
 
-    /// Removes the peer header, read as `value`, from `map`, and decides whether to believe it.
+    /// Removes the peer header, read as `value`, from `map`, and decides who the peer is from
+    /// the connection's certificate and the header (see [`trust`]).
     fn take_peer_value(&self, host: &dyn Host, map: MapKind, value: Option<&[u8]>) -> Peer {
-        let Some(value) = value else {
-            return Peer::Missing;
-        };
-        host.set_header(map, &self.peer_header, None);
-        let peer = self.check(host, value);
-        if let Peer::Rejected(reason) = &peer {
-            log::debug!("service_metrics: peer header rejected: {reason}");
-            self.rejected
-                .inc(host, &[self.reporter.as_str(), reason.reason()]);
+        if value.is_some() {
+            host.set_header(map, &self.peer_header, None);
         }
-        peer
+        self.decide_peer(host, map, value)
     }
 
-    fn check(&self, host: &dyn Host, value: &[u8]) -> Peer {
+    /// Whether to believe the header `value` read from `map`: signed by a mesh key (when there
+    /// are keys), recent, and made for us in that direction.
+    fn check(&self, host: &dyn Host, map: MapKind, value: &[u8]) -> Peer {
         let now = now_secs(host);
         let hit = self
             .believed
@@ -233,12 +275,16 @@ impl ServiceMetrics {
             .find(|(v, _, _)| v.as_slice() == value)
             .map(|(_, ts, id)| (*ts, Rc::clone(id)));
         if let Some((ts, id)) = hit {
-            if self.key.is_some() && now.abs_diff(ts) > self.max_skew {
+            if !self.keys.is_empty() && now.abs_diff(ts) > self.max_skew {
                 return Peer::Rejected(PeerError::Expired);
             }
             return Peer::Known(id);
         }
-        match identity::verify_header(value, self.key.as_ref(), now, self.max_skew) {
+        let expect = Scope {
+            audience: &self.local.service,
+            direction: direction_of(map),
+        };
+        match identity::verify_scoped(value, &self.keys, now, self.max_skew, &expect) {
             Ok(header) => {
                 let id = Rc::new(header.identity);
                 let mut believed = self.believed.borrow_mut();
@@ -389,7 +435,12 @@ impl HttpFilter for MetricsRequest {
                     && host
                         .header(map, "content-type")
                         .is_some_and(|ct| is_grpc(&ct));
-                root.put_own_header(host, map, secs(start));
+                if let Some(audience) = root.mesh_upstream(host) {
+                    root.put_own_header(host, map, &audience, secs(start));
+                } else {
+                    // Not a mesh service: whatever the app set is not ours to pass on either.
+                    host.set_header(map, &root.peer_header, None);
+                }
             }
             (Reporter::Destination, false) => self.peer = root.take_peer(host, map),
             (Reporter::Destination, true) => {
@@ -414,8 +465,13 @@ impl HttpFilter for MetricsRequest {
             // header that passed the checks): a signed identity handed to any client could be
             // replayed by it as a request header within the allowed skew.
             Reporter::Destination => {
-                if matches!(self.peer, Peer::Known(_)) {
-                    root.put_own_header(host, MapKind::ResponseHeaders, now_secs(host));
+                if let Peer::Known(caller) = &self.peer {
+                    root.put_own_header(
+                        host,
+                        MapKind::ResponseHeaders,
+                        &caller.service,
+                        now_secs(host),
+                    );
                 }
             }
         }

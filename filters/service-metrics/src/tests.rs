@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use meshwasm::identity::{self, Identity, SigningKey};
+use meshwasm::identity::{self, Direction, Identity, KeyRing, Scope, SigningKey};
 use meshwasm::metrics::stats_tags;
 use meshwasm::prelude::*;
 use meshwasm::testing::{CountingHost, FilterHarness, HttpStream, TestHost, TEST_EPOCH_SECS};
@@ -17,6 +17,36 @@ const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1
 
 fn key() -> SigningKey {
     SigningKey::parse(KEY).unwrap()
+}
+
+/// A header signed with [`key`] for `audience` travelling `direction`, as a peer sidecar makes it.
+fn signed_for(
+    id: &Identity,
+    ts: u64,
+    k: &SigningKey,
+    audience: &str,
+    direction: Direction,
+) -> String {
+    let ring = KeyRing::new(vec![(String::new(), k.clone())]).unwrap();
+    identity::encode_scoped(
+        id,
+        ts,
+        &ring,
+        &Scope {
+            audience,
+            direction,
+        },
+    )
+}
+
+/// A request header from a caller to the destination harness (service `orders`).
+fn to_orders(id: &Identity, ts: u64, k: &SigningKey) -> String {
+    signed_for(id, ts, k, "orders", Direction::Request)
+}
+
+/// A response header from a callee back to the source harness (service `frontend`).
+fn to_frontend(id: &Identity, ts: u64, k: &SigningKey) -> String {
+    signed_for(id, ts, k, "frontend", Direction::Response)
 }
 
 fn node_host(cluster: &str, region: &str) -> TestHost {
@@ -123,7 +153,7 @@ fn outbound_sends_signed_identity_and_learns_destination_from_response() {
     assert_eq!(claimed.version, "v1");
     assert_eq!(claimed.instance, "frontend-node-pod-1");
 
-    let answer = identity::encode(&orders(), now(), Some(&key()));
+    let answer = to_frontend(&orders(), now(), &key());
     s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
     assert_eq!(
         s.host().response_header("x-mesh-peer"),
@@ -162,7 +192,7 @@ fn inbound_learns_source_removes_header_and_answers_with_its_identity() {
         region: "eu-west-1".into(),
         ..Identity::default()
     };
-    let header = identity::encode(&from, now(), Some(&key()));
+    let header = to_orders(&from, now(), &key());
     let mut s = h.stream();
     s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
     assert_eq!(
@@ -197,19 +227,13 @@ fn inbound_learns_source_removes_header_and_answers_with_its_identity() {
 #[test]
 fn untrusted_headers_are_unknown_and_counted_by_reason() {
     let h = destination("");
-    let good = identity::encode(&orders(), now(), Some(&key()));
+    let good = to_orders(&orders(), now(), &key());
     let other_key = SigningKey::from_bytes(&[7; 32]);
     let cases = [
         ("forged", good.replace("s=orders", "s=admin")),
-        (
-            "forged",
-            identity::encode(&orders(), now(), Some(&other_key)),
-        ),
+        ("forged", to_orders(&orders(), now(), &other_key)),
         ("unsigned", identity::encode(&orders(), now(), None)),
-        (
-            "expired",
-            identity::encode(&orders(), now() - 61, Some(&key())),
-        ),
+        ("expired", to_orders(&orders(), now() - 61, &key())),
         ("malformed", "orders".to_string()),
         ("unsupported_version", "v9;s=orders;t=1".to_string()),
     ];
@@ -244,7 +268,7 @@ fn untrusted_headers_are_unknown_and_counted_by_reason() {
 #[test]
 fn a_cached_header_still_expires() {
     let h = destination("");
-    let header = identity::encode(&orders(), now(), Some(&key()));
+    let header = to_orders(&orders(), now(), &key());
     for _ in 0..2 {
         let mut s = h.stream();
         s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
@@ -257,10 +281,26 @@ fn a_cached_header_still_expires() {
 }
 
 #[test]
-fn without_a_key_headers_are_taken_as_claimed() {
+fn without_a_certificate_or_key_headers_are_not_believed_unless_asked_for() {
     let h = FilterHarness::<ServiceMetrics>::with_host(
         node_host("orders", "us-east-1"),
         r#"{"reporter":"destination"}"#,
+    )
+    .unwrap();
+    let mut s = h.stream();
+    let header = identity::encode(&orders(), now(), None);
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert_eq!(s.filter().peer(), &Peer::Rejected(PeerError::NoCertificate));
+    assert_eq!(s.host().request_header("x-mesh-peer"), None);
+    let name = format!("{REJECTED};.reporter=destination;.reason=no_certificate");
+    assert_eq!(h.host().counter(&name), Some(1));
+}
+
+#[test]
+fn unsigned_headers_are_taken_as_claimed_only_when_asked_for() {
+    let h = FilterHarness::<ServiceMetrics>::with_host(
+        node_host("orders", "us-east-1"),
+        r#"{"reporter":"destination","peer_trust":"unsigned_header"}"#,
     )
     .unwrap();
     let mut s = h.stream();
@@ -296,7 +336,7 @@ fn destination_falls_back_to_cluster_then_authority_and_rejected_stays_unknown()
     // A forged answer: unknown, never the claimed service nor the cluster.
     let mut s = h.stream();
     s.request_headers(&[(":path", "/"), (":authority", "orders.example")], true);
-    let forged = identity::encode(&orders(), now(), Some(&SigningKey::from_bytes(&[1; 32])));
+    let forged = to_frontend(&orders(), now(), &SigningKey::from_bytes(&[1; 32]));
     s.response_headers(&[(":status", "200"), ("x-mesh-peer", &forged)], true);
     finish(&mut s, 200, 1);
 
@@ -351,7 +391,7 @@ fn label_selection_and_grpc_and_flags() {
         &[
             (":path", "/svc/Method"),
             ("content-type", "application/grpc"),
-            ("x-mesh-peer", &identity::encode(&from, now(), Some(&key()))),
+            ("x-mesh-peer", &to_orders(&from, now(), &key())),
         ],
         true,
     );
@@ -596,12 +636,18 @@ fn hostcalls_per_request_stay_low() {
         [
             "get_current_time_nanoseconds",
             "get_header_map_value RequestHeaders content-type",
+            // The audience of the signed header: the upstream cluster (issue 14).
+            "get_property xds.cluster_name",
             "replace_header_map_value RequestHeaders x-mesh-peer",
         ]
     );
+    // The upstream's verified certificate names the destination (issue 14): one property read.
     assert_eq!(
         response,
-        ["get_header_map_value ResponseHeaders x-mesh-peer"]
+        [
+            "get_header_map_value ResponseHeaders x-mesh-peer",
+            "get_property upstream.uri_san_peer_certificate"
+        ]
     );
     assert_eq!(
         log,
@@ -619,15 +665,16 @@ fn hostcalls_per_request_stay_low() {
             "record_metric",
         ]
     );
-    assert!(request.len() + response.len() + log.len() <= 15);
+    assert!(request.len() + response.len() + log.len() <= 17);
 
-    // Labels left out cost nothing: no content type without `grpc_status`, no cluster without
-    // `destination_service`.
+    // Labels left out cost nothing: no content type without `grpc_status`; in the log, no
+    // cluster without `destination_service` (the request still reads it: the audience of the
+    // signed header).
     let lean = format!(
         r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route","request_protocol","grpc_status","response_flags","destination_service"]}}"#
     );
     let (request, _, log) = hostcalls(&lean);
-    assert_eq!(request.len(), 2, "{request:?}");
+    assert_eq!(request.len(), 3, "{request:?}"); // the cluster: the signed header's audience
     assert_eq!(
         log.iter()
             .filter(|c| c.starts_with("get_property"))
@@ -646,7 +693,8 @@ fn hostcalls_per_request_stay_low() {
         request,
         [
             "get_current_time_nanoseconds",
-            "get_header_map_pairs RequestHeaders"
+            "get_header_map_pairs RequestHeaders",
+            "get_property connection.uri_san_peer_certificate"
         ]
     );
     // A caller without a verified peer header is not given our identity: no response calls.
@@ -701,4 +749,228 @@ fn duration_is_the_clock_since_the_request_headers_else_the_attribute() {
     );
     finish(&mut s, 0, 0);
     assert_eq!(h.host().histogram(&hist), Some(vec![25, 7]));
+}
+
+/// One header was counted as forged on `reporter`'s side, and no series names the service it
+/// claimed.
+fn assert_forged_once(h: &FilterHarness<ServiceMetrics>, reporter: &str, claimed: &str) {
+    let forged = format!("{REJECTED};.reporter={reporter};.reason=forged");
+    assert_eq!(h.host().counter(&forged), Some(1));
+    assert!(h.host().metrics().iter().all(|m| !m.name.contains(claimed)));
+}
+
+/// `h`'s next stream, its downstream connection verified as `uri`.
+fn with_downstream_cert(
+    h: &FilterHarness<ServiceMetrics>,
+    uri: &str,
+) -> HttpStream<ServiceMetrics> {
+    let s = h.stream();
+    s.host()
+        .set_property_str("connection.uri_san_peer_certificate", uri);
+    s
+}
+
+#[test]
+fn inbound_takes_the_source_from_the_certificate_and_a_header_only_where_it_agrees() {
+    let h = destination("");
+    let cert = "spiffe://cluster.local/ns/shop/sa/frontend";
+    let frontend = Identity {
+        service: "frontend".into(),
+        version: "v7".into(),
+        region: "eu-west-1".into(),
+        ..Identity::default()
+    };
+    // A certificate and an agreeing header (unsigned is enough over mTLS: the certificate
+    // authenticates the connection; here a key is set, so it must be signed all the same).
+    let mut s = with_downstream_cert(&h, cert);
+    let header = to_orders(&frontend, now(), &key());
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(
+        matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend" && id.version == "v7" && id.namespace == "shop")
+    );
+    finish(&mut s, 200, 1);
+    // A certificate alone: namespace and service, the rest unknown.
+    let mut s = with_downstream_cert(&h, cert);
+    s.request_headers(&[(":path", "/")], true);
+    assert!(
+        matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend" && id.version.is_empty())
+    );
+    // Its answer carries our identity: the caller proved who it is.
+    s.response_headers(&[(":status", "200")], true);
+    assert!(s.host().response_header("x-mesh-peer").is_some());
+    finish(&mut s, 200, 1);
+    // A workload of frontend claiming to be admin: forged, labelled frontend.
+    let admin = Identity {
+        service: "admin".into(),
+        ..frontend.clone()
+    };
+    let mut s = with_downstream_cert(&h, cert);
+    let header = to_orders(&admin, now(), &key());
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
+    finish(&mut s, 200, 1);
+    assert_forged_once(&h, "destination", "admin");
+    let as_frontend = h
+        .host()
+        .metrics()
+        .iter()
+        .filter(|m| m.name.starts_with(REQUESTS) && m.name.contains("source_service=frontend"))
+        .count();
+    assert!(as_frontend >= 2, "{:?}", h.host().metrics());
+    // A certificate of the CA that is no workload's SPIFFE ID: unknown, counted.
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/admin");
+    s.request_headers(&[(":path", "/")], true);
+    assert_eq!(
+        s.filter().peer(),
+        &Peer::Rejected(PeerError::BadCertificate)
+    );
+    let bad = format!("{REJECTED};.reporter=destination;.reason=bad_certificate");
+    assert_eq!(h.host().counter(&bad), Some(1));
+}
+
+#[test]
+fn outbound_takes_the_destination_from_the_upstream_certificate() {
+    let h = source("");
+    let mut s = h.stream();
+    s.request_headers(&[(":path", "/")], true);
+    s.host().set_property_str(
+        "upstream.uri_san_peer_certificate",
+        "spiffe://cluster.local/ns/shop/sa/orders",
+    );
+    // The upstream answers claiming to be payments: forged, counted, labelled orders.
+    let payments = Identity {
+        service: "payments".into(),
+        ..orders()
+    };
+    let answer = to_frontend(&payments, now(), &key());
+    s.response_headers(&[(":status", "200"), ("x-mesh-peer", &answer)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "orders"));
+    finish(&mut s, 200, 1);
+    assert_forged_once(&h, "source", "payments");
+}
+
+#[test]
+fn peer_trust_settings_that_contradict_themselves_are_refused_with_how_to_trust_peers() {
+    let err = FilterHarness::<ServiceMetrics>::new(
+        r#"{"reporter":"destination","peer_trust":"signed_header"}"#,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("peer_trust: signed_header needs signing_keys"),
+        "{err}"
+    );
+    assert!(err.contains("mutual-TLS certificate"), "{err}");
+    let err = FilterHarness::<ServiceMetrics>::new(&format!(
+        r#"{{"reporter":"destination","peer_trust":"unsigned_header","signing_key":"{KEY}"}}"#
+    ))
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        err.starts_with("peer_trust: unsigned_header with a signing_key"),
+        "{err}"
+    );
+    let err =
+        FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"destination","peer_trust":"any"}"#)
+            .err()
+            .unwrap()
+            .to_string();
+    assert!(
+        err.starts_with("peer_trust: unknown variant `any`"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_identity_header_goes_only_to_mesh_clusters_when_they_are_listed() {
+    let h = source(r#","mesh_clusters":["orders","inventory"]"#);
+    for (cluster, sent) in [("orders", true), ("payments-api", false)] {
+        let mut s = h.stream();
+        s.host().set_property_str("xds.cluster_name", cluster);
+        s.request_headers(&[(":path", "/"), ("x-mesh-peer", "v1;s=spoof;t=1")], true);
+        let value = s.host().request_header("x-mesh-peer");
+        assert_eq!(value.is_some(), sent, "{cluster}: {value:?}");
+        if let Some(v) = value {
+            assert!(v.contains("s=frontend"), "{v}");
+        }
+    }
+    let err = FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"source","mesh_clusters":[""]}"#)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.starts_with("mesh_clusters[0]: "), "{err}");
+}
+
+#[test]
+fn a_relay_passes_its_callers_header_on() {
+    let h = destination(r#","relays":["front-proxy"]"#);
+    let header = to_orders(
+        &Identity {
+            service: "frontend".into(),
+            ..Identity::default()
+        },
+        now(),
+        &key(),
+    );
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/ns/shop/sa/front-proxy");
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "frontend"));
+    // Anyone else naming another service is still forged.
+    let mut s = with_downstream_cert(&h, "spiffe://cluster.local/ns/shop/sa/orders-b");
+    s.request_headers(&[(":path", "/"), ("x-mesh-peer", &header)], true);
+    assert!(matches!(s.filter().peer(), Peer::Known(id) if id.service == "orders-b"));
+}
+
+#[test]
+fn signing_keys_come_from_the_environment_with_ids_and_two_verify_during_a_rotation() {
+    let config = |json: &str| meshwasm::config::parse::<Config>(json.as_bytes()).unwrap();
+    let env = |name: &str| match name {
+        "KEY_NEW" => {
+            Some("hex:0202020202020202020202020202020202020202020202020202020202020202".into())
+        }
+        "KEY_OLD" => Some(KEY.to_string()),
+        _ => None,
+    };
+    let host = node_host("orders", "us-east-1");
+    let rotating = r#"{"reporter":"destination","signing_keys":[{"id":"new","env":"KEY_NEW"},{"id":"old","env":"KEY_OLD"}]}"#;
+    let root = ServiceMetrics::build(config(rotating), &host, &env).unwrap();
+    // A header signed with the old key (id-less, as an older sidecar sends) still verifies.
+    let by_old = to_orders(&orders(), now(), &key());
+    let stream = host.new_stream();
+    assert!(matches!(
+        root.check(&stream, MapKind::RequestHeaders, by_old.as_bytes()),
+        Peer::Known(_)
+    ));
+    // Unset variable, inline and env keys together, three keys: refused, naming the field.
+    for (json, want) in [
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","env":"NOPE"}]}"#,
+            "signing_keys[0].env: NOPE is not set in the VM's environment",
+        ),
+        (
+            &format!(
+                r#"{{"reporter":"source","signing_key":"{KEY}","signing_keys":[{{"id":"k","env":"KEY_OLD"}}]}}"#
+            ),
+            "signing_keys: set signing_keys or signing_key, not both",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"a","env":"KEY_OLD"},{"id":"b","env":"KEY_OLD"},{"id":"c","env":"KEY_OLD"}]}"#,
+            "signing_keys: at most 2 keys",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","file":"/etc/key"}]}"#,
+            "signing_keys[0].file: unknown field `file`, expected `id` or `env`",
+        ),
+    ] {
+        let err = match meshwasm::config::parse::<Config>(json.as_bytes()) {
+            Ok(c) => ServiceMetrics::build(c, &host, &env)
+                .err()
+                .unwrap()
+                .to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.starts_with(want), "{err}");
+    }
 }

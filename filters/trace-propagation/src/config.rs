@@ -171,6 +171,11 @@ pub struct Config {
     /// Span export; none when absent.
     #[serde(default)]
     pub export: Option<ExportConfig>,
+    /// Whose sampling and debug decisions (sampled flags, `x-b3-flags: 1`) are followed:
+    /// `anyone` (default) or `mesh_peers` (a caller with a verified mesh certificate; anyone
+    /// else's trace continues under `sampling_rate`).
+    #[serde(default)]
+    pub trusted_clients: meshwasm::properties::TrustedCallers,
 }
 
 impl Config {

@@ -23,6 +23,9 @@ use config::{Config, Direction, Format};
 use exporter::Exporter;
 use propagation::{extract, inject, Outgoing};
 
+/// Incoming sampling or debug decisions replaced by the local policy (untrusted caller).
+pub const UNTRUSTED_DECISIONS: &str = "meshwasm_trace_untrusted_decisions_total";
+
 /// The root: configuration, id generator, metrics and the span exporter of one worker.
 pub struct TracePropagation {
     cfg: Config,
@@ -30,6 +33,9 @@ pub struct TracePropagation {
     ids: RefCell<IdGenerator>,
     requests: MetricFamily,
     invalid: MetricFamily,
+    /// Incoming sampling or debug decisions replaced by the local policy: the caller is not
+    /// trusted with them (`trusted_clients`).
+    untrusted: Metric,
     exporter: Option<Exporter>,
 }
 
@@ -138,6 +144,7 @@ impl RootFilter for TracePropagation {
                 &["direction", "context", "sampled"],
             ),
             invalid: MetricFamily::counter("meshwasm_trace_invalid_headers_total", &["reason"]),
+            untrusted: Metric::counter(host, UNTRUSTED_DECISIONS),
             exporter,
             cfg,
         })
@@ -204,6 +211,14 @@ impl HttpFilter for TraceRequest {
                     None,
                 ),
             };
+        // An incoming decision counts only from a caller trusted with it; anyone else's trace
+        // continues under the local sampling policy.
+        let sampling = if sampling != Sampling::Defer && !root.cfg.trusted_clients.believes(host) {
+            root.untrusted.inc(host);
+            Sampling::Defer
+        } else {
+            sampling
+        };
         let debug = sampling == Sampling::Debug;
         let sampled = match sampling {
             Sampling::Accept | Sampling::Debug => true,

@@ -1107,3 +1107,32 @@ fn default_config_bounds_the_buffer_in_bytes() {
     );
     assert_eq!(e.buffered() as u64 + dropped, 2000);
 }
+
+#[test]
+fn only_verified_mesh_peers_decide_sampling_when_trusted_clients_is_mesh_peers() {
+    let h =
+        harness(r#"{"direction":"inbound","sampling_rate":0.0,"trusted_clients":"mesh_peers"}"#);
+    // A sampled context from a caller without a verified certificate: the trace continues,
+    // sampled by the local rate (0 here), and the override is counted.
+    let s = send(&h, &[("traceparent", TP)]);
+    let (trace, _, flags) = traceparent_parts(&s);
+    assert_eq!(trace, TRACE);
+    assert_eq!(flags, "00");
+    assert_eq!(h.host().counter(UNTRUSTED_DECISIONS), Some(1));
+    // The same from a verified mesh peer is followed.
+    let all = [(":method", "GET"), (":path", "/"), ("traceparent", TP)];
+    let mut s = h.stream();
+    s.host().set_property_str(
+        "connection.uri_san_peer_certificate",
+        "spiffe://cluster.local/ns/shop/sa/frontend",
+    );
+    s.request_headers(&all, true);
+    assert_eq!(traceparent_parts(&s).2, "01");
+    assert_eq!(h.host().counter(UNTRUSTED_DECISIONS), Some(1));
+    // The default believes anyone.
+    let open = harness(r#"{"direction":"inbound","sampling_rate":0.0}"#);
+    assert_eq!(
+        traceparent_parts(&send(&open, &[("traceparent", TP)])).2,
+        "01"
+    );
+}

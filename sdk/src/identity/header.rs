@@ -29,10 +29,19 @@ pub enum PeerError {
     Forged,
     /// The timestamp is further from now than the allowed skew (either way).
     Expired,
+    /// A header arrived on a connection with no verified peer certificate, where only a
+    /// certificate (or a signed header) is believed.
+    NoCertificate,
+    /// The verified peer certificate's URI SAN is not a workload SPIFFE ID
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service>`).
+    BadCertificate,
+    /// A signed header made for another service or the other direction (replayed elsewhere).
+    WrongAudience,
 }
 
 impl PeerError {
-    /// The label value: `malformed`, `unsupported_version`, `unsigned`, `forged`, `expired`.
+    /// The label value: `malformed`, `unsupported_version`, `unsigned`, `forged`, `expired`,
+    /// `no_certificate`, `bad_certificate`, `wrong_audience`.
     pub fn reason(self) -> &'static str {
         match self {
             PeerError::Malformed => "malformed",
@@ -40,16 +49,22 @@ impl PeerError {
             PeerError::Unsigned => "unsigned",
             PeerError::Forged => "forged",
             PeerError::Expired => "expired",
+            PeerError::NoCertificate => "no_certificate",
+            PeerError::BadCertificate => "bad_certificate",
+            PeerError::WrongAudience => "wrong_audience",
         }
     }
 
     /// Every reason, for defining metrics up front.
-    pub const ALL: [PeerError; 5] = [
+    pub const ALL: [PeerError; 8] = [
         PeerError::Malformed,
         PeerError::UnsupportedVersion,
         PeerError::Unsigned,
         PeerError::Forged,
         PeerError::Expired,
+        PeerError::NoCertificate,
+        PeerError::BadCertificate,
+        PeerError::WrongAudience,
     ];
 }
 
@@ -194,6 +209,22 @@ pub fn verify_header(
     let Some(key) = key else {
         return Ok(header);
     };
+    let (signed, tag) = signed_part(value, &header)?;
+    if !key.verify(signed.as_bytes(), tag) {
+        return Err(PeerError::Forged);
+    }
+    if now_secs.abs_diff(header.timestamp) > max_skew_secs {
+        return Err(PeerError::Expired);
+    }
+    Ok(header)
+}
+
+/// The signed text of a decoded `header` (everything before `;m=`) and its signature;
+/// [`PeerError::Unsigned`] when it has none.
+pub(super) fn signed_part<'a>(
+    value: &'a [u8],
+    header: &'a PeerHeader,
+) -> Result<(&'a str, &'a [u8]), PeerError> {
     let Some(tag) = header.mac.as_deref() else {
         return Err(PeerError::Unsigned);
     };
@@ -202,13 +233,7 @@ pub fn verify_header(
         .ok()
         .and_then(|t| t.rfind(";m=").and_then(|i| t.get(..i)))
         .ok_or(PeerError::Malformed)?;
-    if !key.verify(signed.as_bytes(), tag) {
-        return Err(PeerError::Forged);
-    }
-    if now_secs.abs_diff(header.timestamp) > max_skew_secs {
-        return Err(PeerError::Expired);
-    }
-    Ok(header)
+    Ok((signed, tag))
 }
 
 #[cfg(test)]

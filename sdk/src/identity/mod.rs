@@ -17,13 +17,15 @@
 //!
 //! This file holds the [`Identity`] type; the rest lives in private submodules, re-exported here:
 //! `resolve` (the local identity from config, environment and node), `keys` (signing keys and
-//! HMAC), `header` (the header's wire format and its verification) and `codec` (percent, hex and
-//! base64 codecs).
+//! HMAC), `header` (the header's wire format and its verification), `scope` (signed headers bound
+//! to a key id, an audience and a direction: `k`, `a`, `d`) and `codec` (percent, hex and base64
+//! codecs).
 
 mod codec;
 mod header;
 mod keys;
 mod resolve;
+mod scope;
 
 pub use codec::{decode_base64, decode_hex, encode_base64url};
 pub use header::{
@@ -32,6 +34,7 @@ pub use header::{
 };
 pub use keys::{constant_time_eq, SigningKey, KEY_LEN};
 pub use resolve::{resolve, IdentityConfig, NodeInfo, Origin, ENV_VARS, NODE_METADATA_KEYS};
+pub use scope::{encode_scoped, verify_scoped, Direction, KeyRing, Scope};
 
 /// Longest field value (after percent-decoding) accepted in a header or an identity.
 pub const MAX_FIELD_LEN: usize = 128;
