@@ -168,6 +168,8 @@ for i in range(M):
     for k, v in u.items(): total[k] += v
 print(json.dumps({
     "file": os.path.basename(path),
+    # The VM's linear memory after the run (64 KiB pages): what one VM of the filter holds.
+    "memory_bytes": mem.size(store) * 65536,
     "fuel_per_request": round(sum(total.values()) / M),
     "phases": {k: round(v / M) for k, v in total.items()},
     "hostcalls": {k[len("proxy_"):]: v / M for k, v in sorted(calls.items())},
