@@ -576,14 +576,7 @@ pub fn run(quick: bool, command: &str) -> Result<()> {
     // Envoys start over the whole run while others may edit bench/configs: render every one
     // from a copy taken now.
     let bench_dir = snapshot(&bench_dir, &run_dir.join("bench"))?;
-    let vars: Vec<(String, String)> = [
-        ("PORT_UPSTREAM", upstream.port().to_string()),
-        ("PORT_COLLECTOR", collector.port().to_string()),
-        ("FILTERS_DIR", filters_dir.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let vars = crate::scenario::base_vars(upstream.port(), collector.port(), &filters_dir);
     let mut bench = Bench {
         envoy_bin,
         wrk,
@@ -1119,14 +1112,7 @@ fn priced_calls(outcome: &Outcome, calls: &BTreeMap<String, u64>) -> Vec<Line> {
 }
 
 fn spread(values: &[f64], digits: usize) -> String {
-    let s = Spread::of(values);
-    format!(
-        "{:.d$} ({:.d$} to {:.d$})",
-        s.median,
-        s.min,
-        s.max,
-        d = digits
-    )
+    crate::report::spread_text(&Spread::of(values), digits)
 }
 
 /// How the run was made, for the report.

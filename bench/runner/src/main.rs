@@ -375,15 +375,8 @@ fn start_all(
             toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
         )?;
     }
-    let vars: Vec<(String, String)> = [
-        ("PORT_UPSTREAM", upstream.port().to_string()),
-        ("PORT_COLLECTOR", collector.port().to_string()),
-        ("FILTERS_DIR", filters_dir.display().to_string()),
-        ("CERTS_DIR", certs_dir.display().to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
+    let mut vars = scenario::base_vars(upstream.port(), collector.port(), filters_dir);
+    vars.push(("CERTS_DIR".to_string(), certs_dir.display().to_string()));
     let mut running = Vec::new();
     for scenario in scenarios {
         let mut vars = vars.clone();

@@ -200,7 +200,8 @@ pub const SIZE_LIMIT_BYTES: u64 = 150 * 1024;
 /// The size limit of `mesh_sidecar.wasm`, all three in one module: 200 KiB.
 pub const MESH_SIZE_LIMIT_BYTES: u64 = 200 * 1024;
 
-fn spread_text(s: &Spread, digits: usize) -> String {
+/// `median (min to max)` with `digits` decimals.
+pub fn spread_text(s: &Spread, digits: usize) -> String {
     format!(
         "{:.d$} ({:.d$} to {:.d$})",
         s.median,

@@ -302,6 +302,20 @@ pub fn select(all: Vec<Scenario>, only: &[String]) -> Result<Vec<Scenario>> {
     Ok(chosen)
 }
 
+/// The placeholders every bench template takes: the in-process upstream's and collector's
+/// ports and the directory of the built filters.
+pub fn base_vars(
+    upstream_port: u16,
+    collector_port: u16,
+    filters_dir: &Path,
+) -> Vec<(String, String)> {
+    vec![
+        ("PORT_UPSTREAM".to_string(), upstream_port.to_string()),
+        ("PORT_COLLECTOR".to_string(), collector_port.to_string()),
+        ("FILTERS_DIR".to_string(), filters_dir.display().to_string()),
+    ]
+}
+
 /// Indents every line of `text` by `n` spaces.
 fn indent(text: &str, n: usize) -> String {
     let pad = " ".repeat(n);
