@@ -83,18 +83,17 @@ impl<'a> PhaseHost<'a> {
             edits.push(edit);
         }
     }
-
-    fn is_cached(&self, map: MapKind) -> bool {
-        self.maps.borrow().iter().any(|(m, _, _)| *m == map)
-    }
 }
 
 impl Host for PhaseHost<'_> {
     fn header(&self, map: MapKind, name: &str) -> Option<Bytes> {
-        // From a map already read whole; a single lookup does not justify reading one.
-        if self.is_cached(map) {
-            return self.current(map).get(name).map(<[u8]>::to_vec);
+        // From a map already read whole (through the writes made since, without rebuilding
+        // it); a single lookup does not justify reading one.
+        let maps = self.maps.borrow();
+        if let Some((_, snapshot, edits)) = maps.iter().find(|(m, _, _)| *m == map) {
+            return snapshot.get_edited(edits, name).map(<[u8]>::to_vec);
         }
+        drop(maps);
         self.inner.header(map, name)
     }
 

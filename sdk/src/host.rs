@@ -112,7 +112,11 @@ pub enum Edit {
 impl HeaderSnapshot {
     /// A snapshot of `pairs` (names as the host keeps them: lowercase).
     pub fn new(pairs: Vec<(String, Bytes)>) -> HeaderSnapshot {
-        HeaderSnapshot::build(pairs.iter().map(|(k, v)| (k.as_bytes(), v.as_slice())))
+        let pairs: Vec<(&[u8], &[u8])> = pairs
+            .iter()
+            .map(|(k, v)| (k.as_bytes(), v.as_slice()))
+            .collect();
+        HeaderSnapshot::build(&pairs)
     }
 
     /// A snapshot over `buf` whose pairs lie at `spans` (from [`crate::wire::index_map`]).
@@ -126,8 +130,12 @@ impl HeaderSnapshot {
         }
     }
 
-    fn build<'a>(pairs: impl Iterator<Item = (&'a [u8], &'a [u8])>) -> HeaderSnapshot {
-        let mut indexed = Indexed::default();
+    fn build(pairs: &[(&[u8], &[u8])]) -> HeaderSnapshot {
+        let bytes = pairs.iter().map(|(n, v)| n.len() + v.len()).sum();
+        let mut indexed = Indexed {
+            buf: Vec::with_capacity(bytes),
+            spans: Vec::with_capacity(pairs.len()),
+        };
         for (name, value) in pairs {
             let n = indexed.buf.len();
             indexed.buf.extend_from_slice(name);
@@ -140,21 +148,52 @@ impl HeaderSnapshot {
         }
     }
 
-    /// This map with `edits` applied in order, as the proxy applies them.
+    /// This map with `edits` applied in order, as the proxy applies them: a `Set` removes every
+    /// value of its name (the map's and earlier edits') and appends its own, an `Add` appends.
+    /// Built in one pass at its final size, without moving pairs around.
     pub fn edited(&self, edits: &[Edit]) -> HeaderSnapshot {
-        let mut pairs: Vec<(&[u8], &[u8])> = self.iter_bytes().collect();
-        for edit in edits {
-            match edit {
-                Edit::Set(name, value) => {
-                    pairs.retain(|(k, _)| *k != name.as_bytes());
-                    if let Some(v) = value {
-                        pairs.push((name.as_bytes(), v));
-                    }
-                }
-                Edit::Add(name, value) => pairs.push((name.as_bytes(), value)),
+        // Whether a `Set` of `name` comes at or after edit `from` (and so removes it).
+        let set_from = |name: &[u8], from: usize| {
+            edits.get(from..).unwrap_or_default().iter().any(
+                |e| matches!(e, Edit::Set(n, _) if n.len() == name.len() && n.as_bytes() == name),
+            )
+        };
+        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(self.len() + edits.len());
+        pairs.extend(self.iter_bytes().filter(|(name, _)| !set_from(name, 0)));
+        for (i, edit) in edits.iter().enumerate() {
+            let (name, value) = match edit {
+                Edit::Set(name, Some(value)) | Edit::Add(name, value) => (name, value),
+                Edit::Set(_, None) => continue,
+            };
+            if !set_from(name.as_bytes(), i + 1) {
+                pairs.push((name.as_bytes(), value));
             }
         }
-        HeaderSnapshot::build(pairs.into_iter())
+        HeaderSnapshot::build(&pairs)
+    }
+
+    /// The first value of `name` in this map with `edits` applied, without building that map:
+    /// the last edit of `name` decides (a `Set` replaced every value, an `Add` after a `Set`
+    /// comes after it); with no edit of it, the map's own first value.
+    pub fn get_edited<'a>(&'a self, edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
+        // The first value after the edits: the map's own first value unless a `Set` replaced
+        // them all, in which case the first value added since (by that `Set` or a later `Add`).
+        let last_set = edits
+            .iter()
+            .rposition(|e| matches!(e, Edit::Set(n, _) if n == name));
+        let Some(at) = last_set else {
+            return self.get(name).or_else(|| {
+                edits.iter().find_map(|e| match e {
+                    Edit::Add(n, v) if n == name => Some(v.as_slice()),
+                    _ => None,
+                })
+            });
+        };
+        edits[at..].iter().find_map(|e| match e {
+            Edit::Set(n, v) if n == name => v.as_deref(),
+            Edit::Add(n, v) if n == name => Some(v.as_slice()),
+            _ => None,
+        })
     }
 
     fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
@@ -361,6 +400,50 @@ mod tests {
         // The base is untouched (a filter holding it keeps what it saw).
         assert_eq!(base.get_joined("a").as_deref(), Some("1,3"));
         assert_eq!(base.len(), 3);
+    }
+
+    /// A single lookup through pending edits answers what the rebuilt map would, for every
+    /// order of sets, removals and additions of the name (and of another name).
+    #[test]
+    fn a_lookup_through_edits_agrees_with_the_edited_map() {
+        let base = HeaderSnapshot::new(vec![
+            ("a".into(), b"1".to_vec()),
+            ("b".into(), b"2".to_vec()),
+            ("a".into(), b"3".to_vec()),
+        ]);
+        let moves = [
+            Edit::Set("a".into(), Some(b"5".to_vec())),
+            Edit::Set("a".into(), None),
+            Edit::Add("a".into(), b"6".to_vec()),
+            Edit::Set("c".into(), Some(b"7".to_vec())),
+            Edit::Add("c".into(), b"8".to_vec()),
+            Edit::Set("b".into(), None),
+        ];
+        // Every sequence of up to three moves.
+        let mut sequences: Vec<Vec<Edit>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<Edit>> = sequences
+                .iter()
+                .flat_map(|seq| {
+                    moves.iter().map(move |m| {
+                        let mut next = seq.clone();
+                        next.push(m.clone());
+                        next
+                    })
+                })
+                .collect();
+            sequences.extend(longer);
+        }
+        for edits in &sequences {
+            let rebuilt = base.edited(edits);
+            for name in ["a", "b", "c", "d"] {
+                assert_eq!(
+                    base.get_edited(edits, name),
+                    rebuilt.get(name),
+                    "{name} after {edits:?}"
+                );
+            }
+        }
     }
 
     #[test]
