@@ -19,6 +19,11 @@ import sys
 import wasmtime
 
 LOGALL = os.environ.get("VM_WORK_LOG") == "1"
+# VM_WORK_TRACE=1: also print, for the last request, the instructions run between consecutive
+# hostcalls (which hostcall ends each stretch, with its header name or property path), to find
+# where a callback's work goes.
+TRACE = os.environ.get("VM_WORK_TRACE") == "1"
+trace = None
 path, config = sys.argv[1], sys.argv[2]
 N = int(sys.argv[3]) if len(sys.argv) > 3 else 200
 
@@ -77,7 +82,7 @@ now = [1_700_000_000_000_000_000]
 plugin_config = config.encode()
 
 def stub(name):
-    def f(*a):
+    def answer(*a):
         a = [x & 0xffffffff if isinstance(x, int) and -2**31 <= x < 0 else x for x in a]
         calls[name] += 1
         if name == "proxy_log":
@@ -123,6 +128,24 @@ def stub(name):
             shared[k] = (rd(vp, vl), c + 1); return 0
         if name == "proxy_http_call": wr(a[9], struct.pack("<I", 1)); return 0
         raise RuntimeError("no stub for " + name)
+    def f(*a):
+        if trace is None:
+            return answer(*a)
+        # The stretch of VM work since the last hostcall ended, then the hostcall (its own VM
+        # work: the allocation of the value it returns, counted apart).
+        stretch = trace["mark"] - store.get_fuel()
+        what = name[len("proxy_"):]
+        named = {"proxy_get_property": (0, 1), "proxy_get_header_map_value": (1, 2),
+                 "proxy_replace_header_map_value": (1, 2), "proxy_get_shared_data": (0, 1)}
+        if name in named:
+            p, n = named[name]
+            u = [x & 0xffffffff for x in a]
+            what += " " + rd(u[p], u[n]).replace(b"\0", b".").decode(errors="replace")
+        before = store.get_fuel()
+        r = answer(*a)
+        trace["mark"] = store.get_fuel()
+        trace["rows"].append((trace["phase"], stretch, what, before - trace["mark"]))
+        return r
     return f
 
 for imp in module.imports:
@@ -134,8 +157,15 @@ mem = inst.exports(store)["memory"]
 ex = inst.exports(store)
 FUEL = 10**12
 store.set_fuel(FUEL)
-def fuel_used(fn):
-    before = store.get_fuel(); r = fn(); return before - store.get_fuel(), r
+def fuel_used(fn, phase=None):
+    before = store.get_fuel()
+    if trace is not None:
+        trace["phase"] = phase
+        trace["mark"] = before
+    r = fn()
+    if trace is not None:
+        trace["rows"].append((phase, trace["mark"] - store.get_fuel(), "(return)", 0))
+    return before - store.get_fuel(), r
 ex["_initialize"](store)
 ex["proxy_on_context_create"](store, 1, 0)
 ex["proxy_on_vm_start"](store, 1, 0)
@@ -145,18 +175,18 @@ phase_fuel = collections.Counter()
 def request(cid):
     maps.clear(); maps[0] = list(REQ)
     used = {}
-    used["create"], _ = fuel_used(lambda: ex["proxy_on_context_create"](store, cid, 1))
-    used["request_headers"], _ = fuel_used(lambda: ex["proxy_on_request_headers"](store, cid, len(REQ), 1))
+    used["create"], _ = fuel_used(phase="create", fn=lambda: ex["proxy_on_context_create"](store, cid, 1))
+    used["request_headers"], _ = fuel_used(phase="request_headers", fn=lambda: ex["proxy_on_request_headers"](store, cid, len(REQ), 1))
     maps[2] = list(RESP)
     if "proxy_on_response_headers" in names:
-        used["response_headers"], _ = fuel_used(lambda: ex["proxy_on_response_headers"](store, cid, len(RESP), 0))
+        used["response_headers"], _ = fuel_used(phase="response_headers", fn=lambda: ex["proxy_on_response_headers"](store, cid, len(RESP), 0))
     if "proxy_on_response_body" in names:
-        used["response_body"], _ = fuel_used(lambda: ex["proxy_on_response_body"](store, cid, 11, 1))
+        used["response_body"], _ = fuel_used(phase="response_body", fn=lambda: ex["proxy_on_response_body"](store, cid, 11, 1))
     if "proxy_on_log" in names:
-        used["log"], _ = fuel_used(lambda: ex["proxy_on_log"](store, cid))
+        used["log"], _ = fuel_used(phase="log", fn=lambda: ex["proxy_on_log"](store, cid))
     if "proxy_on_done" in names:
-        used["done"], _ = fuel_used(lambda: ex["proxy_on_done"](store, cid))
-    used["delete"], _ = fuel_used(lambda: ex["proxy_on_delete"](store, cid))
+        used["done"], _ = fuel_used(phase="done", fn=lambda: ex["proxy_on_done"](store, cid))
+    used["delete"], _ = fuel_used(phase="delete", fn=lambda: ex["proxy_on_delete"](store, cid))
     return used
 for i in range(N):
     request(100 + i)
@@ -166,6 +196,12 @@ M = 100
 for i in range(M):
     u = request(100000 + i)
     for k, v in u.items(): total[k] += v
+if TRACE:
+    trace = {"rows": [], "phase": None, "mark": 0}
+    request(200000)
+    for phase, stretch, what, inside in trace["rows"]:
+        print(f"TRACE {phase:16} {stretch:8} then {what} ({inside})", file=sys.stderr)
+    trace = None
 print(json.dumps({
     "file": os.path.basename(path),
     # The VM's linear memory after the run (64 KiB pages): what one VM of the filter holds.
