@@ -22,6 +22,8 @@ type Cached = (MapKind, HeaderSnapshot, Vec<Edit>);
 pub struct PhaseHost<'a> {
     inner: &'a dyn Host,
     maps: RefCell<Vec<Cached>>,
+    /// Single headers read from maps not read whole (forgotten when the name is written).
+    singles: RefCell<Vec<(MapKind, String, Option<Bytes>)>>,
     properties: RefCell<Vec<(String, Option<Bytes>)>>,
     now: std::cell::Cell<Option<SystemTime>>,
 }
@@ -55,6 +57,7 @@ impl<'a> PhaseHost<'a> {
         PhaseHost {
             inner,
             maps: RefCell::new(Vec::new()),
+            singles: RefCell::new(Vec::new()),
             properties: RefCell::new(Vec::new()),
             now: std::cell::Cell::new(None),
         }
@@ -76,8 +79,15 @@ impl<'a> PhaseHost<'a> {
         snapshot
     }
 
-    /// Records a write to a map read whole in this callback (other maps are not cached).
+    /// Records a write to a map: replayed on the map if it was read whole, and the name's single
+    /// read forgotten.
     fn edit(&self, map: MapKind, edit: Edit) {
+        let name = match &edit {
+            Edit::Set(name, _) | Edit::Add(name, _) => name,
+        };
+        self.singles
+            .borrow_mut()
+            .retain(|(m, n, _)| *m != map || n != name);
         let mut maps = self.maps.borrow_mut();
         if let Some((_, _, edits)) = maps.iter_mut().find(|(m, _, _)| *m == map) {
             edits.push(edit);
@@ -94,7 +104,19 @@ impl Host for PhaseHost<'_> {
             return snapshot.get_edited(edits, name).map(<[u8]>::to_vec);
         }
         drop(maps);
-        self.inner.header(map, name)
+        if let Some((.., v)) = self
+            .singles
+            .borrow()
+            .iter()
+            .find(|(m, n, _)| *m == map && n == name)
+        {
+            return v.clone();
+        }
+        let value = self.inner.header(map, name);
+        self.singles
+            .borrow_mut()
+            .push((map, name.to_string(), value.clone()));
+        value
     }
 
     fn headers(&self, map: MapKind) -> Vec<(String, Bytes)> {
@@ -250,6 +272,36 @@ mod tests {
             assert!(!is_key(&key, other), "{other:?}");
         }
         assert!(is_key(&property_key(&[]), &[]));
+    }
+
+    /// A single header of a map not read whole is asked of the proxy once per callback, absent
+    /// or present, and asked again after a write to that name.
+    #[test]
+    fn a_single_header_is_read_once_until_written() {
+        use crate::testing::CountingHost;
+        let host = TestHost::new();
+        host.set_map(MapKind::ResponseHeaders, &[(":status", "200")]);
+        let counting = CountingHost::new(&host);
+        let phase = PhaseHost::new(&counting);
+        let map = MapKind::ResponseHeaders;
+        for _ in 0..3 {
+            assert_eq!(phase.header(map, ":status"), Some(b"200".to_vec()));
+            assert_eq!(phase.header(map, "x-absent"), None);
+        }
+        assert_eq!(counting.take().values().sum::<u64>(), 2);
+        phase.set_header(map, "x-absent", Some(b"1"));
+        phase.add_header(map, ":status", b"x");
+        assert_eq!(phase.header(map, "x-absent"), Some(b"1".to_vec()));
+        assert_eq!(phase.header(map, ":status"), Some(b"200".to_vec()));
+        let calls = counting.take();
+        assert_eq!(
+            calls.get("get_header_map_value ResponseHeaders x-absent"),
+            Some(&1)
+        );
+        assert_eq!(
+            calls.get("get_header_map_value ResponseHeaders :status"),
+            Some(&1)
+        );
     }
 
     #[test]

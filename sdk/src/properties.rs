@@ -4,7 +4,7 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::host::Host;
+use crate::host::{Host, MapKind};
 
 /// Decodes a string attribute (UTF-8; `None` when not UTF-8).
 pub fn decode_string(bytes: &[u8]) -> Option<String> {
@@ -258,6 +258,18 @@ accessors! {
     plugin_vm_id => string("plugin_vm_id") -> String;
 }
 
+/// The response's status code, as the `response.code` attribute gives it, for half its price:
+/// the `:status` of the response headers (a header read, about 1.1 us against 2.1 us for the
+/// attribute in `sdk/docs/cost-model.md`), which are the headers Envoy sent and took the code
+/// from. A stream without response headers (reset before the upstream answered), or a `:status`
+/// that is not a number, falls back to the attribute.
+pub fn response_status(host: &dyn Host) -> Option<i64> {
+    host.header(MapKind::ResponseHeaders, ":status")
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse::<u16>().ok())
+        .map(i64::from)
+        .or_else(|| response_code(host))
+}
+
 /// Whether the downstream peer is a verified mesh workload: its connection presented a
 /// certificate Envoy verified whose URI SAN is a SPIFFE ID (`spiffe://...`). One property read.
 pub fn downstream_is_mesh_peer(host: &dyn Host) -> bool {
@@ -361,6 +373,21 @@ pub fn response_flags_short(flags: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The status comes from the response headers when they carry a numeric `:status`, else
+    /// from the `response.code` attribute; neither gives `None`.
+    #[test]
+    fn the_status_is_read_from_the_headers_before_the_attribute() {
+        use crate::testing::TestHost;
+        let host = TestHost::new();
+        assert_eq!(response_status(&host), None);
+        host.set_property_int("response.code", 503);
+        assert_eq!(response_status(&host), Some(503));
+        for (status, expect) in [("200", 200), ("abc", 503), ("70000", 503), ("", 503)] {
+            host.set_map(MapKind::ResponseHeaders, &[(":status", status)]);
+            assert_eq!(response_status(&host), Some(expect), "{status:?}");
+        }
+    }
 
     #[test]
     fn scalars_round_trip_and_reject_bad_widths() {

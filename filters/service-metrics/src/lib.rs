@@ -339,7 +339,7 @@ impl ServiceMetrics {
             .flatten()
             .unwrap_or_default();
         let code = if uses.code {
-            properties::response_code(host).unwrap_or(0).to_string()
+            properties::response_status(host).unwrap_or(0).to_string()
         } else {
             String::new()
         };

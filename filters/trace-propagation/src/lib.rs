@@ -301,7 +301,7 @@ impl HttpFilter for TraceRequest {
 /// name, else the configured fallback); the path goes into the `http.path` tag; every tag value
 /// is cut to `export.max_tag_length`. The properties read are the ones the span always had.
 fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop: HopSpan) -> Span {
-    let status = properties::response_code(host).unwrap_or(0);
+    let status = properties::response_status(host).unwrap_or(0);
     let flags = properties::response_flags(host).unwrap_or(0);
     // The proxy's clock from the request headers to the end of the stream: one clock reading
     // (about 0.2 us) where the `request.duration` attribute cost a property read (1.3 us).

@@ -1026,6 +1026,7 @@ fn hostcalls(config: &str) -> (Vec<String>, Vec<String>) {
         stream.set_property_str("xds.route_name", "orders");
         stream.set_property_str("xds.cluster_name", "upstream");
         stream.set_property_int("response.code", 200);
+        stream.set_map(MapKind::ResponseHeaders, &[(":status", "200")]);
         let c = CountingHost::new(&stream);
         let mut http = root.new_http(&c);
         http.on_request_headers(&root, &c, true);
@@ -1061,7 +1062,8 @@ fn hostcalls_per_request_stay_as_they_were() {
     assert_eq!(
         log,
         [
-            "get_property response.code",
+            // The status from the response headers, a cheaper read than `response.code`.
+            "get_header_map_value ResponseHeaders :status",
             "get_property response.flags",
             // The duration is the clock's since the request headers (was `request.duration`).
             "get_current_time_nanoseconds",
