@@ -9,6 +9,8 @@ allocator, its decoding), never the host's. Run by `cargo xtask bench --vm-work`
 line: fuel per request, per phase, and the hostcalls made.
 
 usage: vm_work.py <filter.wasm> <plugin configuration JSON> [warm-up requests]
+VM_WORK_ENV: the VM's environment variables as a JSON object (the snippet's `key_values`; the
+bench runner sets it), default {"MESH_VERSION": "v1"}.
 """
 import collections
 import json
@@ -36,7 +38,7 @@ engine = wasmtime.Engine(cfg)
 module = wasmtime.Module.from_file(engine, path)
 store = wasmtime.Store(engine)
 wasi = wasmtime.WasiConfig()
-wasi.env = [("MESH_VERSION", "v1")]
+wasi.env = list(json.loads(os.environ.get("VM_WORK_ENV", '{"MESH_VERSION": "v1"}')).items())
 store.set_wasi(wasi)
 linker = wasmtime.Linker(engine)
 linker.define_wasi()

@@ -21,6 +21,7 @@ use sha2::{Digest, Sha256};
 mod k8s_schemas;
 
 const REMOTE: &str = include_str!("../../envoy-configs/sidecar-remote-wasm.yaml");
+const TLS_SERVER: &str = include_str!("../configs/tls_server.yaml");
 const FILTERS: [&str; 3] = ["trace_propagation", "service_metrics", "route_retries"];
 
 fn sha256_hex(bytes: &[u8]) -> String {
@@ -72,20 +73,73 @@ fn hashes(wrong: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn builder(
-    server: u16,
-    upstream: u16,
-    collector: u16,
-    wrong: Option<&str>,
-) -> integration::EnvoyBuilder {
-    let mut b = Envoy::builder(REMOTE)
-        .var("PORT_WASM_SERVER", server.to_string())
-        .var("PORT_UPSTREAM", upstream.to_string())
-        .var("PORT_COLLECTOR", collector.to_string());
-    for (name, value) in hashes(wrong) {
-        b = b.var(&name, value);
+/// The remote-code sidecar's mesh peer: `orders`' inbound side, requiring a mesh client
+/// certificate, in front of `upstream`; with the mesh's certificates (a CA, `frontend` for the
+/// sidecar, `orders` for the peer) in a directory of their own.
+struct OrdersPeer {
+    envoy: Envoy,
+    certs: std::path::PathBuf,
+}
+
+impl OrdersPeer {
+    fn start(upstream: &Upstream) -> OrdersPeer {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let certs = workspace_root()
+            .join("target")
+            .join("integration-tmp")
+            .join(format!(
+                "remote-wasm-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+        let _ = fs::remove_dir_all(&certs);
+        toolkit::certs::make_mesh(
+            &certs,
+            toolkit::certs::DEFAULT_TRUST_DOMAIN,
+            "default",
+            &["frontend", "orders"],
+            toolkit::certs::DEFAULT_WORKLOAD_VALIDITY,
+        )
+        .unwrap();
+        let envoy = Envoy::builder(TLS_SERVER)
+            .name("orders-peer")
+            .var("CERTS_DIR", certs.join("orders").display().to_string())
+            .var("PORT_APP", upstream.port().to_string())
+            .start()
+            .unwrap();
+        OrdersPeer { envoy, certs }
     }
-    b
+
+    /// The remote-code sidecar (`frontend`) calling this peer over mutual TLS, with every
+    /// filter's right hash but `wrong`'s, and `template` as the configuration.
+    fn sidecar(
+        &self,
+        template: &str,
+        server: u16,
+        collector: u16,
+        wrong: Option<&str>,
+    ) -> integration::EnvoyBuilder {
+        let mut b = Envoy::builder(template)
+            .var(
+                "CERTS_DIR",
+                self.certs.join("frontend").display().to_string(),
+            )
+            .var("PORT_WASM_SERVER", server.to_string())
+            .var("PORT_ORDERS", self.envoy.port("PORT_LISTENER").to_string())
+            .var("PORT_COLLECTOR", collector.to_string());
+        for (name, value) in hashes(wrong) {
+            b = b.var(&name, value);
+        }
+        b
+    }
+}
+
+impl Drop for OrdersPeer {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.certs);
+        }
+    }
 }
 
 #[test]
@@ -93,12 +147,18 @@ fn remote_wasm_with_the_right_sha256_runs_all_three_filters() {
     let (server, fetches) = wasm_server();
     let upstream = Upstream::start().unwrap();
     let collector = Upstream::start().unwrap();
-    let envoy = builder(server.port(), upstream.port(), collector.port(), None)
+    let peer = OrdersPeer::start(&upstream);
+    let envoy = peer
+        .sidecar(REMOTE, server.port(), collector.port(), None)
         .start()
         .unwrap();
     assert!(fetches.load(Ordering::SeqCst) >= 3);
     let resp = http_get(envoy.port("PORT_OUTBOUND"), "/items", &[]).unwrap();
     assert_eq!(resp.status, 200, "{resp:?}");
+    // Over mutual TLS: the sidecar verified orders' certificate, orders verified the sidecar's.
+    let handshakes = |envoy: &Envoy, stat: &str| envoy.stat(stat).unwrap_or(0);
+    assert!(handshakes(&envoy, "cluster.orders.ssl.handshake") >= 1);
+    assert!(handshakes(&peer.envoy, "listener.inbound.ssl.handshake") >= 1);
     let seen = &upstream.requests()[0];
     // trace_propagation wrote a trace context, service_metrics its peer header.
     assert!(seen.header("traceparent").is_some(), "{seen:?}");
@@ -118,14 +178,16 @@ fn remote_wasm_with_a_wrong_sha256_is_refused() {
     let (server, fetches) = wasm_server();
     let upstream = Upstream::start().unwrap();
     let collector = Upstream::start().unwrap();
-    let envoy = builder(
-        server.port(),
-        upstream.port(),
-        collector.port(),
-        Some("route_retries"),
-    )
-    .start()
-    .unwrap();
+    let peer = OrdersPeer::start(&upstream);
+    let envoy = peer
+        .sidecar(
+            REMOTE,
+            server.port(),
+            collector.port(),
+            Some("route_retries"),
+        )
+        .start()
+        .unwrap();
     let resp = http_get(envoy.port("PORT_OUTBOUND"), "/items", &[]).unwrap();
     assert_eq!(resp.status, 200, "{resp:?}");
     let log = envoy.log();
@@ -146,14 +208,15 @@ fn remote_wasm_with_a_wrong_sha256_is_refused() {
         "failure_policy: FAIL_CLOSED",
         3,
     );
-    let mut b = Envoy::builder(&closed)
-        .var("PORT_WASM_SERVER", server.port().to_string())
-        .var("PORT_UPSTREAM", upstream.port().to_string())
-        .var("PORT_COLLECTOR", collector.port().to_string());
-    for (name, value) in hashes(Some("route_retries")) {
-        b = b.var(&name, value);
-    }
-    let envoy = b.start().unwrap();
+    let envoy = peer
+        .sidecar(
+            &closed,
+            server.port(),
+            collector.port(),
+            Some("route_retries"),
+        )
+        .start()
+        .unwrap();
     let before = upstream.requests().len();
     let resp = http_get(envoy.port("PORT_OUTBOUND"), "/items", &[]).unwrap();
     assert_eq!(resp.status, 503, "{resp:?}");

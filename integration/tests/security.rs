@@ -200,8 +200,8 @@ fn the_identity_header_goes_only_to_the_listed_mesh_clusters() {
     for (clusters, sent) in [(r#"["upstream"]"#, true), (r#"["orders"]"#, false)] {
         let sidecar = start(&Configs {
             metrics_out: format!(
-                r#"{{"reporter":"source","signing_key":"{}","mesh_clusters":{clusters}}}"#,
-                all_filters::KEY
+                r#"{{"reporter":"source",{},"mesh_clusters":{clusters}}}"#,
+                all_filters::SIGNING_KEYS
             ),
             ..Configs::default()
         });
@@ -226,7 +226,10 @@ fn a_signed_header_captured_at_one_hop_is_refused_at_another() {
         .header("x-mesh-peer")
         .unwrap()
         .to_string();
-    assert!(captured.contains(";a=upstream;d=rq;m="), "{captured}");
+    assert!(
+        captured.contains(";k=mesh-1;a=upstream;d=rq;m="),
+        "{captured}"
+    );
     // Replayed from outside to the inbound listener (service `orders`), within the skew: the
     // signature is good, the audience is not.
     http_get(sidecar.inbound(), "/", &[("x-mesh-peer", &captured)]).unwrap();

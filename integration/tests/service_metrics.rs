@@ -23,7 +23,10 @@ use integration::{
 use serde_json::Value;
 
 const TEMPLATE: &str = include_str!("../configs/service_metrics.yaml");
+/// The mesh key, in each sidecar VM's environment as `MESH_SIGNING_KEY` (`{{SIGNING_KEY}}`).
 const KEY: &str = "hex:6d6573682d746573742d6b65792d3332627974652d6c6f6e672d7365637265";
+/// The `signing_keys` field naming it.
+const SIGNING_KEYS: &str = r#""signing_keys":[{"id":"mesh-1","env":"MESH_SIGNING_KEY"}]"#;
 const PEER: &str = "x-mesh-peer";
 
 // ---------------------------------------------------------------------------------------------
@@ -84,6 +87,7 @@ fn start(s: Sidecar<'_>, workers: u32) -> Envoy {
         .var("ZONE", s.zone)
         .var("NODE_VERSION", s.node_version)
         .var("ENV_VERSION", s.env_version)
+        .var("SIGNING_KEY", KEY)
         .var("NEXT_CLUSTER", s.next.0)
         .var("PORT_NEXT", s.next.1.to_string())
         .var("DIRECT_CLUSTER", s.direct.0)
@@ -113,7 +117,7 @@ fn start_mesh(extra_a: &str, workers: u32) -> Mesh {
             env_version: "",
             next: ("app", app.port()),
             direct: ("app_direct", app.port()),
-            config: format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#),
+            config: format!(r#"{{"reporter":"destination",{SIGNING_KEYS}}}"#),
         },
         workers,
     );
@@ -128,7 +132,7 @@ fn start_mesh(extra_a: &str, workers: u32) -> Mesh {
             next: ("orders", b.listener_port()),
             direct: ("legacy", app.port()),
             config: format!(
-                r#"{{"reporter":"source","identity":{{"service":"frontend"}},"signing_key":"{KEY}"{extra_a}}}"#
+                r#"{{"reporter":"source","identity":{{"service":"frontend"}},{SIGNING_KEYS}{extra_a}}}"#
             ),
         },
         workers,
@@ -708,34 +712,42 @@ fn label_selection_and_series_cap_in_envoy() {
 }
 
 #[test]
-fn a_bad_signing_key_is_refused_with_the_field_path() {
-    let log = start_expecting_failure(
-        TEMPLATE,
-        &[
-            (
-                "WASM",
-                yaml_single_quoted(&wasm_path("service-metrics").display().to_string()),
-            ),
-            (
-                "FILTER_CONFIG",
-                yaml_single_quoted(r#"{"reporter":"source","signing_key":"hex:0011"}"#),
-            ),
-            ("NODE_ID", "n".to_string()),
-            ("NODE_CLUSTER", "c".to_string()),
-            ("REGION", "r".to_string()),
-            ("ZONE", "z".to_string()),
-            ("NODE_VERSION", "v".to_string()),
-            ("ENV_VERSION", "".to_string()),
-            ("NEXT_CLUSTER", "next".to_string()),
-            ("PORT_NEXT", "1".to_string()),
-            ("DIRECT_CLUSTER", "direct".to_string()),
-            ("PORT_DIRECT", "1".to_string()),
-        ],
-    );
-    assert!(
-        log.contains(
-            "service_metrics: invalid configuration: signing_key: key is 2 bytes, expected 16 to 64"
+fn a_bad_or_inline_signing_key_is_refused_with_the_field_path() {
+    for (config, key, want) in [
+        (
+            format!(r#"{{"reporter":"source",{SIGNING_KEYS}}}"#),
+            "hex:0011",
+            "service_metrics: invalid configuration: signing_keys[0].env: key is 2 bytes, \
+             expected 16 to 64",
         ),
-        "{log}"
-    );
+        (
+            format!(r#"{{"reporter":"source","signing_key":"{KEY}"}}"#),
+            KEY,
+            "service_metrics: invalid configuration: signing_key: a key inline in the \
+             configuration is refused",
+        ),
+    ] {
+        let log = start_expecting_failure(
+            TEMPLATE,
+            &[
+                (
+                    "WASM",
+                    yaml_single_quoted(&wasm_path("service-metrics").display().to_string()),
+                ),
+                ("FILTER_CONFIG", yaml_single_quoted(&config)),
+                ("NODE_ID", "n".to_string()),
+                ("NODE_CLUSTER", "c".to_string()),
+                ("REGION", "r".to_string()),
+                ("ZONE", "z".to_string()),
+                ("NODE_VERSION", "v".to_string()),
+                ("ENV_VERSION", "".to_string()),
+                ("SIGNING_KEY", key.to_string()),
+                ("NEXT_CLUSTER", "next".to_string()),
+                ("PORT_NEXT", "1".to_string()),
+                ("DIRECT_CLUSTER", "direct".to_string()),
+                ("PORT_DIRECT", "1".to_string()),
+            ],
+        );
+        assert!(log.contains(want), "{config}: {log}");
+    }
 }

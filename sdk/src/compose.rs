@@ -238,6 +238,9 @@ impl Host for PhaseHost<'_> {
     fn resume_response(&self) -> Result<(), HostError> {
         self.inner.resume_response()
     }
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.inner.env_var(name)
+    }
 }
 
 /// The action of a phase run by several filters: the first that pauses pauses the stream.

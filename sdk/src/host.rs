@@ -338,6 +338,12 @@ pub trait Host {
     fn resume_request(&self) -> Result<(), HostError>;
     /// Resumes a response paused by a filter.
     fn resume_response(&self) -> Result<(), HostError>;
+    /// An environment variable of the VM: in Envoy, one of `vm_config.environment_variables`
+    /// (`host_env_keys` passes the host's, `key_values` sets literal ones); read at configure
+    /// time, never per request.
+    fn env_var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
 
     /// Every header of a map, read once; see [`HeaderSnapshot`].
     fn snapshot(&self, map: MapKind) -> HeaderSnapshot {

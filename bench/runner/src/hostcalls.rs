@@ -2,8 +2,9 @@
 //! every call (each is one proxy-wasm hostcall in Envoy, see `sdk/src/abi.rs`) and delegates
 //! to [`TestHost`], with the filter's `RootFilter`/`HttpFilter` driven through one request the
 //! way Envoy drives it (request headers, response headers, log). The request, response and
-//! properties are what Envoy presents for the bench's request; the filter configurations are
-//! read from the same `bench/configs/filters/*.yaml` the scenarios load.
+//! properties are what Envoy presents for the bench's request; the filter configurations and
+//! the VMs' environments are read from the same `bench/configs/filters/*.yaml` the scenarios
+//! load.
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -135,10 +136,16 @@ fn script_response(stream: &TestHost) {
     stream.set_property_int("response.total_size", 140);
 }
 
-/// Configures `F` from `config` and counts the hostcalls of the `measured` requests that
-/// follow one warm-up request (which defines the metric series).
-fn count<F: RootFilter>(name: &str, config: &str) -> Result<Counts> {
+/// Configures `F` from a snippet's configuration and VM environment and counts the hostcalls of
+/// the `measured` requests that follow one warm-up request (which defines the metric series).
+fn count<F: RootFilter>(
+    name: &str,
+    (config, env): &(String, Vec<(String, String)>),
+) -> Result<Counts> {
     let host = node_host();
+    for (k, v) in env {
+        host.set_env(k, v);
+    }
     host.set_buffer_bytes(BufferKind::PluginConfiguration, config.as_bytes());
     let root = meshwasm::filter::configure::<F>(config.as_bytes(), &host)
         .map_err(|e| format!("{name}: configuration refused: {e}"))?;
@@ -227,14 +234,37 @@ pub fn snippet_config(snippet: &str) -> Option<String> {
     })
 }
 
+/// The VM's environment in a filter snippet: its `vm_config.environment_variables.key_values`
+/// (the bench sets the variables inline, the mesh signing key among them), in file order.
+pub fn snippet_env(snippet: &str) -> Result<Vec<(String, String)>> {
+    let doc: serde_norway::Value =
+        serde_norway::from_str(snippet).map_err(|e| format!("snippet is not YAML: {e}"))?;
+    let values =
+        &doc[0]["typed_config"]["config"]["vm_config"]["environment_variables"]["key_values"];
+    let Some(map) = values.as_mapping() else {
+        return Ok(Vec::new());
+    };
+    map.iter()
+        .map(|(k, v)| match (k.as_str(), v.as_str()) {
+            (Some(k), Some(v)) => Ok((k.to_string(), v.to_string())),
+            _ => Err(format!("key_values: {k:?}: {v:?} is not a string pair")),
+        })
+        .collect()
+}
+
+/// A filter snippet's configuration (JSON) and VM environment.
+pub fn read_snippet(path: &Path) -> Result<(String, Vec<(String, String)>)> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let config =
+        snippet_config(&text).ok_or_else(|| format!("no `value: '...'` in {}", path.display()))?;
+    let env = snippet_env(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((config, env))
+}
+
 /// Counts every SDK filter of the bench (with the configs in `filters_dir`) and the bare one.
 pub fn count_all(filters_dir: &Path) -> Result<Vec<Counts>> {
-    let config = |file: &str| -> Result<String> {
-        let path = filters_dir.join(file);
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| format!("reading {}: {e}", path.display()))?;
-        snippet_config(&text).ok_or_else(|| format!("no `value: '...'` in {}", path.display()))
-    };
+    let config = |file: &str| read_snippet(&filters_dir.join(file));
     Ok(vec![
         count::<trace_propagation::TracePropagation>("trace", &config("trace_propagation.yaml")?)?,
         count::<service_metrics::ServiceMetrics>("metrics", &config("service_metrics.yaml")?)?,
@@ -256,6 +286,17 @@ mod tests {
         let snippet = "      configuration:\n        value: '{\"a\":\"it''s\"}'\n";
         assert_eq!(snippet_config(snippet).as_deref(), Some("{\"a\":\"it's\"}"));
         assert_eq!(snippet_config("name: x"), None);
+    }
+
+    #[test]
+    fn reads_the_vm_environment_of_a_snippet() {
+        let dir = toolkit::workspace_root().join("bench/configs/filters");
+        let (config, env) = read_snippet(&dir.join("service_metrics.yaml")).unwrap();
+        assert!(config.contains(r#""env":"MESH_SIGNING_KEY""#), "{config}");
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["MESH_VERSION", "MESH_SIGNING_KEY"]);
+        assert!(env[1].1.starts_with("base64:"));
+        assert_eq!(snippet_env("- name: x\n").unwrap(), Vec::new());
     }
 
     /// The one-module scenario runs exactly the three filters' configurations.

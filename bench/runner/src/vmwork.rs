@@ -11,7 +11,7 @@ use std::process::Command;
 
 use toolkit::{target_dir, workspace_root};
 
-use crate::hostcalls::snippet_config;
+use crate::hostcalls::{snippet_config, snippet_env};
 use crate::Result;
 
 /// The filters measured: (row, `.wasm` file, configuration snippet of `bench/configs/filters/`).
@@ -52,8 +52,16 @@ pub fn run(filters_dir: &Path) -> Result<()> {
         let text =
             fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
         let config = snippet_config(&text).unwrap_or_default();
+        let env = snippet_env(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let env: serde_json::Map<String, serde_json::Value> = env
+            .into_iter()
+            .map(|(k, v)| (k, serde_json::Value::String(v)))
+            .collect();
         let mut cmd = Command::new(&python);
-        cmd.arg(&script).arg(filters_dir.join(wasm)).arg(&config);
+        cmd.arg(&script)
+            .arg(filters_dir.join(wasm))
+            .arg(&config)
+            .env("VM_WORK_ENV", serde_json::Value::Object(env).to_string());
         let out = toolkit::cmd::output(&mut cmd)?;
         let count = parse(key, &out)?;
         println!("{key:<11} {:>8} wasm instructions per request", count.fuel);

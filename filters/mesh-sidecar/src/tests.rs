@@ -11,6 +11,8 @@ use meshwasm::testing::{FilterHarness, TestHost};
 use super::*;
 
 const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
+/// The mesh key's variable in the VM's environment (`vm_config.environment_variables`).
+const KEY_ENV: &str = "MESH_SIGNING_KEY";
 const PARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
 
 fn all_three(export: bool) -> String {
@@ -24,12 +26,19 @@ fn all_three(export: bool) -> String {
           "trace": {{"service_name": "frontend", "sampling_rate": 1.0{export}}},
           "metrics": {{"reporter": "source",
                        "identity": {{"service": "frontend", "version": "v1"}},
-                       "signing_key": "{KEY}"}},
+                       "signing_keys": [{{"id": "k1", "env": "{KEY_ENV}"}}]}},
           "retries": {{"rules": [{{"name": "orders-read",
                                    "match": {{"path": {{"prefix": "/orders"}}, "methods": ["GET"]}},
                                    "policy": {{"retry_on": ["5xx"], "num_retries": 2}}}}]}}
         }}"#
     )
+}
+
+/// A sidecar whose VM has [`KEY`] in [`KEY_ENV`], configured with `config`.
+fn keyed(config: &str) -> FilterHarness<MeshSidecar> {
+    let host = TestHost::new();
+    host.set_env(KEY_ENV, KEY);
+    FilterHarness::with_host(host, config).unwrap()
 }
 
 fn error(config: &str) -> ConfigError {
@@ -50,7 +59,12 @@ fn configuration_errors_name_the_section() {
     let e = error(r#"{"trace": {"sampling_rate": 2.0}}"#);
     assert_eq!(e.path, "trace.sampling_rate", "{e}");
     let e = error(r#"{"metrics": {"reporter": "source", "signing_key": "hex:00"}}"#);
-    assert!(e.path.starts_with("metrics.signing_key"), "{e}");
+    assert_eq!(e.path, "metrics.signing_key", "{e}");
+    assert!(e.reason.contains("signing_keys"), "{e}");
+    let e = error(
+        r#"{"metrics": {"reporter": "source", "signing_keys": [{"id": "k", "env": "NOPE"}]}}"#,
+    );
+    assert_eq!(e.path, "metrics.signing_keys[0].env", "{e}");
     assert_eq!(
         within("retries", ConfigError::new("[0]", "x")).path,
         "retries[0]"
@@ -59,7 +73,7 @@ fn configuration_errors_name_the_section() {
 
 #[test]
 fn one_request_goes_through_all_three_policies() {
-    let h = FilterHarness::<MeshSidecar>::new(&all_three(false)).unwrap();
+    let h = keyed(&all_three(false));
     let mut s = h.stream();
     s.request_headers(
         &[
@@ -125,7 +139,7 @@ fn one_request_goes_through_all_three_policies() {
 #[test]
 fn ticks_and_callouts_reach_the_policies_that_use_them() {
     // Span export ticks at most every 100 ms, the retry budget's refunds every second.
-    let h = FilterHarness::<MeshSidecar>::new(&all_three(true)).unwrap();
+    let h = keyed(&all_three(true));
     assert_eq!(h.host().tick_period(), Some(Duration::from_millis(100)));
     let only_retries = r#"{"retries": {"rules": []}}"#;
     let h2 = FilterHarness::<MeshSidecar>::new(only_retries).unwrap();
@@ -133,9 +147,10 @@ fn ticks_and_callouts_reach_the_policies_that_use_them() {
         h2.host().tick_period(),
         Some(route_retries::REFUND_FLUSH_PERIOD)
     );
-    let only_metrics =
-        format!(r#"{{"metrics": {{"reporter": "destination", "signing_key": "{KEY}"}}}}"#);
-    let h3 = FilterHarness::<MeshSidecar>::with_host(TestHost::new(), &only_metrics).unwrap();
+    let only_metrics = format!(
+        r#"{{"metrics": {{"reporter": "destination", "signing_keys": [{{"id": "k1", "env": "{KEY_ENV}"}}]}}}}"#
+    );
+    let h3 = keyed(&only_metrics);
     assert_eq!(h3.host().tick_period(), None);
 
     // A sampled request's span goes out in a callout on the tick; its answer is taken.

@@ -1,11 +1,12 @@
 //! The filter's configuration: which side of the request this sidecar reports, the local
-//! identity, the peer header and its signing key, and which labels the metrics carry.
+//! identity, the peer header and where its signing keys come from, and which labels the metrics
+//! carry.
 
-use meshwasm::identity::{IdentityConfig, SigningKey, DEFAULT_PEER_HEADER};
+use meshwasm::identity::{IdentityConfig, DEFAULT_PEER_HEADER};
 use meshwasm::prelude::*;
 
 use crate::labels::{Label, DEFAULT_LABELS};
-use crate::trust::{KeySource, PeerTrust, HOW_TO_TRUST};
+use crate::trust::{KeySource, PeerTrust, HOW_TO_TRUST, INLINE_KEY_REFUSED};
 
 /// Which side of a request this sidecar reports (the `reporter` label).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
@@ -56,10 +57,11 @@ pub struct Config {
     /// Name of the peer identity header (request and response).
     #[serde(default = "default_peer_header")]
     pub peer_header: String,
-    /// Shared mesh key (`hex:...` or `base64:...`, 16 to 64 bytes): sign our header, and
-    /// believe only peer headers signed with it.
+    /// Refused whatever its value: a key inline in the configuration (where `/config_dump`
+    /// shows it) was the old way; the error says to use `signing_keys`. Never read, so never
+    /// echoed in a log.
     #[serde(default)]
-    pub signing_key: Option<String>,
+    pub signing_key: Option<serde::de::IgnoredAny>,
     /// Mesh keys from the host's environment, each with an id: the first signs, both verify
     /// (at most two, for a rotation).
     #[serde(default)]
@@ -97,8 +99,6 @@ pub struct Validated {
     pub identity: IdentityConfig,
     /// The peer header name.
     pub peer_header: String,
-    /// The signing key, when configured.
-    pub key: Option<SigningKey>,
     /// What to believe about a peer without a certificate.
     pub trust: PeerTrust,
     /// Mesh keys from the environment (resolved when the filter is built).
@@ -120,16 +120,10 @@ impl Config {
     pub fn validate(self) -> Result<Validated, ConfigError> {
         self.identity.validate("identity")?;
         check::header_name(&self.peer_header, "peer_header")?;
-        let key = match &self.signing_key {
-            Some(text) => {
-                Some(SigningKey::parse(text).map_err(|e| ConfigError::new("signing_key", e))?)
-            }
-            None => None,
-        };
-        match (
-            self.peer_trust,
-            key.is_some() || !self.signing_keys.is_empty(),
-        ) {
+        if self.signing_key.is_some() {
+            return Err(ConfigError::new("signing_key", INLINE_KEY_REFUSED));
+        }
+        match (self.peer_trust, !self.signing_keys.is_empty()) {
             (PeerTrust::SignedHeader, false) => {
                 return Err(ConfigError::new(
                     "peer_trust",
@@ -140,7 +134,7 @@ impl Config {
                 return Err(ConfigError::new(
                     "peer_trust",
                     format!(
-                        "unsigned_header with a signing_key would also believe unsigned headers; \
+                        "unsigned_header with signing_keys would also believe unsigned headers; \
                          {HOW_TO_TRUST}"
                     ),
                 ))
@@ -197,7 +191,6 @@ impl Config {
             reporter: self.reporter,
             identity: self.identity,
             peer_header: self.peer_header,
-            key,
             trust: self.peer_trust,
             signing_keys: self.signing_keys,
             mesh_clusters: self.mesh_clusters,

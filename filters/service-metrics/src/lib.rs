@@ -193,7 +193,7 @@ impl ServiceMetrics {
             reporter: cfg.reporter,
             local,
             peer_header: cfg.peer_header,
-            keys: trust::key_ring(cfg.key, &cfg.signing_keys, env)?,
+            keys: trust::key_ring(&cfg.signing_keys, env)?,
             trust: cfg.trust,
             mesh_clusters: cfg.mesh_clusters,
             relays: cfg.relays,
@@ -405,7 +405,7 @@ impl RootFilter for ServiceMetrics {
     const NAME: &'static str = "service_metrics";
 
     fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
-        ServiceMetrics::build(config, host, &|name| std::env::var(name).ok())
+        ServiceMetrics::build(config, host, &|name| host.env_var(name))
     }
 
     fn new_http(&self, _host: &dyn Host) -> MetricsRequest {

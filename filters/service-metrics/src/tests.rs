@@ -15,6 +15,23 @@ use crate::labels::ALL_LABELS;
 
 const KEY: &str = "hex:000102030405060708090a0b0c0d0e0f101112131415161718191a1b1c1d1e1f";
 
+/// The variable of the VMs' environment (`vm_config.environment_variables`) holding [`KEY`].
+const KEY_ENV: &str = "MESH_SIGNING_KEY";
+
+/// The `signing_keys` field naming [`KEY_ENV`] (key id `k1`), spliced into configurations.
+const SIGNING_KEYS: &str = r#""signing_keys":[{"id":"k1","env":"MESH_SIGNING_KEY"}]"#;
+
+/// `host` with [`KEY`] in its VMs' environment.
+fn keyed(host: TestHost) -> TestHost {
+    host.set_env(KEY_ENV, KEY);
+    host
+}
+
+/// The VMs' environment of [`keyed`], for [`ServiceMetrics::build`].
+fn key_env(name: &str) -> Option<String> {
+    (name == KEY_ENV).then(|| KEY.to_string())
+}
+
 fn key() -> SigningKey {
     SigningKey::parse(KEY).unwrap()
 }
@@ -59,16 +76,16 @@ fn node_host(cluster: &str, region: &str) -> TestHost {
 
 fn source(extra: &str) -> FilterHarness<ServiceMetrics> {
     let cfg = format!(
-        r#"{{"reporter":"source","identity":{{"service":"frontend","version":"v1"}},"signing_key":"{KEY}"{extra}}}"#
+        r#"{{"reporter":"source","identity":{{"service":"frontend","version":"v1"}},{SIGNING_KEYS}{extra}}}"#
     );
-    FilterHarness::with_host(node_host("frontend-node", "eu-west-1"), &cfg).unwrap()
+    FilterHarness::with_host(keyed(node_host("frontend-node", "eu-west-1")), &cfg).unwrap()
 }
 
 fn destination(extra: &str) -> FilterHarness<ServiceMetrics> {
     let h = node_host("orders", "us-east-1");
     h.set_vm_property("xds.node.metadata.VERSION", b"v2".to_vec());
-    let cfg = format!(r#"{{"reporter":"destination","signing_key":"{KEY}"{extra}}}"#);
-    FilterHarness::with_host(h, &cfg).unwrap()
+    let cfg = format!(r#"{{"reporter":"destination",{SIGNING_KEYS}{extra}}}"#);
+    FilterHarness::with_host(keyed(h), &cfg).unwrap()
 }
 
 fn orders() -> Identity {
@@ -454,15 +471,7 @@ fn bad_configs_name_the_field() {
         ),
         (
             r#"{"reporter":"source","signing_key":"hex:0011"}"#,
-            "signing_key: key is 2 bytes, expected 16 to 64",
-        ),
-        (
-            r#"{"reporter":"source","signing_key":"secret"}"#,
-            "signing_key: must start with `hex:` or `base64:`",
-        ),
-        (
-            r#"{"reporter":"source","signing_key":"base64:!!"}"#,
-            "signing_key: `base64:` key is not valid base64",
+            "signing_key: a key inline in the configuration is refused",
         ),
         (
             r#"{"reporter":"source","peer_header":"X-Peer"}"#,
@@ -505,7 +514,7 @@ fn bad_configs_name_the_field() {
         let err = FilterHarness::<ServiceMetrics>::new(config).err().unwrap();
         assert!(err.to_string().contains(want), "{config}: got `{err}`");
     }
-    // A key never appears in an error.
+    // A key never appears in an error (an inline one is not even read).
     let err = FilterHarness::<ServiceMetrics>::new(
         r#"{"reporter":"source","signing_key":"hex:deadbeefdeadbeef"}"#,
     )
@@ -569,7 +578,7 @@ fn hostcalls(config: &str) -> (Vec<String>, Vec<String>, Vec<String>) {
     let root = ServiceMetrics::build(
         meshwasm::config::parse(config.as_bytes()).unwrap(),
         &host,
-        &|_| None,
+        &key_env,
     )
     .unwrap();
     let mut out = Default::default();
@@ -629,7 +638,7 @@ fn hostcalls_per_request_stay_low() {
     // The bench's configuration (`bench/configs/filters/service_metrics.yaml`). Was 3 + 1 + 14:
     // the log read every property, `route` included, and both sizes of each direction. The
     // duration is the clock's (0.2 us) since the request headers, not `request.duration` (1.3).
-    let bench = format!(r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route"]}}"#);
+    let bench = format!(r#"{{"reporter":"source",{SIGNING_KEYS},"drop_labels":["route"]}}"#);
     let (request, response, log) = hostcalls(&bench);
     assert_eq!(
         request,
@@ -672,7 +681,7 @@ fn hostcalls_per_request_stay_low() {
     // cluster without `destination_service` (the request still reads it: the audience of the
     // signed header).
     let lean = format!(
-        r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["route","request_protocol","grpc_status","response_flags","destination_service"]}}"#
+        r#"{{"reporter":"source",{SIGNING_KEYS},"drop_labels":["route","request_protocol","grpc_status","response_flags","destination_service"]}}"#
     );
     let (request, _, log) = hostcalls(&lean);
     assert_eq!(request.len(), 3, "{request:?}"); // the cluster: the signed header's audience
@@ -687,7 +696,7 @@ fn hostcalls_per_request_stay_low() {
     );
 
     // The destination side looks up two request headers with one read of the map.
-    let inbound = format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#);
+    let inbound = format!(r#"{{"reporter":"destination",{SIGNING_KEYS}}}"#);
     let (request, response, _) = hostcalls(&inbound);
     assert_eq!(
         request,
@@ -727,8 +736,8 @@ fn sizes_fall_back_to_body_sizes_only_without_totals() {
 
 #[test]
 fn duration_is_the_clock_since_the_request_headers_else_the_attribute() {
-    let h = FilterHarness::<ServiceMetrics>::new(&format!(
-        r#"{{"reporter":"source","signing_key":"{KEY}","drop_labels":["source_service","source_version","source_region","destination_service","destination_version","destination_region","route","request_protocol","response_code","grpc_status","response_flags"]}}"#
+    let h = FilterHarness::<ServiceMetrics>::with_host(keyed(TestHost::new()), &format!(
+        r#"{{"reporter":"source",{SIGNING_KEYS},"drop_labels":["source_service","source_version","source_region","destination_service","destination_version","destination_region","route","request_protocol","response_code","grpc_status","response_flags"]}}"#
     ))
     .unwrap();
     let hist = format!("{DURATION};.reporter=source");
@@ -863,13 +872,13 @@ fn peer_trust_settings_that_contradict_themselves_are_refused_with_how_to_trust_
     );
     assert!(err.contains("mutual-TLS certificate"), "{err}");
     let err = FilterHarness::<ServiceMetrics>::new(&format!(
-        r#"{{"reporter":"destination","peer_trust":"unsigned_header","signing_key":"{KEY}"}}"#
+        r#"{{"reporter":"destination","peer_trust":"unsigned_header",{SIGNING_KEYS}}}"#
     ))
     .err()
     .unwrap()
     .to_string();
     assert!(
-        err.starts_with("peer_trust: unsigned_header with a signing_key"),
+        err.starts_with("peer_trust: unsigned_header with signing_keys"),
         "{err}"
     );
     let err =
@@ -931,6 +940,9 @@ fn signing_keys_come_from_the_environment_with_ids_and_two_verify_during_a_rotat
             Some("hex:0202020202020202020202020202020202020202020202020202020202020202".into())
         }
         "KEY_OLD" => Some(KEY.to_string()),
+        "KEY_SHORT" => Some("hex:0011".into()),
+        "KEY_TEXT" => Some("secret".into()),
+        "KEY_BAD_BASE64" => Some("base64:!!".into()),
         _ => None,
     };
     let host = node_host("orders", "us-east-1");
@@ -943,17 +955,34 @@ fn signing_keys_come_from_the_environment_with_ids_and_two_verify_during_a_rotat
         root.check(&stream, MapKind::RequestHeaders, by_old.as_bytes()),
         Peer::Known(_)
     ));
-    // Unset variable, inline and env keys together, three keys: refused, naming the field.
+    // Unset variable, bad keys, no id, an inline key beside them, three keys: refused, naming
+    // the field.
     for (json, want) in [
         (
             r#"{"reporter":"source","signing_keys":[{"id":"k","env":"NOPE"}]}"#,
             "signing_keys[0].env: NOPE is not set in the VM's environment",
         ),
         (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","env":"KEY_SHORT"}]}"#,
+            "signing_keys[0].env: key is 2 bytes, expected 16 to 64",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","env":"KEY_OLD"},{"id":"t","env":"KEY_TEXT"}]}"#,
+            "signing_keys[1].env: must start with `hex:` or `base64:`",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"k","env":"KEY_BAD_BASE64"}]}"#,
+            "signing_keys[0].env: `base64:` key is not valid base64",
+        ),
+        (
+            r#"{"reporter":"source","signing_keys":[{"id":"","env":"KEY_OLD"}]}"#,
+            "signing_keys[0].id: a key id is required",
+        ),
+        (
             &format!(
                 r#"{{"reporter":"source","signing_key":"{KEY}","signing_keys":[{{"id":"k","env":"KEY_OLD"}}]}}"#
             ),
-            "signing_keys: set signing_keys or signing_key, not both",
+            "signing_key: a key inline in the configuration is refused",
         ),
         (
             r#"{"reporter":"source","signing_keys":[{"id":"a","env":"KEY_OLD"},{"id":"b","env":"KEY_OLD"},{"id":"c","env":"KEY_OLD"}]}"#,
@@ -973,4 +1002,26 @@ fn signing_keys_come_from_the_environment_with_ids_and_two_verify_during_a_rotat
         };
         assert!(err.starts_with(want), "{err}");
     }
+}
+
+#[test]
+fn an_inline_signing_key_is_refused_with_where_a_key_goes_instead() {
+    let err = FilterHarness::<ServiceMetrics>::new(&format!(
+        r#"{{"reporter":"source","signing_key":"{KEY}"}}"#
+    ))
+    .err()
+    .unwrap();
+    assert_eq!(err.path, "signing_key");
+    for want in [
+        "/config_dump",
+        r#""signing_keys":[{"id":"k1","env":"MESH_SIGNING_KEY"}]"#,
+        "vm_config.environment_variables.host_env_keys",
+        "secretKeyRef",
+        "environment_variables.key_values",
+    ] {
+        assert!(err.reason.contains(want), "`{want}` not in `{err}`");
+    }
+    // Whatever its value, an empty one too (`null` is no key).
+    let err = FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"source","signing_key":""}"#);
+    assert_eq!(err.err().unwrap().path, "signing_key");
 }

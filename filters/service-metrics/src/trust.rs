@@ -47,6 +47,14 @@ pub const HOW_TO_TRUST: &str = "peers are trusted on their mutual-TLS certificat
      signed with a shared key (\"peer_trust\":\"signed_header\" with \"signing_keys\"), or, only \
      on a network you trust, on an unsigned header (\"peer_trust\":\"unsigned_header\")";
 
+/// Why an inline `signing_key` is refused, and what to write instead.
+pub const INLINE_KEY_REFUSED: &str = "a key inline in the configuration is refused (any reader \
+     of /config_dump would see it): put the key in an environment variable of the Envoy host and \
+     name it, \"signing_keys\":[{\"id\":\"k1\",\"env\":\"MESH_SIGNING_KEY\"}], with the variable \
+     in vm_config.environment_variables.host_env_keys (on Kubernetes, set it from a Secret with \
+     secretKeyRef; in tests, environment_variables.key_values); see \
+     filters/service-metrics/README.md";
+
 /// Where a mesh key comes from: an environment variable of the Envoy host, passed to the VM with
 /// `vm_config.environment_variables.host_env_keys` (a wasm VM reads no host files; on
 /// Kubernetes, set the variable from a Secret).
@@ -59,21 +67,12 @@ pub struct KeySource {
     pub env: String,
 }
 
-/// The key ring of a configuration: `signing_keys` read from the environment (the first signs),
-/// or the legacy inline `signing_key` alone (id empty). Both at once, a missing variable, a bad
-/// key or id is an error naming the field.
+/// The key ring of a configuration: `signing_keys` read from the environment (the first signs).
+/// A missing variable, a bad key or id is an error naming the field.
 pub fn key_ring(
-    inline: Option<SigningKey>,
     sources: &[KeySource],
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Result<KeyRing, ConfigError> {
-    if inline.is_some() && !sources.is_empty() {
-        return Err(ConfigError::new(
-            "signing_keys",
-            "set signing_keys or signing_key, not both (signing_key sits inline in the \
-             configuration, visible in /config_dump: prefer signing_keys)",
-        ));
-    }
     if sources.len() > 2 {
         return Err(ConfigError::new(
             "signing_keys",
@@ -82,6 +81,12 @@ pub fn key_ring(
     }
     let mut keys = Vec::new();
     for (i, source) in sources.iter().enumerate() {
+        if source.id.is_empty() {
+            return Err(ConfigError::new(
+                format!("signing_keys[{i}].id"),
+                "a key id is required (1 to 32 of a-z 0-9 - _ .)",
+            ));
+        }
         let path = format!("signing_keys[{i}].env");
         let text = env(&source.env)
             .filter(|v| !v.trim().is_empty())
@@ -98,9 +103,6 @@ pub fn key_ring(
             })?;
         let key = SigningKey::parse(text.trim()).map_err(|e| ConfigError::new(path.as_str(), e))?;
         keys.push((source.id.clone(), key));
-    }
-    if let Some(key) = inline {
-        keys.push((String::new(), key));
     }
     KeyRing::new(keys).map_err(|e| ConfigError::new("signing_keys", e))
 }

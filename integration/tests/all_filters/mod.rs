@@ -38,8 +38,12 @@ impl Layout {
     }
 }
 
-/// The mesh signing key of the sidecars (32 bytes).
+/// The mesh signing key of the sidecars (32 bytes), in their VMs' environment as
+/// `MESH_SIGNING_KEY` (`{{SIGNING_KEY}}` of the template).
 pub const KEY: &str = "hex:6d6573682d746573742d6b65792d3332627974652d6c6f6e672d7365637265";
+
+/// The `signing_keys` field of a service_metrics configuration naming the sidecars' key.
+pub const SIGNING_KEYS: &str = r#""signing_keys":[{"id":"mesh-1","env":"MESH_SIGNING_KEY"}]"#;
 
 /// The six filter configurations (JSON) and the failure policy of every plugin.
 #[derive(Debug, Clone)]
@@ -65,13 +69,13 @@ impl Default for Configs {
         let export = r#""export":{"cluster":"collector","batch_size":50,"flush_interval_ms":100,"timeout_ms":300,"max_buffered_spans":1000}"#;
         Configs {
             trace_out: format!(r#"{{"direction":"outbound","sampling_rate":1.0,{export}}}"#),
-            metrics_out: format!(r#"{{"reporter":"source","signing_key":"{KEY}"}}"#),
+            metrics_out: format!(r#"{{"reporter":"source",{SIGNING_KEYS}}}"#),
             retries_out: r#"{"rules":[{"name":"reads","match":{"methods":["GET","HEAD"]},
                 "policy":{"retry_on":["5xx","reset","connect-failure"],"num_retries":2,"per_try_timeout_ms":1000,"timeout_ms":4000}}],
                 "budget":{"ratio":0.2,"min_retries_per_second":100,"window_seconds":10}}"#
                 .to_string(),
             trace_in: format!(r#"{{"direction":"inbound","sampling_rate":1.0,{export}}}"#),
-            metrics_in: format!(r#"{{"reporter":"destination","signing_key":"{KEY}"}}"#),
+            metrics_in: format!(r#"{{"reporter":"destination",{SIGNING_KEYS}}}"#),
             retries_in: "{}".to_string(),
             failure_policy: "FAIL_OPEN".to_string(),
         }
@@ -90,6 +94,7 @@ impl Configs {
             ("METRICS_IN".into(), q(&self.metrics_in)),
             ("RETRIES_IN".into(), q(&self.retries_in)),
             ("FAILURE_POLICY".into(), self.failure_policy.clone()),
+            ("SIGNING_KEY".into(), KEY.to_string()),
         ]
     }
 }

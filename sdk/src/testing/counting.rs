@@ -204,4 +204,7 @@ impl Host for CountingHost<'_> {
         self.record("continue_stream", None, Some("response".to_string()));
         self.inner.resume_response()
     }
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.inner.env_var(name)
+    }
 }

@@ -60,7 +60,8 @@ pub struct LocalResponse {
     pub body: Bytes,
 }
 
-/// State shared by every worker of one emulated Envoy: shared data, metrics, the clock.
+/// State shared by every worker of one emulated Envoy: shared data, metrics, the clock, the VMs'
+/// environment variables.
 #[derive(Debug)]
 struct World {
     shared: RefCell<HashMap<String, (Bytes, u32)>>,
@@ -68,6 +69,7 @@ struct World {
     now: Cell<SystemTime>,
     cas_conflicts: Cell<u32>,
     failing_shared_reads: Cell<bool>,
+    env: RefCell<HashMap<String, String>>,
 }
 
 /// State of one worker (one VM): tick period, callouts, VM-level properties.
@@ -124,12 +126,22 @@ impl TestHost {
             now: Cell::new(UNIX_EPOCH + Duration::from_secs(TEST_EPOCH_SECS)),
             cas_conflicts: Cell::new(0),
             failing_shared_reads: Cell::new(false),
+            env: RefCell::new(HashMap::new()),
         };
         TestHost {
             world: Rc::new(world),
             worker: Rc::new(Worker::default()),
             stream: RefCell::new(Stream::default()),
         }
+    }
+
+    /// Sets an environment variable of the VMs (`vm_config.environment_variables`), for every
+    /// worker. The test host sees only these, never the test process's environment.
+    pub fn set_env(&self, name: &str, value: &str) {
+        self.world
+            .env
+            .borrow_mut()
+            .insert(name.to_string(), value.to_string());
     }
 
     /// Another worker (VM) of the same Envoy: same shared data, metrics and clock.
@@ -538,6 +550,9 @@ impl Host for TestHost {
         self.stream.borrow_mut().resumed_response += 1;
         Ok(())
     }
+    fn env_var(&self, name: &str) -> Option<String> {
+        self.world.env.borrow().get(name).cloned()
+    }
 }
 
 #[cfg(test)]
@@ -590,6 +605,20 @@ mod tests {
             "a failed read is not an absent key"
         );
         w2.fail_shared_reads(false);
+    }
+
+    #[test]
+    fn the_vms_environment_is_the_tests_never_the_processs() {
+        let h = TestHost::new();
+        assert_eq!(h.env_var("PATH"), None);
+        h.set_env("MESH_SIGNING_KEY", "hex:00");
+        let other = h.new_worker();
+        assert_eq!(other.env_var("MESH_SIGNING_KEY").as_deref(), Some("hex:00"));
+        assert_eq!(
+            h.new_stream().env_var("MESH_SIGNING_KEY").as_deref(),
+            Some("hex:00")
+        );
+        assert_eq!(TestHost::new().env_var("MESH_SIGNING_KEY"), None);
     }
 
     #[test]
