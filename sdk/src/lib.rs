@@ -75,7 +75,7 @@ pub mod prelude {
     pub use crate::config::{check, ConfigError};
     pub use crate::filter::{Action, CalloutResponse, HttpFilter, Phases, RootFilter};
     pub use crate::host::{BufferKind, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
-    pub use crate::metrics::{Metric, MetricFamily};
+    pub use crate::metrics::{Labels, Metric, MetricFamily};
     pub use crate::properties;
 }
 

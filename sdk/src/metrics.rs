@@ -167,7 +167,8 @@ impl MetricFamily {
 
     /// The metric id for a tuple of label values, defining the series on first use. Past the
     /// cap, or when the number of values does not match the labels, the overflow series.
-    pub fn id(&self, host: &dyn Host, values: &[&str]) -> Option<u32> {
+    pub fn id<L: AsLabels + ?Sized>(&self, host: &dyn Host, values: &L) -> Option<u32> {
+        let Labels { values, hash } = values.labels();
         if values.len() != self.labels.len() {
             log::debug!(
                 "{}: {} label values for {} labels",
@@ -177,7 +178,7 @@ impl MetricFamily {
             );
             return self.overflow(host);
         }
-        let key = hash_values(values);
+        let key = hash;
         if let Some(bucket) = self.series.borrow().get(&key) {
             if let Some((_, id)) = bucket.iter().find(|(vals, _)| same(vals, values)) {
                 return Some(*id);
@@ -219,20 +220,69 @@ impl MetricFamily {
     }
 
     /// Adds `by` to the series for `values` (counters, gauges).
-    pub fn add(&self, host: &dyn Host, values: &[&str], by: i64) {
+    pub fn add<L: AsLabels + ?Sized>(&self, host: &dyn Host, values: &L, by: i64) {
         if let Some(id) = self.id(host, values) {
             let _ = host.increment_metric(id, by);
         }
     }
     /// Adds one to the series for `values`.
-    pub fn inc(&self, host: &dyn Host, values: &[&str]) {
+    pub fn inc<L: AsLabels + ?Sized>(&self, host: &dyn Host, values: &L) {
         self.add(host, values, 1);
     }
     /// Records `value` into the series (histogram) or sets it (gauge).
-    pub fn record(&self, host: &dyn Host, values: &[&str], value: u64) {
+    pub fn record<L: AsLabels + ?Sized>(&self, host: &dyn Host, values: &L, value: u64) {
         if let Some(id) = self.id(host, values) {
             let _ = host.record_metric(id, value);
         }
+    }
+}
+
+/// A tuple of label values with its hash, computed once: a request that records the same labels
+/// into several families (a counter and three histograms) hashes them once, not per family.
+#[derive(Debug, Clone, Copy)]
+pub struct Labels<'a> {
+    values: &'a [&'a str],
+    hash: u64,
+}
+
+impl<'a> Labels<'a> {
+    /// Hashes `values` for use with any number of families.
+    pub fn new(values: &'a [&'a str]) -> Labels<'a> {
+        Labels {
+            values,
+            hash: hash_values(values),
+        }
+    }
+}
+
+/// What a family takes as label values: a slice, an array or a `Vec` of `&str` (hashed on each
+/// use), or [`Labels`] (hashed once).
+pub trait AsLabels {
+    /// The values and their hash.
+    fn labels(&self) -> Labels<'_>;
+}
+
+impl AsLabels for Labels<'_> {
+    fn labels(&self) -> Labels<'_> {
+        *self
+    }
+}
+
+impl AsLabels for [&str] {
+    fn labels(&self) -> Labels<'_> {
+        Labels::new(self)
+    }
+}
+
+impl<const N: usize> AsLabels for [&str; N] {
+    fn labels(&self) -> Labels<'_> {
+        Labels::new(self)
+    }
+}
+
+impl AsLabels for Vec<&str> {
+    fn labels(&self) -> Labels<'_> {
+        Labels::new(self)
     }
 }
 
@@ -319,6 +369,28 @@ mod tests {
         );
         assert_eq!(fam.series_count(), 2);
         assert_eq!(host.defined_metric_count(), 2);
+    }
+
+    #[test]
+    fn labels_hashed_once_find_the_same_series_in_every_family() {
+        let host = TestHost::new();
+        let requests = MetricFamily::counter("rq", &["a", "b"]);
+        let sizes = MetricFamily::histogram("sz", &["a", "b"]);
+        requests.inc(&host, &["x", "y"]);
+        let values = vec!["x", "y"];
+        let labels = Labels::new(&values);
+        requests.inc(&host, &labels);
+        sizes.record(&host, &labels, 7);
+        sizes.record(&host, &values, 9);
+        assert_eq!(host.counter("rq;.a=x;.b=y"), Some(2));
+        assert_eq!(requests.series_count(), 1);
+        assert_eq!(sizes.series_count(), 1);
+        // A tuple whose values split differently is another series.
+        requests.inc(&host, &Labels::new(&["xy", ""]));
+        assert_eq!(requests.series_count(), 2);
+        // Too few values go to the overflow series, as with a slice.
+        requests.inc(&host, &Labels::new(&["x"]));
+        assert_eq!(host.counter("rq;.a=overflow;.b=overflow"), Some(1));
     }
 
     #[test]

@@ -368,6 +368,8 @@ impl ServiceMetrics {
             flags: &flags,
         };
         let values: Vec<&str> = self.labels.iter().map(|l| l.value(&observed)).collect();
+        // Hashed once for the four families.
+        let values = Labels::new(&values);
         self.requests.inc(host, &values);
         // The proxy's clock from the request headers to the end of the stream (one clock
         // reading, where the `request.duration` attribute cost a property read); the attribute
