@@ -124,7 +124,8 @@ pub fn sum(samples: &[Sample], name: &str, keep: impl Fn(&Sample) -> bool) -> f6
         .filter(|s| s.name == name && keep(s))
         .map(|s| s.value)
         .filter(|v| v.is_finite())
-        .sum()
+        // An empty f64 sum is -0.0, which prints as "-0": start from +0.0 instead.
+        .fold(0.0, |a, v| a + v)
 }
 
 /// A histogram summed over label sets: cumulative counts per upper bound.
@@ -201,6 +202,12 @@ impl Histogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sum_of_nothing_prints_as_zero() {
+        let total = sum(&[], "mesh_requests_total", |_| true);
+        assert_eq!(format!("{total} {:.1}", 100.0 * total / 3.0), "0 0.0");
+    }
 
     const TEXT: &str = r#"# TYPE mesh_requests_total counter
 mesh_requests_total{reporter="source",source_service="frontend",destination_service="orders",response_code="200"} 15
