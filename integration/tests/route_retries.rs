@@ -226,6 +226,39 @@ fn send(envoy: &Envoy, method: &str, path: &str, key: &str, extra: &[(&str, &str
     http_request(method, envoy.listener_port(), path, &headers, body).unwrap()
 }
 
+/// Sends `requests` requests from `clients` threads, pacing the load (not waiting for an
+/// outcome): request `i` (answered by `send(i)`) is due at `i / requests` of `spread`. Returns
+/// what `send` returned, in no particular order.
+fn paced<T: Send + 'static>(
+    requests: usize,
+    clients: usize,
+    spread: Duration,
+    send: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let send = Arc::new(send);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let send = Arc::clone(&send);
+            thread::spawn(move || {
+                let mut out = Vec::new();
+                for i in (c..requests).step_by(clients) {
+                    let due = started + spread.mul_f64(i as f64 / requests as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    out.push(send(i));
+                }
+                out
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 /// A labeled counter of the filter, as Envoy's `/stats` names it.
 fn rule_stat(envoy: &Envoy, family: &str, rule: &str) -> Option<u64> {
     envoy.stat(&format!("wasmcustom.{family};.rule={rule}"))
@@ -422,33 +455,15 @@ fn budget_bounds_attempts_under_total_failure() {
     let port = envoy.listener_port();
 
     let started = Instant::now();
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            thread::spawn(move || {
-                let mut statuses = HashMap::new();
-                for i in (c..REQUESTS).step_by(CLIENTS) {
-                    // Pacing the load (not waiting for an outcome): request i is due at
-                    // i/REQUESTS of the spread.
-                    let due = started + SPREAD.mul_f64(i as f64 / REQUESTS as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
-                    let key = format!("b{i}");
-                    let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
-                    let status = http_request("GET", port, "/b", &headers, b"")
-                        .map(|r| r.status)
-                        .unwrap_or(0);
-                    *statuses.entry(status).or_insert(0u32) += 1;
-                }
-                statuses
-            })
-        })
-        .collect();
     let mut statuses: HashMap<u16, u32> = HashMap::new();
-    for w in workers {
-        for (s, n) in w.join().unwrap() {
-            *statuses.entry(s).or_insert(0) += n;
-        }
+    for status in paced(REQUESTS, CLIENTS, SPREAD, move |i| {
+        let key = format!("b{i}");
+        let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
+        http_request("GET", port, "/b", &headers, b"")
+            .map(|r| r.status)
+            .unwrap_or(0)
+    }) {
+        *statuses.entry(status).or_insert(0) += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(
@@ -507,26 +522,13 @@ fn budget_is_shared_by_two_workers_within_the_bound() {
     let envoy = start_envoy(config, &up, false);
     let port = envoy.listener_port();
     let started = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            thread::spawn(move || {
-                for i in (c..REQUESTS).step_by(CLIENTS) {
-                    let due = started + SPREAD.mul_f64(i as f64 / REQUESTS as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
-                    let key = format!("w{i}");
-                    let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
-                    // A connection per request: Envoy's workers share them out.
-                    let status = http_request("GET", port, "/w", &headers, b"").map(|r| r.status);
-                    assert_eq!(status, Ok(503), "{key}");
-                }
-            })
-        })
-        .collect();
-    for c in clients {
-        c.join().unwrap();
-    }
+    let statuses = paced(REQUESTS, CLIENTS, SPREAD, move |i| {
+        let key = format!("w{i}");
+        let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
+        // A connection per request: Envoy's workers share them out.
+        http_request("GET", port, "/w", &headers, b"").map(|r| r.status)
+    });
+    assert!(statuses.iter().all(|s| *s == Ok(503)), "{statuses:?}");
     let elapsed = started.elapsed().as_secs_f64();
     let retries = up.total() - REQUESTS as u64;
     // Exact: 50 per window the requests spanned (one, unless the machine stalled them).
