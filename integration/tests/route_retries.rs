@@ -226,6 +226,39 @@ fn send(envoy: &Envoy, method: &str, path: &str, key: &str, extra: &[(&str, &str
     http_request(method, envoy.listener_port(), path, &headers, body).unwrap()
 }
 
+/// Sends `requests` requests from `clients` threads, pacing the load (not waiting for an
+/// outcome): request `i` (answered by `send(i)`) is due at `i / requests` of `spread`. Returns
+/// what `send` returned, in no particular order.
+fn paced<T: Send + 'static>(
+    requests: usize,
+    clients: usize,
+    spread: Duration,
+    send: impl Fn(usize) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let send = Arc::new(send);
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let send = Arc::clone(&send);
+            thread::spawn(move || {
+                let mut out = Vec::new();
+                for i in (c..requests).step_by(clients) {
+                    let due = started + spread.mul_f64(i as f64 / requests as f64);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        thread::sleep(wait);
+                    }
+                    out.push(send(i));
+                }
+                out
+            })
+        })
+        .collect();
+    threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect()
+}
+
 /// A labeled counter of the filter, as Envoy's `/stats` names it.
 fn rule_stat(envoy: &Envoy, family: &str, rule: &str) -> Option<u64> {
     envoy.stat(&format!("wasmcustom.{family};.rule={rule}"))
@@ -422,33 +455,15 @@ fn budget_bounds_attempts_under_total_failure() {
     let port = envoy.listener_port();
 
     let started = Instant::now();
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            thread::spawn(move || {
-                let mut statuses = HashMap::new();
-                for i in (c..REQUESTS).step_by(CLIENTS) {
-                    // Pacing the load (not waiting for an outcome): request i is due at
-                    // i/REQUESTS of the spread.
-                    let due = started + SPREAD.mul_f64(i as f64 / REQUESTS as f64);
-                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                        thread::sleep(wait);
-                    }
-                    let key = format!("b{i}");
-                    let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
-                    let status = http_request("GET", port, "/b", &headers, b"")
-                        .map(|r| r.status)
-                        .unwrap_or(0);
-                    *statuses.entry(status).or_insert(0u32) += 1;
-                }
-                statuses
-            })
-        })
-        .collect();
     let mut statuses: HashMap<u16, u32> = HashMap::new();
-    for w in workers {
-        for (s, n) in w.join().unwrap() {
-            *statuses.entry(s).or_insert(0) += n;
-        }
+    for status in paced(REQUESTS, CLIENTS, SPREAD, move |i| {
+        let key = format!("b{i}");
+        let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
+        http_request("GET", port, "/b", &headers, b"")
+            .map(|r| r.status)
+            .unwrap_or(0)
+    }) {
+        *statuses.entry(status).or_insert(0) += 1;
     }
     let elapsed = started.elapsed().as_secs_f64();
     assert_eq!(
@@ -480,6 +495,74 @@ fn budget_bounds_attempts_under_total_failure() {
                 .is_some_and(|d| d > (REQUESTS / 2) as u64),
         "stats:\n{}",
         envoy.stats()
+    );
+}
+
+/// The budget across Envoy's two workers: each decides on its own ledger and they sync every
+/// 250 ms, so retries beyond the budget are at most what the other worker admitted in the last
+/// two syncs (route-retries README, "The error this costs"). A fixed budget (ratio 0, 5/s over a
+/// 10 s window: 50 retries per window) and 200 requests at 100% failure wanting one retry each,
+/// paced at 40 per second over 5 s: two workers on budgets of their own would make up to 100
+/// retries; sharing one, at most 50 plus the other worker's requests in 2T (40/s * 0.5 s = 20),
+/// asserted with a third interval of margin (30), whatever the timing.
+#[test]
+fn budget_is_shared_by_two_workers_within_the_bound() {
+    const REQUESTS: usize = 200;
+    const CLIENTS: usize = 4;
+    const SPREAD: Duration = Duration::from_secs(5);
+    const PER_WINDOW: f64 = 50.0;
+    const WINDOW: f64 = 10.0;
+    const SYNC: f64 = 0.25;
+    let config = r#"{
+      "rules": [{"name": "all", "policy": {"retry_on": ["5xx"], "num_retries": 1}}],
+      "budget": {"ratio": 0.0, "min_retries_per_second": 5, "window_seconds": 10,
+                 "sync_interval_ms": 250}
+    }"#;
+    let up = Flaky::start();
+    let envoy = start_envoy(config, &up, false);
+    let port = envoy.listener_port();
+    let started = Instant::now();
+    let statuses = paced(REQUESTS, CLIENTS, SPREAD, move |i| {
+        let key = format!("w{i}");
+        let headers = [("x-test-key", key.as_str()), ("x-fail", "503:all")];
+        // A connection per request: Envoy's workers share them out.
+        http_request("GET", port, "/w", &headers, b"").map(|r| r.status)
+    });
+    assert!(statuses.iter().all(|s| *s == Ok(503)), "{statuses:?}");
+    let elapsed = started.elapsed().as_secs_f64();
+    let retries = up.total() - REQUESTS as u64;
+    // Exact: 50 per window the requests spanned (one, unless the machine stalled them).
+    let exact = PER_WINDOW * ((elapsed + 1.0) / WINDOW).ceil();
+    let rate = REQUESTS as f64 / elapsed;
+    let margin = (rate * 3.0 * SYNC).ceil();
+    let stats = envoy.stats();
+    let per_worker: Vec<u64> = stats
+        .lines()
+        .filter(|l| l.starts_with("listener.") && l.contains(".worker_"))
+        .filter(|l| l.contains(".downstream_cx_total: "))
+        .filter_map(|l| l.rsplit(": ").next()?.trim().parse().ok())
+        .collect();
+    eprintln!(
+        "two workers: {REQUESTS} requests in {elapsed:.1} s, connections per worker \
+         {per_worker:?}, {retries} retries; exact budget {exact}, bound {exact} + {margin}; \
+         on budgets of their own: up to {}",
+        2.0 * exact
+    );
+    assert!(
+        per_worker.len() == 2 && per_worker.iter().all(|n| *n > 0),
+        "both workers must take requests: {per_worker:?}"
+    );
+    assert!(
+        retries as f64 <= exact + margin,
+        "{retries} retries > {exact} + {margin}"
+    );
+    assert!(
+        retries as f64 >= PER_WINDOW * 0.8,
+        "the budget must be used: {retries} retries"
+    );
+    assert_eq!(
+        envoy.stat("wasmcustom.meshwasm_retry_budget_contended_total"),
+        Some(0)
     );
 }
 

@@ -138,14 +138,14 @@ fn one_request_goes_through_all_three_policies() {
 
 #[test]
 fn ticks_and_callouts_reach_the_policies_that_use_them() {
-    // Span export ticks at most every 100 ms, the retry budget's refunds every second.
+    // Span export ticks at most every 100 ms, the retry budget syncs every 250 ms.
     let h = keyed(&all_three(true));
     assert_eq!(h.host().tick_period(), Some(Duration::from_millis(100)));
     let only_retries = r#"{"retries": {"rules": []}}"#;
     let h2 = FilterHarness::<MeshSidecar>::new(only_retries).unwrap();
     assert_eq!(
         h2.host().tick_period(),
-        Some(route_retries::REFUND_FLUSH_PERIOD)
+        Some(route_retries::DEFAULT_SYNC_INTERVAL)
     );
     let only_metrics = format!(
         r#"{{"metrics": {{"reporter": "destination", "signing_keys": [{{"id": "k1", "env": "{KEY_ENV}"}}]}}}}"#

@@ -61,6 +61,10 @@ pub struct BudgetConfig {
     /// The sliding window, seconds (default 10).
     #[serde(default = "default_window")]
     pub window_seconds: u32,
+    /// How often each worker syncs its counts with the other workers', milliseconds (default
+    /// 250, [`MIN_SYNC_INTERVAL_MS`] to [`MAX_SYNC_INTERVAL_MS`]).
+    #[serde(default = "default_sync_interval")]
+    pub sync_interval_ms: u32,
 }
 
 fn default_ratio() -> f64 {
@@ -72,6 +76,18 @@ fn default_min_rps() -> u32 {
 fn default_window() -> u32 {
     10
 }
+fn default_sync_interval() -> u32 {
+    DEFAULT_SYNC_INTERVAL_MS
+}
+
+/// The default `budget.sync_interval_ms`.
+pub const DEFAULT_SYNC_INTERVAL_MS: u32 = 250;
+/// Shortest `budget.sync_interval_ms`: more often costs every worker a shared-data read (and a
+/// write) per cluster that often, for a bound already small.
+pub const MIN_SYNC_INTERVAL_MS: u32 = 10;
+/// Longest `budget.sync_interval_ms`: the budget may be exceeded by what the other workers
+/// admit in two intervals, so an interval stays well below the shortest window (1 s).
+pub const MAX_SYNC_INTERVAL_MS: u32 = 1000;
 
 impl Default for BudgetConfig {
     fn default() -> Self {
@@ -79,6 +95,7 @@ impl Default for BudgetConfig {
             ratio: default_ratio(),
             min_retries_per_second: default_min_rps(),
             window_seconds: default_window(),
+            sync_interval_ms: default_sync_interval(),
         }
     }
 }
@@ -110,6 +127,8 @@ pub struct Rules {
     pub budget: BudgetParams,
     /// Whose retry and deadline headers count.
     pub trusted_clients: meshwasm::properties::TrustedCallers,
+    /// How often each worker syncs its budget ledgers (the root's tick period).
+    pub sync_interval: std::time::Duration,
 }
 
 impl Config {
@@ -161,6 +180,12 @@ impl Config {
             MAX_WINDOW_SECONDS,
             "budget.window_seconds",
         )?;
+        check::in_range(
+            b.sync_interval_ms,
+            MIN_SYNC_INTERVAL_MS,
+            MAX_SYNC_INTERVAL_MS,
+            "budget.sync_interval_ms",
+        )?;
         Ok(Rules {
             rules,
             default,
@@ -170,6 +195,7 @@ impl Config {
                 window_seconds: b.window_seconds,
             },
             trusted_clients: self.trusted_clients,
+            sync_interval: std::time::Duration::from_millis(u64::from(b.sync_interval_ms)),
         })
     }
 }

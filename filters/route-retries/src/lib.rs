@@ -17,7 +17,7 @@ use meshwasm::host::HeaderSnapshot;
 use meshwasm::matching::Attributes;
 use meshwasm::prelude::*;
 
-use crate::budget::{BudgetParams, Refunds};
+use crate::budget::{BudgetParams, Ledgers};
 use crate::config::{Config, Rule, Rules};
 use crate::policy::{CONTROL_HEADERS, MAX_RETRIES_HEADER};
 
@@ -51,8 +51,12 @@ pub mod names {
     pub const UNTRUSTED_CLIENTS: &str = "meshwasm_retry_untrusted_clients_total";
     /// Client `x-envoy-*` request headers removed, by header name (capped).
     pub const STRIPPED_HEADERS: &str = "meshwasm_retry_stripped_headers_total";
-    /// Budget updates given up after every compare-and-swap round lost (fail closed).
+    /// Budget syncs with shared data that failed (a read error, or every compare-and-swap round
+    /// lost): the worker's ledger fails closed until its next sync succeeds.
     pub const BUDGET_CONTENDED: &str = "meshwasm_retry_budget_contended_total";
+    /// Requests to a cluster past the ones a worker keeps a budget ledger for
+    /// ([`crate::budget::MAX_CLUSTERS`]): decided in shared data, one read and one write each.
+    pub const BUDGET_UNTRACKED: &str = "meshwasm_retry_budget_untracked_total";
     /// Streams whose attempt count was not reported: a response without a usable
     /// `x-envoy-attempt-count` (the route config lacks it), or a stream that ended without one
     /// and without Envoy's `upstream.request_attempt_count`.
@@ -72,10 +76,11 @@ pub struct RouteRetries {
     /// Requests from callers not trusted with retry and deadline headers, by rule.
     untrusted: MetricFamily,
     contended: Metric,
+    untracked: Metric,
     attempt_count_missing: Metric,
-    /// Unused reservations this worker owes the budgets, written with its next admission for
-    /// the cluster or on the tick.
-    refunds: RefCell<Refunds>,
+    /// This worker's budget ledgers, one per cluster, synced with the other workers' on the
+    /// tick.
+    ledgers: RefCell<Ledgers>,
 }
 
 /// What one request decided, kept for its response.
@@ -140,7 +145,6 @@ impl RootFilter for RouteRetries {
 
     fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
         let rules = config.compile()?;
-        let refunds = RefCell::new(Refunds::new(rules.budget.window_seconds));
         let fam = |name: &str| MetricFamily::counter(name, &["rule"]);
         let root = RouteRetries {
             rules,
@@ -156,8 +160,9 @@ impl RootFilter for RouteRetries {
                 .with_max_series(headers::ENVOY_REQUEST_HEADERS.len() + 1),
             untrusted: fam(names::UNTRUSTED_CLIENTS),
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
+            untracked: Metric::counter(host, names::BUDGET_UNTRACKED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
-            refunds,
+            ledgers: RefCell::new(Ledgers::new()),
         };
         // Define every rule's series now, so they exist (at 0) before the first request.
         let labels: Vec<String> = root
@@ -176,15 +181,15 @@ impl RootFilter for RouteRetries {
     }
 
     fn tick_period(&self) -> Option<std::time::Duration> {
-        Some(REFUND_FLUSH_PERIOD)
+        Some(self.rules.sync_interval)
     }
 
-    /// Writes the refunds no admission has carried since the last tick.
+    /// Syncs the budget ledgers with the other workers' through shared data.
     fn on_tick(&self, host: &dyn Host) {
         // Host calls never re-enter the filter, so the borrow is safe across them.
-        let failed = budget::flush(host, self.budget(), &mut self.refunds.borrow_mut());
-        for _ in 0..failed {
-            self.contended.inc(host);
+        let failed = self.ledgers.borrow_mut().sync(host, self.budget());
+        if failed > 0 {
+            self.contended.add(host, i64::from(failed));
         }
     }
 
@@ -193,8 +198,9 @@ impl RootFilter for RouteRetries {
     }
 }
 
-/// How often a worker writes the refunds it holds for clusters it has sent no request to since.
-pub const REFUND_FLUSH_PERIOD: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often a worker syncs its budget ledgers by default (`budget.sync_interval_ms`).
+pub const DEFAULT_SYNC_INTERVAL: std::time::Duration =
+    std::time::Duration::from_millis(config::DEFAULT_SYNC_INTERVAL_MS as u64);
 
 /// The request as the filter sees it in `on_request_headers`: every request header from one
 /// snapshot (one hostcall for the whole map, instead of one per name looked up, present or
@@ -321,12 +327,17 @@ impl HttpFilter for RouteRetriesRequest {
 
         // Every request counts toward its cluster's budget; retries are reserved up front.
         let cluster = view.cluster().unwrap_or(UNKNOWN_CLUSTER);
-        let held = root.refunds.borrow_mut().take(cluster);
-        let admission = budget::admit(host, root.budget(), cluster, wanted, &held);
+        let admission = root
+            .ledgers
+            .borrow_mut()
+            .admit(host, root.budget(), cluster, wanted);
         if admission.contended {
             root.contended.inc(host);
-            root.refunds.borrow_mut().restore(cluster, held);
-        } else {
+        }
+        if !admission.tracked {
+            root.untracked.inc(host);
+        }
+        if admission.recorded {
             self.budget = Some((cluster.to_string(), admission.second));
         }
         self.granted = admission.granted;
@@ -415,15 +426,17 @@ impl RouteRetriesRequest {
             root.retries.add(host, &label, i64::from(retries));
         }
         if let Some((cluster, second)) = &self.budget {
-            // A refund waits for this worker's next write; retries beyond the reservation
-            // (not expected from Envoy) are charged at once.
-            let held = self
-                .granted
-                .checked_sub(retries)
-                .is_some_and(|refund| root.refunds.borrow_mut().hold(cluster, *second, refund));
-            if !held
-                && !budget::settle(host, root.budget(), cluster, *second, self.granted, retries)
-            {
+            // In the worker's ledger (shared with the next sync), or straight in shared data
+            // for a cluster past the ones it keeps a ledger for.
+            let settled = root.ledgers.borrow_mut().settle(
+                host,
+                root.budget(),
+                cluster,
+                *second,
+                self.granted,
+                retries,
+            );
+            if !settled {
                 root.contended.inc(host);
             }
         }
