@@ -8,7 +8,7 @@ pub use toolkit::envoy::start_expecting_failure;
 pub use toolkit::template::{placeholders, render, yaml_single_quoted};
 pub use toolkit::{
     assert_eventually, eventually, eventually_within, filters_dir, http_get, http_request,
-    patience, wasm_path, workspace_root, Envoy, EnvoyBuilder, Response,
+    patience, wasm_path, workspace_root, Envoy, EnvoyBuilder, Response, ScratchDir,
 };
 
 /// Finding Envoy (the toolkit's finder).

@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use integration::upstream::{Reply, Server, Upstream};
-use integration::{assert_eventually, filters_dir, http_get, wasm_path, workspace_root, Envoy};
+use integration::{
+    assert_eventually, filters_dir, http_get, wasm_path, workspace_root, Envoy, ScratchDir,
+};
 use meshwasm::testing::FilterHarness;
 use serde_norway::Value;
 use sha2::{Digest, Sha256};
@@ -78,23 +80,14 @@ fn hashes(wrong: Option<&str>) -> Vec<(String, String)> {
 /// sidecar, `orders` for the peer) in a directory of their own.
 struct OrdersPeer {
     envoy: Envoy,
-    certs: std::path::PathBuf,
+    certs: ScratchDir,
 }
 
 impl OrdersPeer {
     fn start(upstream: &Upstream) -> OrdersPeer {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let certs = workspace_root()
-            .join("target")
-            .join("integration-tmp")
-            .join(format!(
-                "remote-wasm-{}-{}",
-                std::process::id(),
-                N.fetch_add(1, Ordering::SeqCst)
-            ));
-        let _ = fs::remove_dir_all(&certs);
+        let certs = ScratchDir::new("remote-wasm").unwrap();
         toolkit::certs::make_mesh(
-            &certs,
+            certs.path(),
             toolkit::certs::DEFAULT_TRUST_DOMAIN,
             "default",
             &["frontend", "orders"],
@@ -103,7 +96,10 @@ impl OrdersPeer {
         .unwrap();
         let envoy = Envoy::builder(TLS_SERVER)
             .name("orders-peer")
-            .var("CERTS_DIR", certs.join("orders").display().to_string())
+            .var(
+                "CERTS_DIR",
+                certs.path().join("orders").display().to_string(),
+            )
             .var("PORT_APP", upstream.port().to_string())
             .start()
             .unwrap();
@@ -122,7 +118,7 @@ impl OrdersPeer {
         let mut b = Envoy::builder(template)
             .var(
                 "CERTS_DIR",
-                self.certs.join("frontend").display().to_string(),
+                self.certs.path().join("frontend").display().to_string(),
             )
             .var("PORT_WASM_SERVER", server.to_string())
             .var("PORT_ORDERS", self.envoy.port("PORT_LISTENER").to_string())
@@ -131,14 +127,6 @@ impl OrdersPeer {
             b = b.var(&name, value);
         }
         b
-    }
-}
-
-impl Drop for OrdersPeer {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.certs);
-        }
     }
 }
 

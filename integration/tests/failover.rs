@@ -29,12 +29,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use integration::upstream::{Reply, Upstream};
 use integration::{
     assert_eventually, http_get, http_request, render, wasm_path, workspace_root, Envoy, Response,
+    ScratchDir,
 };
 use meshwasm_demo::mesh::write_eds;
 use toolkit::certs;
@@ -71,7 +72,7 @@ struct Regions {
     /// The span collector both Envoys export to.
     _collector: Upstream,
     front_proxy_port: u16,
-    _dir: TempDir,
+    _dir: ScratchDir,
 }
 
 /// A sidecar of the shipped `sidecar.yaml` for one inventory instance, whose app is `app`;
@@ -92,17 +93,6 @@ fn instance_sidecar(name: &str, app: &Upstream, dir: &Path, collector: &Upstream
         .arg(name)
         .start()
         .unwrap()
-}
-
-/// A directory under `target/integration-tmp`, removed on drop unless the test panicked.
-struct TempDir(PathBuf);
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
 }
 
 fn reply(status: u16, body: &str) -> Reply {
@@ -140,40 +130,31 @@ impl Regions {
             Upstream::with_reply(reply(200, REGION_A)).unwrap(),
         ];
         let collector = Upstream::start().unwrap();
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = TempDir(
-            workspace_root()
-                .join("target")
-                .join("integration-tmp")
-                .join(format!("failover-{}-{nanos}", std::process::id())),
-        );
+        let dir = ScratchDir::new("failover").unwrap();
 
         // Mutual TLS everywhere: a mesh CA and the identities of region-b's orders, inventory
         // (every instance, both regions) and region-a's front proxy. Each inventory test server
         // sits behind a sidecar of its own, whose outbound side is unused.
         certs::make_mesh(
-            &dir.0.join("certs"),
+            &dir.path().join("certs"),
             certs::DEFAULT_TRUST_DOMAIN,
             "shop",
             &["orders", "inventory", "front-proxy"],
             certs::DEFAULT_WORKLOAD_VALIDITY,
         )
         .unwrap();
-        let instances_eds = dir.0.join("eds-instances");
+        let instances_eds = dir.path().join("eds-instances");
         fs::create_dir_all(&instances_eds).unwrap();
         for service in ["frontend", "orders", "inventory"] {
             write_eds(&instances_eds, service, &[]).unwrap();
         }
         let inventory_b_sidecar =
-            instance_sidecar("inventory-b-1", &inventory_b, &dir.0, &collector);
+            instance_sidecar("inventory-b-1", &inventory_b, dir.path(), &collector);
         let inventory_a_sidecars: Vec<Envoy> = inventory_a
             .iter()
             .enumerate()
             .map(|(i, app)| {
-                instance_sidecar(&format!("inventory-{}", i + 1), app, &dir.0, &collector)
+                instance_sidecar(&format!("inventory-{}", i + 1), app, dir.path(), &collector)
             })
             .collect();
         let inventory_b_port = inventory_b_sidecar.port("PORT_INBOUND");
@@ -200,7 +181,7 @@ impl Regions {
         .into_iter()
         .map(|(n, p)| (n.to_string(), p.to_string()))
         .collect();
-        let eds = dir.0.join("eds");
+        let eds = dir.path().join("eds");
         let shipped = workspace_root().join("envoy-configs").join("eds");
         render_eds(&shipped, &eds, &vars);
 
@@ -211,7 +192,7 @@ impl Regions {
             .var("EDS_DIR", eds_dir.as_str())
             .var(
                 "CERTS_DIR",
-                dir.0
+                dir.path()
                     .join("certs")
                     .join("front-proxy")
                     .display()
@@ -232,7 +213,11 @@ impl Regions {
             .var("EDS_DIR", eds_dir.as_str())
             .var(
                 "CERTS_DIR",
-                dir.0.join("certs").join("orders").display().to_string(),
+                dir.path()
+                    .join("certs")
+                    .join("orders")
+                    .display()
+                    .to_string(),
             )
             // No call reaches this sidecar's own app: port 1, where nothing listens.
             .var("PORT_APP", "1")

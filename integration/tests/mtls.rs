@@ -6,13 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use integration::upstream::Upstream;
-use integration::{assert_eventually, filters_dir, http_get, wasm_path, workspace_root, Envoy};
+use integration::{assert_eventually, filters_dir, http_get, wasm_path, Envoy, ScratchDir};
 use meshwasm_demo::mesh::write_eds;
 use sha2::Digest;
 use toolkit::certs::{self, Identity, MeshCa, WorkloadCert, DEFAULT_WORKLOAD_VALIDITY};
@@ -22,32 +22,6 @@ const SIDECAR: &str = include_str!("../../envoy-configs/sidecar.yaml");
 const TLS_CLIENT: &str = include_str!("../configs/tls_client.yaml");
 const NAMESPACE: &str = "shop";
 
-/// A directory under `target/integration-tmp`, removed on drop unless the test panicked.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let dir = workspace_root()
-            .join("target")
-            .join("integration-tmp")
-            .join(format!("{name}-{}-{nanos}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        if !std::thread::panicking() {
-            let _ = fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
 /// Two sidecars of the shipped config: `orders` (the caller) and `inventory`, whose app is a
 /// test upstream; EDS files list inventory's inbound listener.
 struct Pair {
@@ -55,7 +29,7 @@ struct Pair {
     orders: Envoy,
     inventory: Envoy,
     inventory_app: Upstream,
-    dir: TempDir,
+    dir: ScratchDir,
     _orders_app: Upstream,
     _collector: Collector,
 }
@@ -86,16 +60,16 @@ impl Pair {
         for filter in ["trace-propagation", "service-metrics", "route-retries"] {
             wasm_path(filter);
         }
-        let dir = TempDir::new("mtls");
+        let dir = ScratchDir::new("mtls").unwrap();
         let (ca, _) = certs::make_mesh(
-            &dir.0.join("certs"),
+            &dir.path().join("certs"),
             certs::DEFAULT_TRUST_DOMAIN,
             NAMESPACE,
             &["orders", "inventory"],
             DEFAULT_WORKLOAD_VALIDITY,
         )
         .unwrap();
-        let eds = dir.0.join("eds");
+        let eds = dir.path().join("eds");
         fs::create_dir_all(&eds).unwrap();
         for service in ["frontend", "orders", "inventory"] {
             write_eds(&eds, service, &[]).unwrap();
@@ -103,8 +77,8 @@ impl Pair {
         let collector = Collector::start().unwrap();
         let inventory_app = Upstream::start().unwrap();
         let orders_app = Upstream::start().unwrap();
-        let inventory = sidecar("inventory", &dir.0, &inventory_app, &collector);
-        let orders = sidecar("orders", &dir.0, &orders_app, &collector);
+        let inventory = sidecar("inventory", dir.path(), &inventory_app, &collector);
+        let orders = sidecar("orders", dir.path(), &orders_app, &collector);
         write_eds(&eds, "inventory", &[inventory.port("PORT_INBOUND")]).unwrap();
         assert_eventually!(orders.stat("cluster.inventory.membership_healthy") == Some(1));
         Pair {
@@ -208,7 +182,7 @@ fn inbound_refuses_callers_without_a_mesh_certificate() {
     );
 
     // TLS that trusts the mesh CA, but with no client certificate.
-    let no_cert = pair.outsider(&pair.dir.0.join("certs").join("orders"), false);
+    let no_cert = pair.outsider(&pair.dir.path().join("certs").join("orders"), false);
     let resp = http_get(no_cert.listener_port(), "/", &[]).unwrap();
     assert_eq!(resp.status, 503, "{resp:?}");
     assert_eventually!(pair.inbound_stat("fail_verify_no_cert") >= 1);
@@ -221,7 +195,7 @@ fn inbound_refuses_callers_without_a_mesh_certificate() {
             DEFAULT_WORKLOAD_VALIDITY,
         )
         .unwrap();
-    let forged_dir = pair.dir.0.join("certs").join("forged-orders");
+    let forged_dir = pair.dir.path().join("certs").join("forged-orders");
     certs::write_workload(&forged_dir, &forged, &[&pair.ca]).unwrap();
     let other = pair.outsider(&forged_dir, true);
     let resp = http_get(other.listener_port(), "/", &[]).unwrap();
@@ -230,7 +204,7 @@ fn inbound_refuses_callers_without_a_mesh_certificate() {
 
     // The same client with a certificate of the mesh CA gets through: the refusals were about
     // the certificate, not the client.
-    let good = pair.outsider(&pair.dir.0.join("certs").join("orders"), true);
+    let good = pair.outsider(&pair.dir.path().join("certs").join("orders"), true);
     assert_eq!(
         http_get(good.listener_port(), "/", &[]).unwrap().status,
         200
@@ -278,7 +252,12 @@ fn every_certificate_rotates_under_load_with_no_failed_request() {
                 DEFAULT_WORKLOAD_VALIDITY,
             )
             .unwrap();
-        certs::write_workload(&pair.dir.0.join("certs").join(service), &cert, &[&pair.ca]).unwrap();
+        certs::write_workload(
+            &pair.dir.path().join("certs").join(service),
+            &cert,
+            &[&pair.ca],
+        )
+        .unwrap();
         new.push(cert);
     }
     let (orders_cert, inventory_cert) = (&new[0], &new[1]);
@@ -379,7 +358,7 @@ fn service_metrics_name_peers_by_their_verified_certificates() {
 
     // A workload with a certificate of orders claiming to be payments: labelled orders, and
     // counted as forged.
-    let claims_payments = pair.outsider(&pair.dir.0.join("certs").join("orders"), true);
+    let claims_payments = pair.outsider(&pair.dir.path().join("certs").join("orders"), true);
     let resp = http_get(
         claims_payments.listener_port(),
         "/",

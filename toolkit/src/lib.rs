@@ -65,6 +65,39 @@ pub fn workspace_root() -> PathBuf {
     dir.parent().unwrap_or(dir).to_path_buf()
 }
 
+/// A fresh directory for one test's files under `<target>/integration-tmp/`, named after the
+/// test, the process and a per-process count (so parallel tests and runs never share one);
+/// removed on drop unless the thread is panicking, so a failed test leaves its files to read.
+#[derive(Debug)]
+pub struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    /// Makes `<target>/integration-tmp/<name>-<pid>-<n>`, empty.
+    pub fn new(name: &str) -> std::io::Result<ScratchDir> {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let dir = target_dir()
+            .join("integration-tmp")
+            .join(format!("{name}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        Ok(ScratchDir(dir))
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
 /// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root) when set,
 /// else `<workspace>/target`.
 pub fn target_dir() -> PathBuf {
@@ -153,4 +186,23 @@ macro_rules! assert_eventually {
             );
         }
     };
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scratch_dirs_are_fresh_distinct_and_removed_on_drop() {
+        let a = ScratchDir::new("scratch-test").unwrap();
+        let b = ScratchDir::new("scratch-test").unwrap();
+        assert_ne!(a.path(), b.path());
+        assert!(a.path().starts_with(target_dir().join("integration-tmp")));
+        assert_eq!(std::fs::read_dir(a.path()).unwrap().count(), 0);
+        std::fs::write(a.path().join("f"), b"x").unwrap();
+        let kept = a.path().to_path_buf();
+        drop(a);
+        assert!(!kept.exists());
+    }
 }
