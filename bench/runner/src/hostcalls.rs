@@ -138,10 +138,7 @@ fn script_response(stream: &TestHost) {
 
 /// Configures `F` from a snippet's configuration and VM environment and counts the hostcalls of
 /// the `measured` requests that follow one warm-up request (which defines the metric series).
-fn count<F: RootFilter>(
-    name: &str,
-    (config, env): &(String, Vec<(String, String)>),
-) -> Result<Counts> {
+fn count<F: RootFilter>(name: &str, (config, env): &(String, VmEnv)) -> Result<Counts> {
     let host = node_host();
     for (k, v) in env {
         host.set_env(k, v);
@@ -234,9 +231,12 @@ pub fn snippet_config(snippet: &str) -> Option<String> {
     })
 }
 
+/// A VM's environment variables, in order: (name, value).
+pub type VmEnv = Vec<(String, String)>;
+
 /// The VM's environment in a filter snippet: its `vm_config.environment_variables.key_values`
 /// (the bench sets the variables inline, the mesh signing key among them), in file order.
-pub fn snippet_env(snippet: &str) -> Result<Vec<(String, String)>> {
+pub fn snippet_env(snippet: &str) -> Result<VmEnv> {
     let doc: serde_norway::Value =
         serde_norway::from_str(snippet).map_err(|e| format!("snippet is not YAML: {e}"))?;
     let values =
@@ -252,19 +252,23 @@ pub fn snippet_env(snippet: &str) -> Result<Vec<(String, String)>> {
         .collect()
 }
 
-/// A filter snippet's configuration (JSON) and VM environment.
-pub fn read_snippet(path: &Path) -> Result<(String, Vec<(String, String)>)> {
+/// A filter snippet's configuration (JSON; `None` for a filter configured with nothing) and VM
+/// environment.
+pub fn read_snippet(path: &Path) -> Result<(Option<String>, VmEnv)> {
     let text =
         std::fs::read_to_string(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-    let config =
-        snippet_config(&text).ok_or_else(|| format!("no `value: '...'` in {}", path.display()))?;
     let env = snippet_env(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok((config, env))
+    Ok((snippet_config(&text), env))
 }
 
 /// Counts every SDK filter of the bench (with the configs in `filters_dir`) and the bare one.
 pub fn count_all(filters_dir: &Path) -> Result<Vec<Counts>> {
-    let config = |file: &str| read_snippet(&filters_dir.join(file));
+    let config = |file: &str| -> Result<(String, VmEnv)> {
+        let path = filters_dir.join(file);
+        let (config, env) = read_snippet(&path)?;
+        let config = config.ok_or_else(|| format!("no `value: '...'` in {}", path.display()))?;
+        Ok((config, env))
+    };
     Ok(vec![
         count::<trace_propagation::TracePropagation>("trace", &config("trace_propagation.yaml")?)?,
         count::<service_metrics::ServiceMetrics>("metrics", &config("service_metrics.yaml")?)?,
@@ -292,6 +296,7 @@ mod tests {
     fn reads_the_vm_environment_of_a_snippet() {
         let dir = toolkit::workspace_root().join("bench/configs/filters");
         let (config, env) = read_snippet(&dir.join("service_metrics.yaml")).unwrap();
+        let config = config.unwrap();
         assert!(config.contains(r#""env":"MESH_SIGNING_KEY""#), "{config}");
         let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
         assert_eq!(names, ["MESH_VERSION", "MESH_SIGNING_KEY"]);

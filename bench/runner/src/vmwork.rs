@@ -11,7 +11,7 @@ use std::process::Command;
 
 use toolkit::{target_dir, workspace_root};
 
-use crate::hostcalls::{snippet_config, snippet_env};
+use crate::hostcalls::read_snippet;
 use crate::Result;
 
 /// The filters measured: (row, `.wasm` file, configuration snippet of `bench/configs/filters/`).
@@ -49,10 +49,8 @@ pub fn run(filters_dir: &Path) -> Result<()> {
     let mut counts = Vec::new();
     for (key, wasm, snippet) in ROWS {
         let path = configs.join(snippet);
-        let text =
-            fs::read_to_string(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        let config = snippet_config(&text).unwrap_or_default();
-        let env = snippet_env(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        let (config, env) = read_snippet(&path)?;
+        let config = config.unwrap_or_default();
         let env: serde_json::Map<String, serde_json::Value> = env
             .into_iter()
             .map(|(k, v)| (k, serde_json::Value::String(v)))
