@@ -178,8 +178,7 @@ impl MetricFamily {
             );
             return self.overflow(host);
         }
-        let key = hash;
-        if let Some(bucket) = self.series.borrow().get(&key) {
+        if let Some(bucket) = self.series.borrow().get(&hash) {
             if let Some((_, id)) = bucket.iter().find(|(vals, _)| same(vals, values)) {
                 return Some(*id);
             }
@@ -194,7 +193,7 @@ impl MetricFamily {
         let owned: Box<[String]> = values.iter().map(|v| v.to_string()).collect();
         self.series
             .borrow_mut()
-            .entry(key)
+            .entry(hash)
             .or_default()
             .push((owned, id));
         self.count.set(self.count.get() + 1);
