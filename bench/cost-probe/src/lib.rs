@@ -13,7 +13,9 @@
 //! - `n`: how many times per request (default 0, at most [`MAX_N`]);
 //! - `arg`: the header name (`get_header`, `replace_header`), the dotted property path
 //!   (`get_property`, e.g. `xds.route_name`), the shared-data key (`get_shared_data`,
-//!   `set_shared_data`) or the cluster (`http_call`); the other ops take none;
+//!   `set_shared_data`), the cluster (`http_call`) or a CEL expression (`expr_evaluate`, e.g.
+//!   `[xds.route_name, response.flags]`: Envoy's `expr_create` and `expr_evaluate` foreign
+//!   functions, one hostcall for several properties); the other ops take none;
 //! - `phase`: `request_headers` (default) or `log`, where the filters read the properties of
 //!   the finished request (`response.code`, `request.duration`, ...).
 //!
@@ -54,11 +56,14 @@ pub enum Op {
     CurrentTime,
     /// `proxy_http_call` to a cluster; the request waits for every answer.
     HttpCall(String),
+    /// `proxy_call_foreign_function("expr_evaluate")` of a CEL expression, created once at
+    /// configure time with `expr_create`: one hostcall that reads several properties at once.
+    Evaluate(String),
 }
 
 impl Op {
     /// Every op's name, as the configuration spells it.
-    pub const NAMES: [&'static str; 11] = [
+    pub const NAMES: [&'static str; 12] = [
         "noop",
         "get_header",
         "get_headers",
@@ -70,6 +75,7 @@ impl Op {
         "set_shared_data",
         "current_time",
         "http_call",
+        "expr_evaluate",
     ];
 
     fn from_parts(name: &str, arg: Option<String>) -> Result<Op, String> {
@@ -91,6 +97,7 @@ impl Op {
             "get_shared_data" => return Ok(Op::GetSharedData(need(arg)?)),
             "set_shared_data" => return Ok(Op::SetSharedData(need(arg)?)),
             "http_call" => return Ok(Op::HttpCall(need(arg)?)),
+            "expr_evaluate" => return Ok(Op::Evaluate(need(arg)?)),
             "noop" => Op::Noop,
             "get_headers" => Op::GetHeaders,
             "increment_counter" => Op::IncrementCounter,
@@ -194,6 +201,11 @@ pub trait Host {
     fn current_time(&self);
     /// Dispatches a callout to `cluster`; whether the proxy took it.
     fn http_call(&self, cluster: &str) -> bool;
+    /// Evaluates the expression created at configure time; whether the proxy answered it.
+    fn evaluate(&self) -> bool;
+    /// Records how many evaluations of this request succeeded (once per request: a constant
+    /// that the slope over `n` does not see), so the bench can tell they really worked.
+    fn evaluated(&self, succeeded: u32);
 }
 
 /// Performs the configured op `n` times; returns the callouts dispatched (the request waits for
@@ -215,6 +227,10 @@ pub fn perform(config: &Config, host: &impl Host) -> u32 {
         Op::GetSharedData(key) => (0..n).for_each(|_| host.get_shared_data(key)),
         Op::SetSharedData(key) => (0..n).for_each(|_| host.set_shared_data(key, SHARED_VALUE)),
         Op::CurrentTime => (0..n).for_each(|_| host.current_time()),
+        Op::Evaluate(_) => {
+            let succeeded = (0..n).filter(|_| host.evaluate()).count();
+            host.evaluated(u32::try_from(succeeded).unwrap_or(u32::MAX));
+        }
         Op::HttpCall(cluster) => {
             for _ in 0..n {
                 if host.http_call(cluster) {
@@ -248,6 +264,10 @@ mod wasm {
         config: Config,
         counter: u32,
         histogram: u32,
+        /// `expr_evaluate`'s argument: the token `expr_create` returned, little-endian.
+        expr_token: [u8; 4],
+        /// Counts evaluations that succeeded (the bench checks it reaches `n`).
+        evaluated: u32,
     }
 
     impl Host for Probe {
@@ -287,6 +307,15 @@ mod wasm {
             hostcalls::dispatch_http_call(cluster, headers, None, Vec::new(), CALLOUT_TIMEOUT)
                 .is_ok()
         }
+        fn evaluate(&self) -> bool {
+            matches!(
+                hostcalls::call_foreign_function("expr_evaluate", Some(&self.expr_token)),
+                Ok(Some(_))
+            )
+        }
+        fn evaluated(&self, succeeded: u32) {
+            let _ = hostcalls::increment_metric(self.evaluated, i64::from(succeeded));
+        }
     }
 
     fn error(message: &str) {
@@ -320,7 +349,9 @@ mod wasm {
             };
             let counter = hostcalls::define_metric(MetricType::Counter, "cost_probe_calls");
             let histogram = hostcalls::define_metric(MetricType::Histogram, "cost_probe_values");
-            let (Ok(counter), Ok(histogram)) = (counter, histogram) else {
+            let evaluated = hostcalls::define_metric(MetricType::Counter, "cost_probe_evaluated");
+            let (Ok(counter), Ok(histogram), Ok(evaluated)) = (counter, histogram, evaluated)
+            else {
                 error("cost-probe: cannot define its metrics");
                 return false;
             };
@@ -330,10 +361,22 @@ mod wasm {
                     return false;
                 }
             }
+            let mut expr_token = [0; 4];
+            if let Op::Evaluate(expr) = &config.op {
+                match hostcalls::call_foreign_function("expr_create", Some(expr.as_bytes())) {
+                    Ok(Some(token)) if token.len() == 4 => expr_token.copy_from_slice(&token),
+                    other => {
+                        error(&format!("cost-probe: expr_create of `{expr}`: {other:?}"));
+                        return false;
+                    }
+                }
+            }
             self.probe = Some(Rc::new(Probe {
                 config,
                 counter,
                 histogram,
+                expr_token,
+                evaluated,
             }));
             true
         }
@@ -449,6 +492,13 @@ mod tests {
         fn http_call(&self, cluster: &str) -> bool {
             self.push(format!("http_call {cluster}"));
             self.1
+        }
+        fn evaluate(&self) -> bool {
+            self.push("evaluate".into());
+            true
+        }
+        fn evaluated(&self, succeeded: u32) {
+            self.push(format!("evaluated {succeeded}"));
         }
     }
 

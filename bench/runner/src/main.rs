@@ -83,6 +83,8 @@ pub struct Options {
     pub vm_work: bool,
     /// Only these scenarios (comma-separated keys, e.g. `mesh,trace-core`), always with
     /// `baseline` and `wasm-noop`, for comparing a change; results under target/bench/ only.
+    /// With --cost-model: only the groups of kinds holding one of these keys (e.g.
+    /// `expr_list`), without the phase calls and the shipped filters.
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     pub only: Vec<String>,
     /// Measured rounds (default 5; 1 with --quick).
@@ -189,7 +191,7 @@ struct Running {
 
 fn run(options: &Options, command: &str) -> Result<()> {
     if options.cost_model {
-        return cost::run(options.quick(), command);
+        return cost::run(options.quick(), &options.only, command);
     }
     if options.vm_work {
         let filters_dir = std::path::absolute(toolkit::filters_dir())
