@@ -190,22 +190,7 @@ macro_rules! accessors {
                 $reader(host, $path)
             }
         )*
-
-        /// Every attribute with an accessor here, and the reader that decodes it.
-        const READERS: &[(&str, &str)] = &[$(($path, stringify!($reader))),*];
     };
-}
-
-/// How the attribute at `path` comes back from the proxy when it can be read in a
-/// [`crate::batch::PropertyBatch`]: a string, int or uint attribute with an accessor here.
-pub fn wire_of(path: &str) -> Option<crate::batch::Wire> {
-    use crate::batch::Wire;
-    match READERS.iter().find(|(p, _)| *p == path)?.1 {
-        "string" => Some(Wire::String),
-        "int" => Some(Wire::Int),
-        "uint" => Some(Wire::Uint),
-        _ => None,
-    }
 }
 
 accessors! {
@@ -251,8 +236,6 @@ accessors! {
     connection_mtls => boolean("connection.mtls") -> bool;
     /// URI SAN of the peer certificate.
     connection_uri_san_peer_certificate => string("connection.uri_san_peer_certificate") -> String;
-    /// URI SAN of the upstream's certificate (absent without TLS to the upstream).
-    upstream_uri_san_peer_certificate => string("upstream.uri_san_peer_certificate") -> String;
     /// Downstream connection id.
     connection_id => uint("connection.id") -> u64;
     /// Name of the route that matched.
