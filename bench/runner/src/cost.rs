@@ -223,7 +223,7 @@ pub fn groups() -> Vec<Vec<Kind>> {
                 "expr_list",
                 "proxy_call_foreign_function",
                 "evaluate a CEL list of the 9 properties mesh-sidecar reads at the end of the \
-                 stream, the absent certificate as `''`",
+                 stream, the certificate (absent without mTLS) guarded by `has()`",
                 "expr_evaluate",
                 Some(EXPR_LIST),
                 LOG,
