@@ -745,23 +745,20 @@ fn probe_request(
         return Ok(());
     };
     let deadline = Instant::now() + Duration::from_secs(10);
+    // The probe's counter `name` has reached `n`.
+    let counted = |name: &str| {
+        crate::stats_matching(envoy, name)
+            .iter()
+            .any(|(_, v)| *v >= u64::from(n))
+    };
     let check = || -> bool {
         match kind.op {
-            "increment_counter" => envoy.stats().lines().any(|l| {
-                l.split_once(": ").is_some_and(|(k, v)| {
-                    k.ends_with("cost_probe_calls") && v.trim().parse::<u32>().is_ok_and(|v| v >= n)
-                })
-            }),
+            "increment_counter" => counted("cost_probe_calls"),
             "http_call" => collector.requests() >= callouts_before + u64::from(n),
             "replace_header" => upstream
                 .captured()
                 .is_some_and(|h| h.contains(&format!("x-b3-spanid: {}", PROBE_HEADER_VALUE))),
-            "expr_evaluate" => envoy.stats().lines().any(|l| {
-                l.split_once(": ").is_some_and(|(k, v)| {
-                    k.ends_with("cost_probe_evaluated")
-                        && v.trim().parse::<u32>().is_ok_and(|v| v >= n)
-                })
-            }),
+            "expr_evaluate" => counted("cost_probe_evaluated"),
             _ => true,
         }
     };
