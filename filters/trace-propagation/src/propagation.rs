@@ -1,9 +1,9 @@
 //! Reading the incoming trace context from request headers in the configured precedence, and
 //! writing the child context in every configured format, consistently.
 
-use meshwasm::host::{HeaderSnapshot, Host};
+use meshwasm::host::{HeaderSnapshot, Host, MapKind};
 use meshwasm::trace::b3::{self, B3Single, Sampling, B3};
-use meshwasm::trace::w3c::{parse_traceparent, TraceParent, TraceState};
+use meshwasm::trace::w3c::{parse_traceparent, parse_traceparent_bytes, TraceParent, TraceState};
 use meshwasm::trace::{SpanId, TraceError, TraceId};
 
 use crate::config::Format;
@@ -65,11 +65,18 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
     for format in precedence {
         match format {
             Format::W3c => {
-                let Some(tp) = headers.get_str("traceparent") else {
+                let Some(tp) = headers.get("traceparent") else {
                     continue;
                 };
                 out.any_present = true;
-                match parse_traceparent(&tp) {
+                // Read as the bytes it came in; a value that is not ASCII is read as its lossy
+                // text (as header values are everywhere else), which no valid one is.
+                let parsed = if tp.is_ascii() {
+                    parse_traceparent_bytes(tp)
+                } else {
+                    parse_traceparent(&String::from_utf8_lossy(tp))
+                };
+                match parsed {
                     Ok(p) => {
                         let tracestate = headers
                             .get_joined("tracestate")
@@ -197,48 +204,139 @@ pub struct Outgoing {
 
 /// Replaces every trace header of the request with the outgoing context in `formats`:
 /// the headers written are replaced, and the other trace headers the request carried
-/// (`present`) are removed, so nothing incoming is forwarded as it was.
+/// (`present`) are removed, so nothing incoming is forwarded as it was. Values are written from
+/// the stack, one hostcall each, removals first.
 pub fn inject(host: &dyn Host, present: &HeaderSnapshot, out: &Outgoing, formats: &[Format]) {
-    let sampling = if out.debug {
-        Sampling::Debug
-    } else if out.sampled {
-        Sampling::Accept
-    } else {
-        Sampling::Deny
-    };
-    let b3 = B3 {
-        trace_id: out.trace_id,
-        trace_id_64bit: out.trace_id_64bit,
-        span_id: out.span_id,
-        parent_span_id: out.parent,
-        sampling,
-    };
-    let mut headers: Vec<(&'static str, String)> = Vec::with_capacity(7);
-    for format in formats {
-        match format {
-            Format::W3c => {
-                let flags = u8::from(out.sampled) | if out.random { 0x02 } else { 0 };
-                let tp = TraceParent {
-                    version: 0,
-                    trace_id: out.trace_id,
-                    parent_id: out.span_id,
-                    flags,
-                };
-                headers.push(("traceparent", tp.to_header()));
-                if let Some(ts) = &out.tracestate {
-                    headers.push(("tracestate", ts.to_header()));
-                }
-            }
-            Format::B3 => headers.extend(b3::multi_headers(&b3)),
-            Format::B3Single => headers.push(("b3", b3::format_single(&b3))),
-        }
-    }
-    for name in TRACE_HEADERS {
-        if present.contains(name) && !headers.iter().any(|(h, _)| *h == name) {
+    let b3 = out.b3();
+    let written = written_headers(out, formats);
+    for (i, name) in TRACE_HEADERS.iter().enumerate() {
+        if written & (1 << i) == 0 && present.contains(name) {
             host.remove_request_header(name);
         }
     }
-    for (name, value) in &headers {
-        host.set_request_header(name, value);
+    let set = |name: &str, value: &[u8]| {
+        host.set_header(MapKind::RequestHeaders, name, Some(value));
+    };
+    for format in formats {
+        match format {
+            Format::W3c => {
+                set("traceparent", out.traceparent().header_value().as_bytes());
+                if let Some(ts) = &out.tracestate {
+                    set("tracestate", ts.to_header().as_bytes());
+                }
+            }
+            Format::B3 => b3::each_multi_header(&b3, |name, value| set(name, value.as_bytes())),
+            Format::B3Single => set("b3", b3::format_single_value(&b3).as_bytes()),
+        }
+    }
+}
+
+impl Outgoing {
+    /// The B3 sampling state sent: Debug wins, else the decision.
+    fn sampling(&self) -> Sampling {
+        if self.debug {
+            Sampling::Debug
+        } else if self.sampled {
+            Sampling::Accept
+        } else {
+            Sampling::Deny
+        }
+    }
+
+    /// The context as B3 sends it.
+    fn b3(&self) -> B3 {
+        B3 {
+            trace_id: self.trace_id,
+            trace_id_64bit: self.trace_id_64bit,
+            span_id: self.span_id,
+            parent_span_id: self.parent,
+            sampling: self.sampling(),
+        }
+    }
+
+    /// The context as `traceparent` sends it.
+    fn traceparent(&self) -> TraceParent {
+        let flags = u8::from(self.sampled)
+            | if self.random {
+                TraceParent::FLAG_RANDOM
+            } else {
+                0
+            };
+        TraceParent {
+            version: 0,
+            trace_id: self.trace_id,
+            parent_id: self.span_id,
+            flags,
+        }
+    }
+}
+
+/// Which of [`TRACE_HEADERS`] [`inject`] writes for `out` in `formats` (bit `i` for
+/// `TRACE_HEADERS[i]`), without writing them.
+fn written_headers(out: &Outgoing, formats: &[Format]) -> u8 {
+    let mut written = 0u8;
+    for format in formats {
+        written |= match format {
+            Format::W3c => 1 | if out.tracestate.is_some() { 1 << 1 } else { 0 },
+            Format::B3Single => 1 << 2,
+            Format::B3 => {
+                let parent = if out.parent.is_some() { 1 << 5 } else { 0 };
+                let sampling = match out.sampling() {
+                    Sampling::Accept | Sampling::Deny => 1 << 6,
+                    Sampling::Debug => 1 << 7,
+                    Sampling::Defer => 0,
+                };
+                (1 << 3) | (1 << 4) | parent | sampling
+            }
+        };
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meshwasm::trace::{SpanId, TraceId};
+
+    /// The names [`written_headers`] predicts are the ones the writers write, in every case.
+    #[test]
+    fn written_headers_match_the_writers() {
+        let formats = [Format::W3c, Format::B3, Format::B3Single];
+        for bits in 0..32u8 {
+            let out = Outgoing {
+                trace_id: TraceId(7),
+                trace_id_64bit: bits & 1 != 0,
+                span_id: SpanId(8),
+                parent: (bits & 2 != 0).then_some(SpanId(9)),
+                sampled: bits & 4 != 0,
+                debug: bits & 8 != 0,
+                random: true,
+                tracestate: (bits & 16 != 0).then(|| TraceState::parse("a=1").unwrap_or_default()),
+            };
+            for n in 0..=formats.len() {
+                let formats = &formats[..n];
+                let mut want: Vec<&str> = Vec::new();
+                for f in formats {
+                    match f {
+                        Format::W3c => {
+                            want.push("traceparent");
+                            if out.tracestate.is_some() {
+                                want.push("tracestate");
+                            }
+                        }
+                        Format::B3 => want.extend(b3::multi_headers(&out.b3()).iter().map(|h| h.0)),
+                        Format::B3Single => want.push("b3"),
+                    }
+                }
+                let mask = written_headers(&out, formats);
+                for (i, name) in TRACE_HEADERS.iter().enumerate() {
+                    assert_eq!(
+                        mask & (1 << i) != 0,
+                        want.contains(name),
+                        "{name} {bits} {n}"
+                    );
+                }
+            }
+        }
     }
 }

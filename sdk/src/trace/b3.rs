@@ -7,7 +7,7 @@
 //! malformed, not absent.
 
 use super::ids::{SpanId, TraceId};
-use super::{is_lower_hex, parse_lower_hex, trim_ows, TraceError};
+use super::{parse_lower_hex, trim_ows, HeaderValue, TraceError};
 
 /// `x-b3-traceid`.
 pub const TRACE_ID_HEADER: &str = "x-b3-traceid";
@@ -180,23 +180,25 @@ pub fn parse_single(value: &str) -> Result<B3Single, TraceError> {
 /// id when present. The format has no place for a parent without a sampling state, so with
 /// Defer the parent is left out.
 pub fn format_single(b: &B3) -> String {
-    let mut out = String::with_capacity(MAX_SINGLE_LEN);
-    out.push_str(&trace_id_hex(b));
-    out.push('-');
-    out.push_str(&b.span_id.to_hex());
-    let sampling = match b.sampling {
-        Sampling::Accept => Some('1'),
-        Sampling::Deny => Some('0'),
-        Sampling::Debug => Some('d'),
-        Sampling::Defer => None,
+    format_single_value(b).to_str().into_owned()
+}
+
+/// [`format_single`] written on the stack, for writing the header without an allocation.
+pub fn format_single_value(b: &B3) -> HeaderValue {
+    let mut out = HeaderValue::new();
+    push_trace_id(&mut out, b);
+    out.push(b"-");
+    out.push_hex(b.span_id.0, 16);
+    let sampling: &[u8] = match b.sampling {
+        Sampling::Accept => b"-1",
+        Sampling::Deny => b"-0",
+        Sampling::Debug => b"-d",
+        Sampling::Defer => return out,
     };
-    if let Some(s) = sampling {
-        out.push('-');
-        out.push(s);
-        if let Some(parent) = b.parent_span_id {
-            out.push('-');
-            out.push_str(&parent.to_hex());
-        }
+    out.push(sampling);
+    if let Some(parent) = b.parent_span_id {
+        out.push(b"-");
+        out.push_hex(parent.0, 16);
     }
     out
 }
@@ -206,27 +208,44 @@ pub fn format_single(b: &B3) -> String {
 /// Debug (which implies accept, so `x-b3-sampled` is not sent), or neither for Defer.
 pub fn multi_headers(b: &B3) -> Vec<(&'static str, String)> {
     let mut headers = Vec::with_capacity(4);
-    headers.push((TRACE_ID_HEADER, trace_id_hex(b)));
-    headers.push((SPAN_ID_HEADER, b.span_id.to_hex()));
-    if let Some(parent) = b.parent_span_id {
-        headers.push((PARENT_SPAN_ID_HEADER, parent.to_hex()));
-    }
-    match b.sampling {
-        Sampling::Accept => headers.push((SAMPLED_HEADER, "1".to_string())),
-        Sampling::Deny => headers.push((SAMPLED_HEADER, "0".to_string())),
-        Sampling::Debug => headers.push((FLAGS_HEADER, "1".to_string())),
-        Sampling::Defer => {}
-    }
+    each_multi_header(b, |name, value| {
+        headers.push((name, value.to_str().into_owned()));
+    });
     headers
 }
 
-/// The trace id as `b` should send it.
-fn trace_id_hex(b: &B3) -> String {
-    if b.trace_id_64bit && b.trace_id.is_64bit() {
-        b.trace_id.low_hex()
-    } else {
-        b.trace_id.to_hex()
+/// [`multi_headers`] without allocating: calls `f` with each name and its value (written on the
+/// stack), in the same order.
+pub fn each_multi_header(b: &B3, mut f: impl FnMut(&'static str, &HeaderValue)) {
+    let mut value = HeaderValue::new();
+    push_trace_id(&mut value, b);
+    f(TRACE_ID_HEADER, &value);
+    let mut value = HeaderValue::new();
+    value.push_hex(b.span_id.0, 16);
+    f(SPAN_ID_HEADER, &value);
+    if let Some(parent) = b.parent_span_id {
+        let mut value = HeaderValue::new();
+        value.push_hex(parent.0, 16);
+        f(PARENT_SPAN_ID_HEADER, &value);
     }
+    let (name, flag): (&'static str, &[u8]) = match b.sampling {
+        Sampling::Accept => (SAMPLED_HEADER, b"1"),
+        Sampling::Deny => (SAMPLED_HEADER, b"0"),
+        Sampling::Debug => (FLAGS_HEADER, b"1"),
+        Sampling::Defer => return,
+    };
+    let mut value = HeaderValue::new();
+    value.push(flag);
+    f(name, &value);
+}
+
+/// Appends the trace id as `b` should send it: 16 digits when it came as a 64-bit id and
+/// still fits, else 32.
+fn push_trace_id(out: &mut HeaderValue, b: &B3) {
+    if !(b.trace_id_64bit && b.trace_id.is_64bit()) {
+        out.push_hex((b.trace_id.0 >> 64) as u64, 16);
+    }
+    out.push_hex(b.trace_id.low64(), 16);
 }
 
 /// A single-header sampling field.
@@ -242,7 +261,7 @@ fn single_sampling(s: &str) -> Option<Sampling> {
 /// A B3 trace id: 32 or 16 lowercase hex digits, non-zero; the bool says 16 (64-bit).
 fn parse_trace_id(s: &str) -> Option<(TraceId, bool)> {
     let b = s.as_bytes();
-    if !(b.len() == 16 || b.len() == 32) || !b.iter().all(|c| is_lower_hex(*c)) {
+    if !(b.len() == 16 || b.len() == 32) {
         return None;
     }
     match parse_lower_hex(b) {

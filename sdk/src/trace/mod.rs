@@ -209,28 +209,136 @@ pub(crate) fn trim_ows(value: &str) -> &str {
     value.trim_matches(|c| c == ' ' || c == '\t')
 }
 
-/// Whether `b` is a lowercase hex digit (`0-9`, `a-f`).
-pub(crate) fn is_lower_hex(b: u8) -> bool {
-    b.is_ascii_digit() || (b'a'..=b'f').contains(&b)
+/// [`trim_ows`] over bytes.
+pub(crate) fn trim_ows_bytes(value: &[u8]) -> &[u8] {
+    let ows = |b: &u8| *b == b' ' || *b == b'\t';
+    let start = value.iter().position(|b| !ows(b)).unwrap_or(value.len());
+    let end = value.iter().rposition(|b| !ows(b)).map_or(start, |i| i + 1);
+    value.get(start..end).unwrap_or_default()
+}
+
+/// The value of each byte as a lowercase hex digit, `0xff` for any other byte: one load per
+/// digit where a chain of range checks costs several branches.
+static HEX_VALUE: [u8; 256] = {
+    let mut table = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        table[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        table[b'a' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// Parses 1 to 16 lowercase hex digits into a `u64`; `None` on any other character, on an
+/// empty input, or on more than 16 digits. Ids are read on every request: 64-bit arithmetic
+/// (128-bit shifts are pairs of them, or library calls, in wasm32) and a table lookup per digit.
+pub(crate) fn parse_hex_u64(s: &[u8]) -> Option<u64> {
+    if s.is_empty() || s.len() > 16 {
+        return None;
+    }
+    let mut value = 0u64;
+    let mut bad = 0u8;
+    for &b in s {
+        let digit = HEX_VALUE[usize::from(b)];
+        // Checked once at the end: a set high bit in any digit means a non-hex byte.
+        bad |= digit;
+        value = (value << 4) | u64::from(digit & 0xf);
+    }
+    (bad < 16).then_some(value)
 }
 
 /// Parses lowercase hex of at most 32 digits into a `u128`; `None` on any other character, on
 /// an empty input, or on more than 32 digits.
 pub(crate) fn parse_lower_hex(s: &[u8]) -> Option<u128> {
-    if s.is_empty() || s.len() > 32 {
-        return None;
+    if s.len() <= 16 {
+        return parse_hex_u64(s).map(u128::from);
     }
-    let mut value: u128 = 0;
-    for &b in s {
-        let digit = match b {
-            b'0'..=b'9' => b - b'0',
-            b'a'..=b'f' => b - b'a' + 10,
-            _ => return None,
-        };
-        value = (value << 4) | u128::from(digit);
-    }
-    Some(value)
+    let (high, low) = s.split_at(s.len().saturating_sub(16));
+    let (high, low) = (parse_hex_u64(high)?, parse_hex_u64(low)?);
+    Some((u128::from(high) << 64) | u128::from(low))
 }
+
+/// The lowercase hex digits, for writers.
+const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `value` as lowercase hex into all of `out`, zero-padded, most significant digit
+/// first; the low `2 * out.len()` digits when they do not all fit (16 bytes hold a `u64`).
+pub(crate) fn write_hex(out: &mut [u8], value: u64) {
+    let mut value = value;
+    for b in out.iter_mut().rev() {
+        *b = HEX_DIGITS[(value & 0xf) as usize];
+        value >>= 4;
+    }
+}
+
+/// A header value written on the stack: the trace formats' values are at most
+/// [`HeaderValue::CAPACITY`] bytes of ASCII, so writing one never allocates.
+#[derive(Clone, Copy)]
+pub struct HeaderValue {
+    buf: [u8; HeaderValue::CAPACITY],
+    len: usize,
+}
+
+impl HeaderValue {
+    /// The longest value it holds: a `b3` single header with a 128-bit trace id and a parent.
+    pub const CAPACITY: usize = 68;
+
+    /// An empty value.
+    pub(crate) fn new() -> HeaderValue {
+        HeaderValue {
+            buf: [0; HeaderValue::CAPACITY],
+            len: 0,
+        }
+    }
+
+    /// Appends `bytes`; past [`HeaderValue::CAPACITY`] nothing is appended (never the case for
+    /// the values written here).
+    pub(crate) fn push(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            dst.copy_from_slice(bytes);
+            self.len = end;
+        }
+    }
+
+    /// Appends `value` as `digits` lowercase hex digits (at most 16).
+    pub(crate) fn push_hex(&mut self, value: u64, digits: usize) {
+        let end = self.len + digits.min(16);
+        if let Some(dst) = self.buf.get_mut(self.len..end) {
+            write_hex(dst, value);
+            self.len = end;
+        }
+    }
+
+    /// The value's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        self.buf.get(..self.len).unwrap_or_default()
+    }
+
+    /// The value as text (it is always ASCII).
+    pub fn to_str(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(self.as_bytes())
+    }
+}
+
+impl fmt::Debug for HeaderValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.to_str(), f)
+    }
+}
+
+impl PartialEq for HeaderValue {
+    fn eq(&self, other: &HeaderValue) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl Eq for HeaderValue {}
 
 #[cfg(test)]
 mod tests {
@@ -325,6 +433,29 @@ mod tests {
         assert_eq!(parse_lower_hex(&[b'f'; 33]), None);
         assert_eq!(parse_lower_hex(&[b'f'; 32]), Some(u128::MAX));
         assert_eq!(trim_ows(" \t x \t"), "x");
-        assert!(is_lower_hex(b'a') && !is_lower_hex(b'g') && !is_lower_hex(b'A'));
+        assert_eq!(
+            parse_lower_hex(b"1234567890abcdef0"),
+            Some(0x1234567890abcdef0)
+        );
+        assert_eq!(parse_lower_hex(b"1234567890abcdeg0"), None);
+        assert_eq!(parse_hex_u64(&[b'f'; 16]), Some(u64::MAX));
+        assert_eq!(parse_hex_u64(&[b'f'; 17]), None);
+        assert_eq!(parse_hex_u64(b"0\xff"), None);
+        for b in 0..=255u8 {
+            let want = b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+            assert_eq!(parse_hex_u64(&[b]).is_some(), want, "{b}");
+        }
+        assert_eq!(trim_ows_bytes(b" \t x \t"), b"x");
+        assert_eq!(trim_ows_bytes(b" \t "), b"");
+        assert_eq!(trim_ows_bytes(b""), b"");
+        let mut out = [0u8; 4];
+        write_hex(&mut out, 0xbeef_1a2b);
+        assert_eq!(&out, b"1a2b");
+        let mut v = HeaderValue::new();
+        v.push(b"00-");
+        v.push_hex(0xab, 4);
+        assert_eq!(v.as_bytes(), b"00-00ab");
+        v.push(&[b'x'; HeaderValue::CAPACITY]);
+        assert_eq!(v.as_bytes(), b"00-00ab");
     }
 }

@@ -14,8 +14,8 @@
 //!   every valid list is read whole (up to [`MAX_TRACESTATE_LEN`] bytes of input, room for the
 //!   longest list the grammar allows and as much whitespace again).
 
-use super::ids::{push_hex, SpanId, TraceId};
-use super::{is_lower_hex, parse_lower_hex, trim_ows, TraceError};
+use super::ids::{SpanId, TraceId};
+use super::{parse_hex_u64, trim_ows, trim_ows_bytes, HeaderValue, TraceError};
 
 /// The longest `traceparent` value accepted (after trimming surrounding whitespace). Version
 /// `00` is exactly 55 characters; a future version may append fields, and this bounds the
@@ -91,14 +91,21 @@ impl TraceParent {
     /// when downgrading a future version). Only the `sampled` and `random` flags are kept:
     /// vendors must send the other bits as zero.
     pub fn to_header(&self) -> String {
-        let mut out = String::with_capacity(55);
-        out.push_str("00-");
-        push_hex(&mut out, self.trace_id.0, 32);
-        out.push('-');
-        push_hex(&mut out, u128::from(self.parent_id.0), 16);
-        out.push('-');
+        self.header_value().to_str().into_owned()
+    }
+
+    /// [`TraceParent::to_header`] written on the stack, for writing the header without an
+    /// allocation.
+    pub fn header_value(&self) -> HeaderValue {
+        let mut out = HeaderValue::new();
+        out.push(b"00-");
+        out.push_hex((self.trace_id.0 >> 64) as u64, 16);
+        out.push_hex(self.trace_id.low64(), 16);
+        out.push(b"-");
+        out.push_hex(self.parent_id.0, 16);
+        out.push(b"-");
         let flags = self.flags & (Self::FLAG_SAMPLED | Self::FLAG_RANDOM);
-        push_hex(&mut out, u128::from(flags), 2);
+        out.push_hex(u64::from(flags), 2);
         out
     }
 }
@@ -110,14 +117,19 @@ impl TraceParent {
 /// higher version is read from its first 55 characters by the same layout, and anything after
 /// them must begin with `-`. All-zero trace or parent ids are invalid.
 pub fn parse_traceparent(value: &str) -> Result<TraceParent, TraceError> {
-    let v = trim_ows(value).as_bytes();
+    parse_traceparent_bytes(value.as_bytes())
+}
+
+/// [`parse_traceparent`] over the header's bytes, as the proxy hands them over. For a value
+/// that is not UTF-8 the answer may differ from [`parse_traceparent`] of its lossy text (a
+/// replacement character is longer than the byte it replaces); for ASCII it is the same.
+pub fn parse_traceparent_bytes(value: &[u8]) -> Result<TraceParent, TraceError> {
+    let v = trim_ows_bytes(value);
     if v.len() > MAX_TRACEPARENT_LEN {
         return Err(TraceError::TraceparentLength);
     }
-    let version = match (v.get(0..2), v.get(2)) {
-        (Some(digits), Some(b'-')) => parse_lower_hex(digits)
-            .and_then(|x| u8::try_from(x).ok())
-            .ok_or(TraceError::TraceparentVersion)?,
+    let version = match v {
+        [a, b, b'-', ..] => hex_u8(*a, *b).ok_or(TraceError::TraceparentVersion)?,
         _ => return Err(TraceError::TraceparentVersion),
     };
     if version == 0xff {
@@ -129,38 +141,40 @@ pub fn parse_traceparent(value: &str) -> Result<TraceParent, TraceError> {
     if v.len() > V00_LEN && v.get(V00_LEN) != Some(&b'-') {
         return Err(TraceError::TraceparentFormat);
     }
-    let trace_id = field(v, 3, 32).ok_or(TraceError::TraceparentFormat)?;
-    let parent_id = field(v, 36, 16).ok_or(TraceError::TraceparentFormat)?;
+    // The trace id as two 64-bit halves, then the parent id.
+    let high = field(v, 3).ok_or(TraceError::TraceparentFormat)?;
+    let low = field(v, 19).ok_or(TraceError::TraceparentFormat)?;
+    let parent_id = field(v, 36).ok_or(TraceError::TraceparentFormat)?;
     if v.get(35) != Some(&b'-') || v.get(52) != Some(&b'-') {
         return Err(TraceError::TraceparentFormat);
     }
-    let flags = field(v, 53, 2)
-        .and_then(|x| u8::try_from(x).ok())
-        .ok_or(TraceError::TraceparentFlags)?;
-    if trace_id == 0 {
+    let flags = match (v.get(53), v.get(54)) {
+        (Some(a), Some(b)) => hex_u8(*a, *b),
+        _ => None,
+    }
+    .ok_or(TraceError::TraceparentFlags)?;
+    if high == 0 && low == 0 {
         return Err(TraceError::TraceparentZeroTraceId);
     }
-    let parent_id = u64::try_from(parent_id).map_err(|_| TraceError::TraceparentFormat)?;
     if parent_id == 0 {
         return Err(TraceError::TraceparentZeroParentId);
     }
     Ok(TraceParent {
         version,
-        trace_id: TraceId(trace_id),
+        trace_id: TraceId((u128::from(high) << 64) | u128::from(low)),
         parent_id: SpanId(parent_id),
         flags,
     })
 }
 
-/// `len` lowercase hex digits of `v` starting at `start`, as a number.
-fn field(v: &[u8], start: usize, len: usize) -> Option<u128> {
-    let end = start.checked_add(len)?;
-    let digits = v.get(start..end)?;
-    if digits.iter().all(|b| is_lower_hex(*b)) {
-        parse_lower_hex(digits)
-    } else {
-        None
-    }
+/// The 16 lowercase hex digits of `v` starting at `start`, as a number.
+fn field(v: &[u8], start: usize) -> Option<u64> {
+    parse_hex_u64(v.get(start..start + 16)?)
+}
+
+/// Two lowercase hex digits as a byte.
+fn hex_u8(a: u8, b: u8) -> Option<u8> {
+    parse_hex_u64(&[a, b]).map(|x| x as u8)
 }
 
 /// The entries [`TraceState::parse_detailed`] left out of a `tracestate` it kept.
