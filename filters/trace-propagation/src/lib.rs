@@ -7,7 +7,7 @@ pub mod exporter;
 pub mod naming;
 pub mod propagation;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -17,7 +17,7 @@ use meshwasm::prelude::*;
 use meshwasm::trace::b3::Sampling;
 use meshwasm::trace::baggage::Baggage;
 use meshwasm::trace::export::{Endpoint, Span, SpanKind};
-use meshwasm::trace::{sample_by_trace_id, IdGenerator, SpanId, TraceId};
+use meshwasm::trace::{sample_by_trace_id, write_hex, IdGenerator, SpanId, TraceId};
 
 use config::{Config, Direction, Format};
 use exporter::Exporter;
@@ -32,6 +32,8 @@ pub struct TracePropagation {
     service: String,
     ids: RefCell<IdGenerator>,
     requests: MetricFamily,
+    /// The ids of `requests` by [`request_series`], looked up in the family once.
+    request_ids: [Cell<Option<u32>>; 8],
     invalid: MetricFamily,
     /// Incoming sampling or debug decisions replaced by the local policy: the caller is not
     /// trusted with them (`trusted_clients`).
@@ -45,7 +47,9 @@ pub struct TraceRequest {
 }
 
 struct HopSpan {
-    trace_id: TraceId,
+    /// The trace id's high and low halves: a `u128` field would align the per-request context
+    /// to 16 bytes, and an over-aligned allocation costs the allocator far more.
+    trace_id: [u64; 2],
     trace_id_64bit: bool,
     span_id: SpanId,
     parent: Option<SpanId>,
@@ -54,6 +58,18 @@ struct HopSpan {
     method: String,
     path: String,
     request_id: Option<String>,
+}
+
+/// The index of a `meshwasm_trace_requests_total` series in `request_ids`: the direction is
+/// fixed per configuration, so the context format and the decision pick the series.
+fn request_series(f: Option<Format>, sampled: bool) -> usize {
+    let format = match f {
+        Some(Format::W3c) => 0,
+        Some(Format::B3) => 1,
+        Some(Format::B3Single) => 2,
+        None => 3,
+    };
+    format * 2 + usize::from(sampled)
 }
 
 fn format_label(f: Option<Format>) -> &'static str {
@@ -71,33 +87,69 @@ fn micros(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+impl HopSpan {
+    fn trace_id(&self) -> TraceId {
+        TraceId((u128::from(self.trace_id[0]) << 64) | u128::from(self.trace_id[1]))
+    }
+}
+
 impl TracePropagation {
     fn count_invalid(&self, host: &dyn Host, reason: &str) {
         self.invalid.inc(host, &[reason]);
     }
 
-    fn request_id(&self, host: &dyn Host, headers: &HeaderSnapshot) -> Option<String> {
-        if let Some(id) = headers.get_str("x-request-id") {
-            return Some(id.into_owned());
+    /// Sets `x-request-id` when the request has none and the configuration asks for it, and
+    /// returns the request's id when `keep` (the span records it), else `None` with no copy.
+    fn request_id(&self, host: &dyn Host, headers: &HeaderSnapshot, keep: bool) -> Option<String> {
+        if let Some(id) = headers.get("x-request-id") {
+            return keep.then(|| String::from_utf8_lossy(id).into_owned());
         }
         if !self.cfg.set_request_id {
             return None;
         }
-        // A version 4 UUID from the worker's generator (RFC 9562 layout).
+        // A version 4 UUID from the worker's generator (RFC 9562 layout), written on the stack.
         let mut ids = self.ids.borrow_mut();
         let (a, b) = (ids.next_u64(), ids.next_u64());
         let a = (a & !0xf000) | 0x4000;
         let b = (b & !(0xc << 60)) | (0x8 << 60);
-        let id = format!(
-            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xffff,
-            b >> 48,
-            b & 0xffff_ffff_ffff
-        );
-        host.set_request_header("x-request-id", &id);
-        Some(id)
+        let mut id = [b'-'; 36];
+        let fields = [
+            (0..8, a >> 32),
+            (9..13, (a >> 16) & 0xffff),
+            (14..18, a & 0xffff),
+            (19..23, b >> 48),
+            (24..36, b & 0xffff_ffff_ffff),
+        ];
+        for (at, value) in fields {
+            if let Some(out) = id.get_mut(at) {
+                write_hex(out, value);
+            }
+        }
+        host.set_header(MapKind::RequestHeaders, "x-request-id", Some(&id));
+        keep.then(|| String::from_utf8_lossy(&id).into_owned())
+    }
+
+    /// Adds one to `meshwasm_trace_requests_total` for this request's labels, the series' id
+    /// looked up in the family on first use only.
+    fn count_request(&self, host: &dyn Host, format: Option<Format>, sampled: bool) {
+        let Some(slot) = self.request_ids.get(request_series(format, sampled)) else {
+            return;
+        };
+        let id = slot.get().or_else(|| {
+            let direction = match self.cfg.direction {
+                Direction::Outbound => "outbound",
+                Direction::Inbound => "inbound",
+            };
+            let sampled = if sampled { "true" } else { "false" };
+            let id = self
+                .requests
+                .id(host, &[direction, format_label(format), sampled]);
+            slot.set(id);
+            id
+        });
+        if let Some(id) = id {
+            let _ = host.increment_metric(id, 1);
+        }
     }
 
     /// Checks `baggage`, all its fields together (W3C Baggage: several fields are one list),
@@ -143,6 +195,7 @@ impl RootFilter for TracePropagation {
                 "meshwasm_trace_requests_total",
                 &["direction", "context", "sampled"],
             ),
+            request_ids: Default::default(),
             invalid: MetricFamily::counter("meshwasm_trace_invalid_headers_total", &["reason"]),
             untrusted: Metric::counter(host, UNTRUSTED_DECISIONS),
             exporter,
@@ -237,20 +290,9 @@ impl HttpFilter for TraceRequest {
         };
         inject(host, &headers, &out, &root.cfg.propagate);
         root.enforce_baggage(host, &headers);
-        let request_id = root.request_id(host, &headers);
-        let direction = match root.cfg.direction {
-            Direction::Outbound => "outbound",
-            Direction::Inbound => "inbound",
-        };
-        root.requests.inc(
-            host,
-            &[
-                direction,
-                format_label(format),
-                if sampled { "true" } else { "false" },
-            ],
-        );
         let exporting = sampled && root.exporter.is_some();
+        let request_id = root.request_id(host, &headers, exporting);
+        root.count_request(host, format, sampled);
         let (method, path, start) = if exporting {
             (
                 headers.get_str(":method").unwrap_or_default().into_owned(),
@@ -261,7 +303,7 @@ impl HttpFilter for TraceRequest {
             (String::new(), String::new(), UNIX_EPOCH)
         };
         self.span = Some(HopSpan {
-            trace_id,
+            trace_id: [(trace_id.0 >> 64) as u64, trace_id.low64()],
             trace_id_64bit,
             span_id,
             parent,
@@ -281,7 +323,7 @@ impl HttpFilter for TraceRequest {
         _eos: bool,
     ) -> Action {
         if let (Some(name), Some(span)) = (&root.cfg.response_trace_header, &self.span) {
-            host.set_response_header(name, &span.trace_id.to_hex());
+            host.set_response_header(name, &span.trace_id().to_hex());
         }
         Action::Continue
     }
@@ -313,6 +355,7 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
     let cluster = properties::xds_cluster_name(host);
     let route = properties::xds_route_name(host);
     let name = exporter.span_name(&hop.method, route.as_deref(), cluster.as_deref());
+    let trace_id = hop.trace_id();
     let path_only = hop.path.split('?').next().unwrap_or_default();
     let mut tags = vec![
         ("component".to_string(), "proxy".to_string()),
@@ -335,7 +378,7 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
     }
     exporter.cap_tags(host, &mut tags);
     Span {
-        trace_id: hop.trace_id,
+        trace_id,
         trace_id_64bit: hop.trace_id_64bit,
         span_id: hop.span_id,
         parent_id: hop.parent,

@@ -268,7 +268,7 @@ const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
 
 /// Writes `value` as lowercase hex into all of `out`, zero-padded, most significant digit
 /// first; the low `2 * out.len()` digits when they do not all fit (16 bytes hold a `u64`).
-pub(crate) fn write_hex(out: &mut [u8], value: u64) {
+pub fn write_hex(out: &mut [u8], value: u64) {
     let mut value = value;
     for b in out.iter_mut().rev() {
         *b = HEX_DIGITS[(value & 0xf) as usize];
