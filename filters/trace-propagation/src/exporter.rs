@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 use meshwasm::filter::CalloutResponse;
 use meshwasm::host::Host;
 use meshwasm::metrics::{Metric, MetricFamily};
-use meshwasm::trace::export::{otlp_json, zipkin_json, Span};
+use meshwasm::trace::export::{otlp_json, zipkin_json, Span, Tag};
 
 use crate::config::{ExportConfig, ExportFormat};
 use crate::naming::{self, NameTemplate};
@@ -45,6 +45,9 @@ pub struct Exporter {
     in_flight: RefCell<HashMap<u32, usize>>,
     last_flush: Cell<Option<SystemTime>>,
     spans: MetricFamily,
+    /// The ids of the `buffered` and `dropped_buffer_full` series of `spans`, looked up in the
+    /// family on first use only: one of them counts every exported request.
+    push_ids: [Cell<Option<u32>>; 2],
     buffered: Metric,
     tags_truncated: Metric,
 }
@@ -72,6 +75,7 @@ impl Exporter {
             in_flight: RefCell::new(HashMap::new()),
             last_flush: Cell::new(None),
             spans: MetricFamily::counter("meshwasm_trace_spans_total", &["outcome"]),
+            push_ids: Default::default(),
             buffered: Metric::define(
                 host,
                 meshwasm::host::MetricKind::Gauge,
@@ -90,10 +94,11 @@ impl Exporter {
 
     /// Cuts every tag value to `max_tag_length` bytes, counting the values cut (one hostcall,
     /// and only when something was cut).
-    pub fn cap_tags(&self, host: &dyn Host, tags: &mut [(String, String)]) {
+    pub fn cap_tags(&self, host: &dyn Host, tags: &mut [Tag]) {
+        let max = self.cfg.max_tag_length;
         let mut cut = 0;
         for (_, value) in tags.iter_mut() {
-            if naming::cut(value, self.cfg.max_tag_length) {
+            if value.len() > max && naming::cut(value.to_mut(), max) {
                 cut += 1;
             }
         }
@@ -114,13 +119,28 @@ impl Exporter {
         let bytes = self.buffered_bytes.get().saturating_add(size);
         let mut buf = self.buffer.borrow_mut();
         if buf.len() >= self.cfg.max_buffered_spans || bytes > self.cfg.max_buffered_bytes {
-            self.spans.inc(host, &[outcome::BUFFER_FULL]);
+            self.count_push(host, 1, outcome::BUFFER_FULL);
             return;
         }
         buf.push_back((size, span));
         self.buffered_bytes.set(bytes);
         // The buffered-spans gauge is updated when batches leave, not per span.
-        self.spans.inc(host, &[outcome::BUFFERED]);
+        self.count_push(host, 0, outcome::BUFFERED);
+    }
+
+    /// Adds one to the `spans` series of `outcome`, its id kept in `push_ids[slot]`.
+    fn count_push(&self, host: &dyn Host, slot: usize, outcome: &str) {
+        let Some(slot) = self.push_ids.get(slot) else {
+            return;
+        };
+        let id = slot.get().or_else(|| {
+            let id = self.spans.id(host, &[outcome]);
+            slot.set(id);
+            id
+        });
+        if let Some(id) = id {
+            let _ = host.increment_metric(id, 1);
+        }
     }
 
     /// Spans waiting.

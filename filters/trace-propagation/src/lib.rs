@@ -7,6 +7,7 @@ pub mod exporter;
 pub mod naming;
 pub mod propagation;
 
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
@@ -16,7 +17,7 @@ use meshwasm::host::HeaderSnapshot;
 use meshwasm::prelude::*;
 use meshwasm::trace::b3::Sampling;
 use meshwasm::trace::baggage::Baggage;
-use meshwasm::trace::export::{Endpoint, Span, SpanKind};
+use meshwasm::trace::export::{Endpoint, Span, SpanKind, Tag};
 use meshwasm::trace::{sample_by_trace_id, write_hex, IdGenerator, SpanId, TraceId};
 
 use config::{Config, Direction, Format};
@@ -344,37 +345,53 @@ impl HttpFilter for TraceRequest {
 /// is cut to `export.max_tag_length`. The properties read are the ones the span always had.
 fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop: HopSpan) -> Span {
     let status = properties::response_status(host).unwrap_or(0);
-    let flags = properties::response_flags(host).unwrap_or(0);
+    let flags = uint_property(host, &["response", "flags"]).unwrap_or(0);
     // The proxy's clock from the request headers to the end of the stream: one clock reading
     // (about 0.2 us) where the `request.duration` attribute cost a property read (1.3 us).
-    let duration_us = micros(host.now()).saturating_sub(micros(hop.start));
+    let start_us = micros(hop.start);
+    let duration_us = micros(host.now()).saturating_sub(start_us);
     let (kind, remote_addr) = match root.cfg.direction {
-        Direction::Outbound => (SpanKind::Client, properties::upstream_address(host)),
-        Direction::Inbound => (SpanKind::Server, properties::source_address(host)),
+        Direction::Outbound => (
+            SpanKind::Client,
+            string_property(host, &["upstream", "address"]),
+        ),
+        Direction::Inbound => (
+            SpanKind::Server,
+            string_property(host, &["source", "address"]),
+        ),
     };
-    let cluster = properties::xds_cluster_name(host);
-    let route = properties::xds_route_name(host);
+    let cluster = string_property(host, &["xds", "cluster_name"]);
+    let route = string_property(host, &["xds", "route_name"]);
     let name = exporter.span_name(&hop.method, route.as_deref(), cluster.as_deref());
     let trace_id = hop.trace_id();
-    let path_only = hop.path.split('?').next().unwrap_or_default();
-    let mut tags = vec![
-        ("component".to_string(), "proxy".to_string()),
-        ("http.method".to_string(), hop.method.clone()),
-        ("http.path".to_string(), path_only.to_string()),
-        ("http.status_code".to_string(), status.to_string()),
+    let mut path = hop.path;
+    if let Some(query) = path.find('?') {
+        path.truncate(query);
+    }
+    let response_flags = if flags == 0 {
+        Cow::Borrowed("-")
+    } else {
+        Cow::Owned(properties::response_flags_short(flags))
+    };
+    let mut tags: Vec<Tag> = Vec::with_capacity(8);
+    tags.extend([
+        (Cow::Borrowed("component"), Cow::Borrowed("proxy")),
+        (Cow::Borrowed("http.method"), Cow::Owned(hop.method)),
+        (Cow::Borrowed("http.path"), Cow::Owned(path)),
         (
-            "response_flags".to_string(),
-            properties::response_flags_short(flags),
+            Cow::Borrowed("http.status_code"),
+            Cow::Owned(decimal(status)),
         ),
-    ];
+        (Cow::Borrowed("response_flags"), response_flags),
+    ]);
     if let Some(c) = cluster {
-        tags.push(("upstream_cluster".to_string(), c));
+        tags.push((Cow::Borrowed("upstream_cluster"), Cow::Owned(c)));
     }
     if let Some(r) = route {
-        tags.push(("route_name".to_string(), r));
+        tags.push((Cow::Borrowed("route_name"), Cow::Owned(r)));
     }
     if let Some(id) = hop.request_id {
-        tags.push(("guid:x-request-id".to_string(), id));
+        tags.push((Cow::Borrowed("guid:x-request-id"), Cow::Owned(id)));
     }
     exporter.cap_tags(host, &mut tags);
     Span {
@@ -384,11 +401,11 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
         parent_id: hop.parent,
         name,
         kind,
-        start_us: micros(hop.start),
+        start_us,
         duration_us,
         local: Endpoint {
             service: Some(root.service.clone()),
-            address: properties::destination_address(host),
+            address: string_property(host, &["destination", "address"]),
         },
         remote: Endpoint {
             service: None,
@@ -397,6 +414,39 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
         error: status == 0 || status >= 500,
         tags,
     }
+}
+
+/// A string attribute, as [`properties::string`] reads it, from its path segments (no dotted
+/// path to split on every read).
+fn string_property(host: &dyn Host, path: &[&str]) -> Option<String> {
+    host.property(path).and_then(|b| String::from_utf8(b).ok())
+}
+
+/// A uint64 attribute, as [`properties::uint`] reads it, from its path segments.
+fn uint_property(host: &dyn Host, path: &[&str]) -> Option<u64> {
+    host.property(path).and_then(|b| properties::decode_u64(&b))
+}
+
+/// `n` in decimal, as `n.to_string()` writes it, without the formatting machinery.
+fn decimal(n: i64) -> String {
+    let mut digits = [0u8; 20];
+    let mut len = 0;
+    let mut rest = n.unsigned_abs();
+    // Least significant first; 20 digits hold any u64.
+    for d in digits.iter_mut() {
+        *d = b'0' + (rest % 10) as u8;
+        len += 1;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    let mut out = String::with_capacity(len + 1);
+    if n < 0 {
+        out.push('-');
+    }
+    out.extend(digits.iter().take(len).rev().map(|d| char::from(*d)));
+    out
 }
 
 #[cfg(feature = "entry")]

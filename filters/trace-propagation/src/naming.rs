@@ -134,7 +134,14 @@ pub fn span_name(
     cluster: Option<&str>,
 ) -> String {
     let mut name = match route.filter(|r| !r.is_empty()) {
-        Some(route) => format!("{} {route}", method_for_name(method)),
+        Some(route) => {
+            let method = method_for_name(method);
+            let mut name = String::with_capacity(method.len() + 1 + route.len());
+            name.push_str(method);
+            name.push(' ');
+            name.push_str(route);
+            name
+        }
         None => fallback.render(method, service, cluster),
     };
     cut(&mut name, MAX_NAME);

@@ -1138,3 +1138,10 @@ fn only_verified_mesh_peers_decide_sampling_when_trusted_clients_is_mesh_peers()
         "01"
     );
 }
+
+#[test]
+fn decimal_writes_what_to_string_writes() {
+    for n in [0, 7, 10, 200, 503, -1, -10, 1_000_000, i64::MAX, i64::MIN] {
+        assert_eq!(decimal(n), n.to_string());
+    }
+}

@@ -2,6 +2,7 @@
 //! (`POST /api/v2/spans`) and OTLP/HTTP JSON (`POST /v1/traces`, OpenTelemetry protocol
 //! specification, JSON encoding with hex trace and span ids).
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use super::ids::{SpanId, TraceId};
@@ -32,6 +33,10 @@ impl Endpoint {
     }
 }
 
+/// A span tag: its key and value. Most keys, and some values, are fixed text, borrowed rather
+/// than copied for every span.
+pub type Tag = (Cow<'static, str>, Cow<'static, str>);
+
 /// One finished span.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Span {
@@ -58,12 +63,13 @@ pub struct Span {
     /// Whether the request failed.
     pub error: bool,
     /// Tags (`http.method`, `http.status_code`, `upstream_cluster`, ...), in order.
-    pub tags: Vec<(String, String)>,
+    pub tags: Vec<Tag>,
 }
 
 impl Span {
     /// A rough size in bytes of the memory the span holds, for buffer accounting: the struct
-    /// itself and every string it owns (name, endpoints, tag keys and values).
+    /// itself and every string it owns (name, endpoints, tag keys and values; a borrowed tag
+    /// counts as if owned).
     pub fn approx_size(&self) -> usize {
         fn opt(s: &Option<String>) -> usize {
             s.as_ref().map_or(0, String::len)
@@ -234,7 +240,7 @@ pub fn otlp_json(spans: &[Span], service: &str) -> String {
             ("net.peer.address", s.remote.address.as_deref()),
             ("net.host.address", s.local.address.as_deref()),
         ];
-        let tags = s.tags.iter().map(|(k, v)| (k.as_str(), Some(v.as_str())));
+        let tags = s.tags.iter().map(|(k, v)| (k.as_ref(), Some(v.as_ref())));
         for (k, v) in tags.chain(extra) {
             let Some(v) = v else { continue };
             if !first {
@@ -334,7 +340,7 @@ mod tests {
         s.name.push_str(&"n".repeat(100));
         s.local.service = Some("x".repeat(100));
         s.remote.address = Some("y".repeat(100));
-        s.tags.push(("k".into(), "v".repeat(97)));
+        s.tags.push(("k".into(), "v".repeat(97).into()));
         let tag = std::mem::size_of::<(String, String)>() + 98;
         // The remote address replaced `[::1]:9000` (10 bytes), the service `frontend` (8).
         assert_eq!(s.approx_size(), base + 100 + 92 + 90 + tag);
