@@ -274,6 +274,11 @@ fn run(options: &Options, command: &str) -> Result<()> {
             load::run(&wrk, &url(r), &headers, plan.warmup)?;
         }
         let rss_kib = r.envoy.rss_kib()?;
+        let heap = r
+            .envoy
+            .admin_get("/memory")
+            .ok()
+            .and_then(|m| report::Heap::parse(&m.body));
         println!(
             "{:<17} RSS {:.1} MiB",
             r.scenario.key,
@@ -285,6 +290,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
             latency: Vec::new(),
             envoy_cpu: Vec::new(),
             rss_kib,
+            heap,
         });
     }
     for round in 1..=plan.rounds {
@@ -851,6 +857,16 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
     if let Some(text) = extra_worker(ctx.rows) {
         let _ = writeln!(s, "\n{text}");
     }
+    let _ = writeln!(
+        s,
+        "\n### Where the RSS goes\n\nAt one worker, after the warm-up, from Envoy's admin \
+         `/memory` (its allocator, tcmalloc) read with the RSS: the heap in use (`allocated`), \
+         what the allocator holds mapped but free for later allocations (`heap_size` - \
+         `pageheap_unmapped` - `allocated`: free pages and per-CPU caches), and the rest of RSS, \
+         outside that heap (the binary, stacks, and what V8 maps itself: compiled wasm code and \
+         the VMs' linear memories). MiB, added over no filter in brackets.\n\n{}",
+        report::memory_table(ctx.measured)
+    );
     if !ctx.versus.is_empty() {
         let _ = writeln!(
             s,

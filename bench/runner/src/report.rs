@@ -24,6 +24,46 @@ pub struct Measured {
     pub envoy_cpu: Vec<Duration>,
     /// Envoy's resident memory after warm-up, KiB.
     pub rss_kib: u64,
+    /// Envoy's heap at the same moment (admin `/memory`), when it answered.
+    pub heap: Option<Heap>,
+}
+
+/// Envoy's heap as its allocator (tcmalloc) reports it on the admin `/memory` endpoint, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Heap {
+    /// Bytes Envoy (and V8 inside it) has allocated and not freed.
+    pub allocated: u64,
+    /// Bytes the allocator has reserved from the system.
+    pub heap_size: u64,
+    /// Reserved bytes handed back to the system (not resident).
+    pub unmapped: u64,
+}
+
+impl Heap {
+    /// Reads `/memory`'s JSON, whose figures are decimal strings; `None` if one is missing.
+    pub fn parse(body: &str) -> Option<Heap> {
+        let doc: serde_json::Value = serde_json::from_str(body).ok()?;
+        let field = |name: &str| doc.get(name)?.as_str()?.parse::<u64>().ok();
+        Some(Heap {
+            allocated: field("allocated")?,
+            heap_size: field("heap_size")?,
+            unmapped: field("pageheap_unmapped")?,
+        })
+    }
+
+    /// Bytes the allocator keeps mapped but not allocated: free pages and per-CPU and thread
+    /// caches, kept for later allocations. Resident, so part of RSS.
+    pub fn held_free(&self) -> u64 {
+        self.heap_size
+            .saturating_sub(self.unmapped)
+            .saturating_sub(self.allocated)
+    }
+
+    /// Of `rss_kib`, the bytes outside the allocator's heap: the binary, thread stacks, and what
+    /// V8 maps itself (compiled wasm code, the wasm VMs' linear memories).
+    pub fn outside(&self, rss_kib: u64) -> u64 {
+        (rss_kib * 1024).saturating_sub(self.heap_size.saturating_sub(self.unmapped))
+    }
 }
 
 impl Measured {
@@ -407,6 +447,49 @@ pub fn results_table(rows: &[Row]) -> String {
     t
 }
 
+/// Where each scenario's RSS goes (one worker), each part added over the baseline's: the heap
+/// in use, what the allocator holds free, and what lies outside its heap.
+pub fn memory_table(all: &[Measured]) -> String {
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let parts = |m: &Measured| {
+        m.heap.map(|h| {
+            [
+                m.rss_kib as f64 / 1024.0,
+                mib(h.allocated),
+                mib(h.held_free()),
+                mib(h.outside(m.rss_kib)),
+            ]
+        })
+    };
+    let mut t = String::from(
+        "| scenario | RSS MiB | heap in use | held free by the allocator | outside the heap |\n\
+         |---|---|---|---|---|\n",
+    );
+    for m in all.iter().filter(|m| m.scenario.concurrency == 1) {
+        let base = all.iter().find(|b| b.scenario.key == m.scenario.baseline);
+        let (Some(p), Some(b)) = (parts(m), base.and_then(parts)) else {
+            continue;
+        };
+        let cell = |i: usize| {
+            if m.scenario.key == m.scenario.baseline {
+                format!("{:.1}", p[i])
+            } else {
+                format!("{:.1} ({:+.1})", p[i], p[i] - b[i])
+            }
+        };
+        let _ = writeln!(
+            t,
+            "| `{}` | {} | {} | {} | {} |",
+            m.scenario.key,
+            cell(0),
+            cell(1),
+            cell(2),
+            cell(3)
+        );
+    }
+    t
+}
+
 fn signed_spread(s: &Spread) -> String {
     format!("{:+.1} ({:+.1} to {:+.1})", s.median, s.min, s.max)
 }
@@ -692,7 +775,46 @@ mod tests {
                 .map(|us| Duration::from_secs_f64(us * 1000.0 / 1e6))
                 .collect(),
             rss_kib: 40 * 1024,
+            heap: None,
         }
+    }
+
+    #[test]
+    fn heap_from_the_admin_memory_endpoint_and_where_rss_goes() {
+        let body = r#"{ "allocated": "13387920", "heap_size": "41943040",
+            "pageheap_unmapped": "6479872", "pageheap_free": "9814016",
+            "total_thread_cache": "7858064", "total_physical_bytes": "38538046" }"#;
+        let Some(heap) = Heap::parse(body) else {
+            panic!("no heap in {body}");
+        };
+        assert_eq!(heap.held_free(), 41_943_040 - 6_479_872 - 13_387_920);
+        // 100 MiB resident, of which the mapped heap (35,463,168 B) is the allocator's.
+        assert_eq!(heap.outside(100 * 1024), 100 * 1024 * 1024 - 35_463_168);
+        assert_eq!(Heap::parse(r#"{"allocated": "1"}"#), None);
+        assert_eq!(Heap::parse("not json"), None);
+
+        let mut base = measured("baseline", [1.0; 3], [1.0; 3], [1.0; 3]);
+        base.heap = Some(Heap {
+            allocated: 6 << 20,
+            heap_size: 10 << 20,
+            unmapped: 0,
+        });
+        let mut mesh = measured("mesh", [1.0; 3], [1.0; 3], [1.0; 3]);
+        mesh.rss_kib = 60 * 1024;
+        mesh.heap = Some(Heap {
+            allocated: 13 << 20,
+            heap_size: 42 << 20,
+            unmapped: 6 << 20,
+        });
+        let table = memory_table(&[base, mesh]);
+        assert!(
+            table.contains("| `baseline` | 40.0 | 6.0 | 4.0 | 30.0 |"),
+            "{table}"
+        );
+        assert!(
+            table.contains("| `mesh` | 60.0 (+20.0) | 13.0 (+7.0) | 23.0 (+19.0) | 24.0 (-6.0) |"),
+            "{table}"
+        );
     }
 
     #[test]
