@@ -103,7 +103,7 @@ impl TracePropagation {
     /// returns the request's id when `keep` (the span records it), else `None` with no copy.
     fn request_id(&self, host: &dyn Host, headers: &HeaderSnapshot, keep: bool) -> Option<String> {
         if let Some(id) = headers.get("x-request-id") {
-            return keep.then(|| String::from_utf8_lossy(id).into_owned());
+            return keep.then(|| owned_text(id));
         }
         if !self.cfg.set_request_id {
             return None;
@@ -289,15 +289,15 @@ impl HttpFilter for TraceRequest {
             random,
             tracestate,
         };
-        inject(host, &headers, &out, &root.cfg.propagate);
+        inject(host, &headers, ex.absent, &out, &root.cfg.propagate);
         root.enforce_baggage(host, &headers);
         let exporting = sampled && root.exporter.is_some();
         let request_id = root.request_id(host, &headers, exporting);
         root.count_request(host, format, sampled);
         let (method, path, start) = if exporting {
             (
-                headers.get_str(":method").unwrap_or_default().into_owned(),
-                headers.get_str(":path").unwrap_or_default().into_owned(),
+                headers.get(":method").map(owned_text).unwrap_or_default(),
+                headers.get(":path").map(owned_text).unwrap_or_default(),
                 host.now(),
             )
         } else {
@@ -413,6 +413,15 @@ fn build_span(root: &TracePropagation, exporter: &Exporter, host: &dyn Host, hop
         },
         error: status == 0 || status >= 500,
         tags,
+    }
+}
+
+/// A header value as owned text, lossy UTF-8 as [`HeaderSnapshot::get_str`] reads it, checked
+/// the fast way first (every real value is valid).
+fn owned_text(value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(text) => text.to_owned(),
+        Err(_) => String::from_utf8_lossy(value).into_owned(),
     }
 }
 

@@ -51,7 +51,20 @@ pub struct Extracted {
     pub errors: Vec<TraceError>,
     /// Whether any trace header was present at all.
     pub any_present: bool,
+    /// The trace headers looked up and found absent (bit `i` for `TRACE_HEADERS[i]`), which
+    /// [`inject`] then need not look up again.
+    pub absent: u8,
 }
+
+/// The bits of the headers in a mask over [`TRACE_HEADERS`], in its order.
+const TRACEPARENT: u8 = 1;
+const TRACESTATE: u8 = 1 << 1;
+const B3_SINGLE: u8 = 1 << 2;
+const B3_TRACE_ID: u8 = 1 << 3;
+const B3_SPAN_ID: u8 = 1 << 4;
+const B3_PARENT_SPAN_ID: u8 = 1 << 5;
+const B3_SAMPLED: u8 = 1 << 6;
+const B3_FLAGS: u8 = 1 << 7;
 
 fn defined(s: Sampling) -> Option<Sampling> {
     (s != Sampling::Defer).then_some(s)
@@ -66,6 +79,7 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
         match format {
             Format::W3c => {
                 let Some(tp) = headers.get("traceparent") else {
+                    out.absent |= TRACEPARENT;
                     continue;
                 };
                 out.any_present = true;
@@ -78,9 +92,13 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
                 };
                 match parsed {
                     Ok(p) => {
-                        let tracestate = headers
-                            .get_joined("tracestate")
-                            .and_then(|ts| read_tracestate(&ts, &mut out.errors));
+                        let tracestate = match headers.get_joined("tracestate") {
+                            Some(ts) => read_tracestate(&ts, &mut out.errors),
+                            None => {
+                                out.absent |= TRACESTATE;
+                                None
+                            }
+                        };
                         out.context = Some(Incoming {
                             trace_id: p.trace_id,
                             trace_id_64bit: false,
@@ -101,6 +119,7 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
             }
             Format::B3Single => {
                 let Some(v) = headers.get_str("b3") else {
+                    out.absent |= B3_SINGLE;
                     continue;
                 };
                 out.any_present = true;
@@ -121,6 +140,17 @@ pub fn extract(headers: &HeaderSnapshot, precedence: &[Format]) -> Extracted {
                 let parent = headers.get_str("x-b3-parentspanid");
                 let sampled = headers.get_str("x-b3-sampled");
                 let flags = headers.get_str("x-b3-flags");
+                for (bit, value) in [
+                    (B3_TRACE_ID, &trace),
+                    (B3_SPAN_ID, &span),
+                    (B3_PARENT_SPAN_ID, &parent),
+                    (B3_SAMPLED, &sampled),
+                    (B3_FLAGS, &flags),
+                ] {
+                    if value.is_none() {
+                        out.absent |= bit;
+                    }
+                }
                 if trace.is_none() && span.is_none() && sampled.is_none() && flags.is_none() {
                     continue;
                 }
@@ -205,12 +235,19 @@ pub struct Outgoing {
 /// Replaces every trace header of the request with the outgoing context in `formats`:
 /// the headers written are replaced, and the other trace headers the request carried
 /// (`present`) are removed, so nothing incoming is forwarded as it was. Values are written from
-/// the stack, one hostcall each, removals first.
-pub fn inject(host: &dyn Host, present: &HeaderSnapshot, out: &Outgoing, formats: &[Format]) {
+/// the stack, one hostcall each, removals first. `absent`: trace headers already known to be
+/// missing from `present` (see [`Extracted::absent`]), not looked up again.
+pub fn inject(
+    host: &dyn Host,
+    present: &HeaderSnapshot,
+    absent: u8,
+    out: &Outgoing,
+    formats: &[Format],
+) {
     let b3 = out.b3();
-    let written = written_headers(out, formats);
+    let skip = written_headers(out, formats) | absent;
     for (i, name) in TRACE_HEADERS.iter().enumerate() {
-        if written & (1 << i) == 0 && present.contains(name) {
+        if skip & (1 << i) == 0 && present.contains(name) {
             host.remove_request_header(name);
         }
     }
@@ -277,16 +314,27 @@ fn written_headers(out: &Outgoing, formats: &[Format]) -> u8 {
     let mut written = 0u8;
     for format in formats {
         written |= match format {
-            Format::W3c => 1 | if out.tracestate.is_some() { 1 << 1 } else { 0 },
-            Format::B3Single => 1 << 2,
+            Format::W3c => {
+                TRACEPARENT
+                    | if out.tracestate.is_some() {
+                        TRACESTATE
+                    } else {
+                        0
+                    }
+            }
+            Format::B3Single => B3_SINGLE,
             Format::B3 => {
-                let parent = if out.parent.is_some() { 1 << 5 } else { 0 };
+                let parent = if out.parent.is_some() {
+                    B3_PARENT_SPAN_ID
+                } else {
+                    0
+                };
                 let sampling = match out.sampling() {
-                    Sampling::Accept | Sampling::Deny => 1 << 6,
-                    Sampling::Debug => 1 << 7,
+                    Sampling::Accept | Sampling::Deny => B3_SAMPLED,
+                    Sampling::Debug => B3_FLAGS,
                     Sampling::Defer => 0,
                 };
-                (1 << 3) | (1 << 4) | parent | sampling
+                B3_TRACE_ID | B3_SPAN_ID | parent | sampling
             }
         };
     }
