@@ -13,29 +13,132 @@
 use std::cell::RefCell;
 use std::time::{Duration, SystemTime};
 
-use crate::host::{BufferKind, Bytes, Edit, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
+use crate::host::{
+    BufferKind, Bytes, EditLog, HeaderSnapshot, Host, HostError, MapKind, MetricKind,
+};
 
-/// A map read in this callback, and the writes made to it since, applied when next read whole.
-type Cached = (MapKind, HeaderSnapshot, Vec<Edit>);
+/// A map read in this callback, and the writes made to it since, laid over it when next read
+/// whole (never applied by rebuilding the map).
+type Cached = (MapKind, HeaderSnapshot, EditLog);
 
 /// A [`Host`] over another one that serves repeated reads within one phase callback from memory.
 pub struct PhaseHost<'a> {
     inner: &'a dyn Host,
     maps: RefCell<Vec<Cached>>,
     /// Single headers read from maps not read whole (forgotten when the name is written).
-    singles: RefCell<Vec<(MapKind, String, Option<Bytes>)>>,
-    properties: RefCell<Vec<(String, Option<Bytes>)>>,
+    singles: RefCell<Vec<(MapKind, Remembered)>>,
+    /// Properties read, under their [`property_key`].
+    properties: RefCell<Vec<Remembered>>,
     now: std::cell::Cell<Option<SystemTime>>,
 }
 
-/// The cache key of a property path (segments cannot contain NUL in Envoy's attribute names).
-fn property_key(path: &[&str]) -> String {
-    path.join("\0")
+/// A value read in this callback and its key (a header name, a [`property_key`]), in one
+/// buffer: the key's bytes, then the value's. One allocation each, none for a copy of the key.
+struct Remembered {
+    /// The key's [`tag`]: an entry whose tag differs from the one looked for is passed over
+    /// without comparing keys.
+    tag: u32,
+    key_len: usize,
+    /// Whether the proxy had a value (an absent one is remembered too).
+    present: bool,
+    bytes: Vec<u8>,
 }
 
-/// Whether `key` (made by [`property_key`]) is `path`, compared without building a key.
-fn is_key(key: &str, path: &[&str]) -> bool {
-    let mut rest = key.as_bytes();
+/// A summary of a key: its length, first and last byte. Equal keys have equal tags.
+fn tag(len: usize, first: u8, last: u8) -> u32 {
+    (len as u32 & 0xffff) | u32::from(first) << 16 | u32::from(last) << 24
+}
+
+/// The [`tag`] of a key's bytes.
+fn tag_of(key: &[u8]) -> u32 {
+    tag(
+        key.len(),
+        key.first().copied().unwrap_or(0),
+        key.last().copied().unwrap_or(0),
+    )
+}
+
+/// The [`tag`] of the key [`write_key`] makes of `path`, without making it: its first byte is
+/// the first segment's (a separator, 0, when that is empty), its last the last segment's.
+fn tag_of_path(path: &[&str]) -> u32 {
+    let edge = |segment: Option<&&str>, first: bool| {
+        let bytes = segment.map_or(&[][..], |s| s.as_bytes());
+        let byte = if first { bytes.first() } else { bytes.last() };
+        byte.copied().unwrap_or(0)
+    };
+    tag(
+        key_len(path),
+        edge(path.first(), true),
+        edge(path.last(), false),
+    )
+}
+
+impl Remembered {
+    /// `value` under the key that `write_key` writes (of about `key_len` bytes).
+    fn new(key_len: usize, write_key: impl FnOnce(&mut Vec<u8>), value: Option<&[u8]>) -> Self {
+        let mut bytes = Vec::with_capacity(key_len + value.map_or(0, <[u8]>::len));
+        write_key(&mut bytes);
+        let key_len = bytes.len();
+        bytes.extend_from_slice(value.unwrap_or_default());
+        Remembered {
+            tag: tag_of(bytes.get(..key_len).unwrap_or_default()),
+            key_len,
+            present: value.is_some(),
+            bytes,
+        }
+    }
+
+    fn key(&self) -> &[u8] {
+        self.bytes.get(..self.key_len).unwrap_or_default()
+    }
+
+    /// Whether the key is `name` (a header's).
+    fn is(&self, name_tag: u32, name: &str) -> bool {
+        self.tag == name_tag && self.key() == name.as_bytes()
+    }
+
+    /// Whether the key is that of `path` (a property's).
+    fn is_path(&self, path_tag: u32, path: &[&str]) -> bool {
+        self.tag == path_tag && is_key(self.key(), path)
+    }
+
+    fn value(&self) -> Option<Bytes> {
+        self.present
+            .then(|| self.bytes.get(self.key_len..).unwrap_or_default().to_vec())
+    }
+}
+
+/// The length of a property path's key: its segments and a separator between each two.
+fn key_len(path: &[&str]) -> usize {
+    path.iter().map(|s| s.len()).sum::<usize>() + path.len().saturating_sub(1)
+}
+
+/// Writes the cache key of a property path: its segments joined by NUL (segments cannot contain
+/// NUL in Envoy's attribute names).
+fn write_key(path: &[&str], out: &mut Vec<u8>) {
+    for (i, segment) in path.iter().enumerate() {
+        if i > 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(segment.as_bytes());
+    }
+}
+
+/// The cache key of a property path.
+#[cfg(test)]
+fn property_key(path: &[&str]) -> Vec<u8> {
+    let mut key = Vec::new();
+    write_key(path, &mut key);
+    key
+}
+
+/// Whether `key` (made by [`write_key`]) is `path`, compared without building a key: the
+/// lengths first (which tell most paths apart), then segment by segment.
+fn is_key(key: &[u8], path: &[&str]) -> bool {
+    if key.len() != key_len(path) {
+        return false;
+    }
+    let mut rest = key;
     for (i, segment) in path.iter().enumerate() {
         if i > 0 {
             match rest.split_first() {
@@ -64,33 +167,32 @@ impl<'a> PhaseHost<'a> {
     }
 
     /// The map as it is now: read from the proxy on first use in this callback, with the writes
-    /// made since applied once (a snapshot a filter still holds keeps what it saw).
+    /// made since laid over it (a snapshot a filter still holds keeps what it saw).
     fn current(&self, map: MapKind) -> HeaderSnapshot {
         let mut maps = self.maps.borrow_mut();
         if let Some((_, snapshot, edits)) = maps.iter_mut().find(|(m, _, _)| *m == map) {
             if !edits.is_empty() {
-                *snapshot = snapshot.edited(edits);
-                edits.clear();
+                *snapshot = snapshot.with_edits(std::mem::take(edits));
             }
             return snapshot.clone();
         }
         let snapshot = self.inner.snapshot(map);
-        maps.push((map, snapshot.clone(), Vec::new()));
+        maps.push((map, snapshot.clone(), EditLog::default()));
         snapshot
     }
 
-    /// Records a write to a map: replayed on the map if it was read whole, and the name's single
-    /// read forgotten.
-    fn edit(&self, map: MapKind, edit: Edit) {
-        let name = match &edit {
-            Edit::Set(name, _) | Edit::Add(name, _) => name,
-        };
-        self.singles
-            .borrow_mut()
-            .retain(|(m, n, _)| *m != map || n != name);
+    /// Records a write to a map (`add`: an added value; else a set, or with `None` a removal):
+    /// kept for the map if it was read whole, and the name's single read forgotten.
+    fn edit(&self, map: MapKind, add: bool, name: &str, value: Option<&[u8]>) {
+        let mut singles = self.singles.borrow_mut();
+        if !singles.is_empty() {
+            let name_tag = tag_of(name.as_bytes());
+            singles.retain(|(m, r)| *m != map || !r.is(name_tag, name));
+        }
+        drop(singles);
         let mut maps = self.maps.borrow_mut();
         if let Some((_, _, edits)) = maps.iter_mut().find(|(m, _, _)| *m == map) {
-            edits.push(edit);
+            edits.push(add, name, value);
         }
     }
 }
@@ -101,21 +203,25 @@ impl Host for PhaseHost<'_> {
         // it); a single lookup does not justify reading one.
         let maps = self.maps.borrow();
         if let Some((_, snapshot, edits)) = maps.iter().find(|(m, _, _)| *m == map) {
-            return snapshot.get_edited(edits, name).map(<[u8]>::to_vec);
+            return snapshot.get_through(edits, name).map(<[u8]>::to_vec);
         }
         drop(maps);
-        if let Some((.., v)) = self
+        let name_tag = tag_of(name.as_bytes());
+        if let Some((_, r)) = self
             .singles
             .borrow()
             .iter()
-            .find(|(m, n, _)| *m == map && n == name)
+            .find(|(m, r)| *m == map && r.is(name_tag, name))
         {
-            return v.clone();
+            return r.value();
         }
         let value = self.inner.header(map, name);
-        self.singles
-            .borrow_mut()
-            .push((map, name.to_string(), value.clone()));
+        let remembered = Remembered::new(
+            name.len(),
+            |out| out.extend_from_slice(name.as_bytes()),
+            value.as_deref(),
+        );
+        self.singles.borrow_mut().push((map, remembered));
         value
     }
 
@@ -130,12 +236,12 @@ impl Host for PhaseHost<'_> {
 
     fn set_header(&self, map: MapKind, name: &str, value: Option<&[u8]>) {
         self.inner.set_header(map, name, value);
-        self.edit(map, Edit::Set(name.to_string(), value.map(<[u8]>::to_vec)));
+        self.edit(map, false, name, value);
     }
 
     fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
         self.inner.add_header(map, name, value);
-        self.edit(map, Edit::Add(name.to_string(), value.to_vec()));
+        self.edit(map, true, name, Some(value));
     }
 
     fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
@@ -153,25 +259,32 @@ impl Host for PhaseHost<'_> {
     }
 
     fn property(&self, path: &[&str]) -> Option<Bytes> {
-        if let Some((_, v)) = self
+        let path_tag = tag_of_path(path);
+        if let Some(r) = self
             .properties
             .borrow()
             .iter()
-            .find(|(k, _)| is_key(k, path))
+            .find(|r| r.is_path(path_tag, path))
         {
-            return v.clone();
+            return r.value();
         }
         let value = self.inner.property(path);
-        self.properties
-            .borrow_mut()
-            .push((property_key(path), value.clone()));
+        let remembered =
+            Remembered::new(key_len(path), |out| write_key(path, out), value.as_deref());
+        let mut properties = self.properties.borrow_mut();
+        if properties.capacity() == 0 {
+            // The properties a callback reads, in one allocation.
+            properties.reserve(12);
+        }
+        properties.push(remembered);
         value
     }
 
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
         self.properties
             .borrow_mut()
-            .retain(|(k, _)| !is_key(k, path));
+            .retain(|r| !is_key(r.key(), path));
+        // (Every entry is compared in full: a write is rare.)
         self.inner.set_property(path, value)
     }
 
@@ -275,6 +388,21 @@ mod tests {
             assert!(!is_key(&key, other), "{other:?}");
         }
         assert!(is_key(&property_key(&[]), &[]));
+        // A path's tag is its key's, whatever its segments.
+        for path in [
+            &["xds", "route_name"][..],
+            &["xds"],
+            &[],
+            &[""],
+            &["", ""],
+            &["", "x"],
+            &["x", ""],
+            &["a\0b"],
+            &["a", "b"],
+            &["node", "metadata", "k.e.y"],
+        ] {
+            assert_eq!(tag_of_path(path), tag_of(&property_key(path)), "{path:?}");
+        }
     }
 
     /// A single header of a map not read whole is asked of the proxy once per callback, absent
@@ -319,6 +447,63 @@ mod tests {
         assert_eq!(second.get("a"), Some(&b"9"[..]));
         assert_eq!(second.get("b"), Some(&b"2"[..]));
         assert_eq!(host.request_header("a").as_deref(), Some("9"));
+    }
+
+    /// Snapshots taken between rounds of writes (each laid over the last) and single reads
+    /// through the writes pending since see what the proxy holds at that point.
+    #[test]
+    fn snapshots_between_writes_see_what_the_proxy_holds() {
+        let host = TestHost::new();
+        let map = MapKind::RequestHeaders;
+        host.set_map(
+            map,
+            &[("a", "1"), ("b", "2"), ("a", "3"), ("x-envoy-c", "4")],
+        );
+        let phase = PhaseHost::new(&host);
+        // The test host replaces a value in place where the map model appends (the order of
+        // names is not what this checks; each name's values in order are).
+        let sorted = |mut pairs: Vec<(String, Bytes)>| {
+            pairs.sort_by(|x, y| x.0.cmp(&y.0));
+            pairs
+        };
+        let check = |held: &[HeaderSnapshot]| {
+            let now = phase.snapshot(map);
+            assert_eq!(sorted(now.to_pairs()), sorted(host.headers(map)));
+            assert_eq!(sorted(phase.headers(map)), sorted(host.headers(map)));
+            for name in ["a", "b", "x-envoy-c", "d"] {
+                assert_eq!(phase.header(map, name), host.header(map, name), "{name}");
+                assert_eq!(
+                    now.get_joined(name),
+                    HeaderSnapshot::new(host.headers(map)).get_joined(name)
+                );
+            }
+            let envoy: Vec<_> = now
+                .iter_prefixed("x-envoy-")
+                .map(|(n, _)| n.into_owned())
+                .collect();
+            let want: Vec<_> = host
+                .headers(map)
+                .into_iter()
+                .map(|(n, _)| n)
+                .filter(|n| n.starts_with("x-envoy-"))
+                .collect();
+            assert_eq!(envoy, want);
+            // Snapshots taken earlier keep what they saw.
+            for (i, old) in held.iter().enumerate() {
+                assert_eq!(old.len(), [4, 3, 5, 3].get(i).copied().unwrap_or(0), "{i}");
+            }
+            now
+        };
+        let mut held = vec![check(&[])];
+        phase.set_header(map, "a", Some(b"5"));
+        held.push(check(&held));
+        phase.add_header(map, "x-envoy-c", b"6");
+        phase.add_header(map, "a", b"7");
+        held.push(check(&held));
+        phase.set_header(map, "x-envoy-c", None);
+        phase.set_header(map, "b", Some(b"8"));
+        assert_eq!(phase.header(map, "a"), Some(b"5".to_vec()));
+        held.push(check(&held));
     }
 
     #[test]

@@ -88,10 +88,25 @@ impl std::error::Error for HostError {}
 /// The pairs stay in one buffer (in Envoy, the very buffer the host returned) with an index of
 /// where each name and value lies: reading a map costs one allocation for the index, not two
 /// per header. Clones share the buffer.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+///
+/// A snapshot may also carry writes made to the map after it was read (see
+/// [`crate::compose::PhaseHost`]): every method then answers for the map with those writes
+/// applied, as the proxy applies them, without building that map. Two snapshots are equal when
+/// they hold the same pairs in the same order.
+#[derive(Clone, Debug, Default)]
 pub struct HeaderSnapshot {
     data: Rc<Indexed>,
+    /// Writes made since the map was read, in order (`None`: none).
+    overlay: Option<Rc<EditLog>>,
 }
+
+impl PartialEq for HeaderSnapshot {
+    fn eq(&self, other: &HeaderSnapshot) -> bool {
+        self.pairs().eq(other.pairs())
+    }
+}
+
+impl Eq for HeaderSnapshot {}
 
 /// A map's bytes and where each pair's name and value lie in them.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -107,6 +122,194 @@ pub enum Edit {
     Set(String, Option<Bytes>),
     /// A value appended for the name.
     Add(String, Bytes),
+}
+
+/// Writes to a map in order, as [`Edit`]s are, but every name and value in one buffer: recording
+/// a write costs no allocation of its own.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct EditLog {
+    buf: Vec<u8>,
+    ops: Vec<Op>,
+    /// A bit for each name written (see [`name_bit`]): a name whose bit is clear was not, and a
+    /// lookup of it skips the writes.
+    names: u64,
+}
+
+/// The bit of `name` in [`EditLog::names`], from its length and last byte.
+fn name_bit(name: &[u8]) -> u64 {
+    let last = name.last().copied().unwrap_or(0);
+    1 << ((name.len().wrapping_mul(7) ^ usize::from(last)) & 63)
+}
+
+/// One write in an [`EditLog`]: its name at `buf[start..start + name]`, its value right after.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Op {
+    start: usize,
+    name: usize,
+    value: usize,
+    kind: OpKind,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum OpKind {
+    Remove,
+    Set,
+    Add,
+}
+
+/// One write seen through [`Layer`]: a `Set` (with `None`: a removal) or an `Add`.
+#[derive(Clone, Copy)]
+struct EditRef<'a> {
+    set: bool,
+    name: &'a [u8],
+    value: Option<&'a [u8]>,
+}
+
+/// A sequence of writes, whichever way it is kept.
+trait Layer {
+    fn count(&self) -> usize;
+    fn at(&self, i: usize) -> Option<EditRef<'_>>;
+    /// Whether write `i` is a `Set` (or removal) of `name`.
+    fn sets(&self, i: usize, name: &[u8]) -> bool {
+        self.at(i).is_some_and(|e| e.set && e.name == name)
+    }
+    /// Whether some write may be of `name` (`false`: none is).
+    fn may_write(&self, _name: &[u8]) -> bool {
+        true
+    }
+}
+
+impl Layer for [Edit] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn at(&self, i: usize) -> Option<EditRef<'_>> {
+        Some(match self.get(i)? {
+            Edit::Set(name, value) => EditRef {
+                set: true,
+                name: name.as_bytes(),
+                value: value.as_deref(),
+            },
+            Edit::Add(name, value) => EditRef {
+                set: false,
+                name: name.as_bytes(),
+                value: Some(value),
+            },
+        })
+    }
+}
+
+impl Layer for EditLog {
+    fn count(&self) -> usize {
+        self.ops.len()
+    }
+    fn at(&self, i: usize) -> Option<EditRef<'_>> {
+        let op = self.ops.get(i)?;
+        let value_at = op.start.checked_add(op.name)?;
+        let name = self.buf.get(op.start..value_at)?;
+        let value = match op.kind {
+            OpKind::Remove => None,
+            OpKind::Set | OpKind::Add => {
+                Some(self.buf.get(value_at..value_at.checked_add(op.value)?)?)
+            }
+        };
+        Some(EditRef {
+            set: op.kind != OpKind::Add,
+            name,
+            value,
+        })
+    }
+    fn may_write(&self, name: &[u8]) -> bool {
+        self.names & name_bit(name) != 0
+    }
+    /// Without slicing a write that cannot match: its kind and length are checked first.
+    fn sets(&self, i: usize, name: &[u8]) -> bool {
+        self.ops.get(i).is_some_and(|op| {
+            op.kind != OpKind::Add
+                && op.name == name.len()
+                && self.buf.get(op.start..op.start + op.name) == Some(name)
+        })
+    }
+}
+
+impl EditLog {
+    /// Records a `Set` (`value` `None`: a removal) or, with `add`, an `Add`.
+    pub(crate) fn push(&mut self, add: bool, name: &str, value: Option<&[u8]>) {
+        let kind = match (add, value) {
+            (true, _) => OpKind::Add,
+            (false, Some(_)) => OpKind::Set,
+            (false, None) => OpKind::Remove,
+        };
+        let value = value.unwrap_or_default();
+        if self.ops.is_empty() {
+            // A callback makes a handful of writes: one allocation each for all of them.
+            self.ops.reserve(8);
+            self.buf.reserve(512);
+        }
+        self.names |= name_bit(name.as_bytes());
+        let start = self.buf.len();
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.extend_from_slice(value);
+        self.ops.push(Op {
+            start,
+            name: name.len(),
+            value: value.len(),
+            kind,
+        });
+    }
+
+    /// Whether no write is recorded.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// These writes followed by `later`'s.
+    fn extend(&mut self, later: &EditLog) {
+        let offset = self.buf.len();
+        self.names |= later.names;
+        self.buf.extend_from_slice(&later.buf);
+        self.ops.extend(later.ops.iter().map(|op| Op {
+            start: op.start + offset,
+            ..*op
+        }));
+    }
+}
+
+/// The writes of `layer` from `from` on, with their index.
+fn ops_from<L: Layer + ?Sized>(
+    layer: &L,
+    from: usize,
+) -> impl Iterator<Item = (usize, EditRef<'_>)> {
+    (from..layer.count()).filter_map(move |i| layer.at(i).map(|e| (i, e)))
+}
+
+/// Whether `layer` (if any) sets or removes `name` at or after write `from`.
+fn sets_from<L: Layer + ?Sized>(layer: Option<&L>, from: usize, name: &[u8]) -> bool {
+    layer.is_some_and(|l| l.may_write(name) && (from..l.count()).any(|i| l.sets(i, name)))
+}
+
+/// The value of the first `Add` of `name` in `layer`.
+fn first_add<'a, L: Layer + ?Sized>(layer: Option<&'a L>, name: &[u8]) -> Option<&'a [u8]> {
+    let layer = layer.filter(|l| l.may_write(name))?;
+    ops_from(layer, 0).find_map(|(_, e)| {
+        if !e.set && e.name == name {
+            e.value
+        } else {
+            None
+        }
+    })
+}
+
+/// The first value of `name` that `layer` gives after its last `Set` of it; `None` when it sets
+/// no value of `name` (`Some(None)`: it removes the name and adds none since).
+fn after_last_set<'a, L: Layer + ?Sized>(
+    layer: Option<&'a L>,
+    name: &[u8],
+) -> Option<Option<&'a [u8]>> {
+    let layer = layer.filter(|l| l.may_write(name))?;
+    let at = (0..layer.count()).rev().find(|&i| layer.sets(i, name))?;
+    // The `Set`'s own value, else the first value added after it.
+    Some(ops_from(layer, at).find_map(|(_, e)| if e.name == name { e.value } else { None }))
 }
 
 impl HeaderSnapshot {
@@ -127,6 +330,7 @@ impl HeaderSnapshot {
         spans.retain(|(n, v)| n.start <= n.end && n.end <= len && v.start <= v.end && v.end <= len);
         HeaderSnapshot {
             data: Rc::new(Indexed { buf, spans }),
+            overlay: None,
         }
     }
 
@@ -145,6 +349,7 @@ impl HeaderSnapshot {
         }
         HeaderSnapshot {
             data: Rc::new(indexed),
+            overlay: None,
         }
     }
 
@@ -152,23 +357,7 @@ impl HeaderSnapshot {
     /// value of its name (the map's and earlier edits') and appends its own, an `Add` appends.
     /// Built in one pass at its final size, without moving pairs around.
     pub fn edited(&self, edits: &[Edit]) -> HeaderSnapshot {
-        // Whether a `Set` of `name` comes at or after edit `from` (and so removes it).
-        let set_from = |name: &[u8], from: usize| {
-            edits.get(from..).unwrap_or_default().iter().any(
-                |e| matches!(e, Edit::Set(n, _) if n.len() == name.len() && n.as_bytes() == name),
-            )
-        };
-        let mut pairs: Vec<(&[u8], &[u8])> = Vec::with_capacity(self.len() + edits.len());
-        pairs.extend(self.iter_bytes().filter(|(name, _)| !set_from(name, 0)));
-        for (i, edit) in edits.iter().enumerate() {
-            let (name, value) = match edit {
-                Edit::Set(name, Some(value)) | Edit::Add(name, value) => (name, value),
-                Edit::Set(_, None) => continue,
-            };
-            if !set_from(name.as_bytes(), i + 1) {
-                pairs.push((name.as_bytes(), value));
-            }
-        }
+        let pairs: Vec<(&[u8], &[u8])> = self.pairs_through(Some(edits), |_| true).collect();
         HeaderSnapshot::build(&pairs)
     }
 
@@ -176,26 +365,89 @@ impl HeaderSnapshot {
     /// the last edit of `name` decides (a `Set` replaced every value, an `Add` after a `Set`
     /// comes after it); with no edit of it, the map's own first value.
     pub fn get_edited<'a>(&'a self, edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
-        // The first value after the edits: the map's own first value unless a `Set` replaced
-        // them all, in which case the first value added since (by that `Set` or a later `Add`).
-        let last_set = edits
-            .iter()
-            .rposition(|e| matches!(e, Edit::Set(n, _) if n == name));
-        let Some(at) = last_set else {
-            return self.get(name).or_else(|| {
-                edits.iter().find_map(|e| match e {
-                    Edit::Add(n, v) if n == name => Some(v.as_slice()),
-                    _ => None,
-                })
-            });
-        };
-        edits[at..].iter().find_map(|e| match e {
-            Edit::Set(n, v) if n == name => v.as_deref(),
-            Edit::Add(n, v) if n == name => Some(v.as_slice()),
-            _ => None,
-        })
+        self.first_through(Some(edits), name.as_bytes())
     }
 
+    /// This snapshot with `later` (writes made after the ones it carries) applied on top,
+    /// without building the map: lookups and iteration go through the writes.
+    pub(crate) fn with_edits(&self, later: EditLog) -> HeaderSnapshot {
+        let overlay = match &self.overlay {
+            None => later,
+            Some(earlier) => {
+                let mut all = EditLog::clone(earlier);
+                all.extend(&later);
+                all
+            }
+        };
+        HeaderSnapshot {
+            data: Rc::clone(&self.data),
+            overlay: Some(Rc::new(overlay)),
+        }
+    }
+
+    /// The first value of `name` in this map with `later` applied after its own writes.
+    pub(crate) fn get_through<'a>(&'a self, later: &'a EditLog, name: &str) -> Option<&'a [u8]> {
+        self.first_through(Some(later), name.as_bytes())
+    }
+
+    /// The first value of `name` after the overlay's writes and then `later`'s: the last `Set`
+    /// of the name decides (its value, else the first added after it); without one, the map's
+    /// own first value, else the first added.
+    fn first_through<'a, L: Layer + ?Sized>(
+        &'a self,
+        later: Option<&'a L>,
+        name: &[u8],
+    ) -> Option<&'a [u8]> {
+        if let Some(found) = after_last_set(later, name) {
+            return found;
+        }
+        let overlay = self.overlay.as_deref();
+        if let Some(found) = after_last_set(overlay, name) {
+            return found.or_else(|| first_add(later, name));
+        }
+        self.find(name)
+            .or_else(|| first_add(overlay, name))
+            .or_else(|| first_add(later, name))
+    }
+
+    /// Every pair whose name `keep` accepts, in order, after the overlay's writes and then
+    /// `later`'s: the map's pairs whose name no write sets, then each written value that no
+    /// later `Set` of its name replaces. `keep` is asked first, so a pair it refuses costs no
+    /// look at the writes.
+    fn pairs_through<'a: 'k, 'k, L: Layer + ?Sized>(
+        &'a self,
+        later: Option<&'a L>,
+        keep: impl Fn(&[u8]) -> bool + Copy + 'k,
+    ) -> impl Iterator<Item = (&'a [u8], &'a [u8])> + 'k {
+        let overlay = self.overlay.as_deref();
+        let base = self.iter_bytes().filter(move |(name, _)| {
+            keep(name) && !sets_from(overlay, 0, name) && !sets_from(later, 0, name)
+        });
+        let written = overlay
+            .into_iter()
+            .flat_map(|o| ops_from(o, 0))
+            .filter_map(move |(i, e)| {
+                let value = e.value?;
+                (keep(e.name) && !sets_from(overlay, i + 1, e.name) && !sets_from(later, 0, e.name))
+                    .then_some((e.name, value))
+            });
+        let written_later =
+            later
+                .into_iter()
+                .flat_map(|l| ops_from(l, 0))
+                .filter_map(move |(i, e)| {
+                    let value = e.value?;
+                    (keep(e.name) && !sets_from(later, i + 1, e.name)).then_some((e.name, value))
+                });
+        base.chain(written).chain(written_later)
+    }
+
+    /// Every pair of the map as it is (with the writes it carries), in order.
+    fn pairs(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
+        self.pairs_through(None::<&EditLog>, |_| true)
+    }
+
+    /// The pairs of the map as it was read.
     fn iter_bytes(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         let buf = &self.data.buf;
         self.data.spans.iter().map(move |(n, v)| {
@@ -206,24 +458,25 @@ impl HeaderSnapshot {
         })
     }
 
-    /// The values of `name`, in order. Names are compared by length first: most lookups are
-    /// of names the map does not have, and a length check rejects most pairs at once.
-    /// The first value of `name` at or after pair `from`, and the pair after it.
-    fn find(&self, name: &str, from: usize) -> Option<(&[u8], usize)> {
+    /// The first value of `name` in the map as it was read. Names are compared by length
+    /// first: most lookups are of names the map does not have, and a length check rejects most
+    /// pairs at once.
+    fn find(&self, want: &[u8]) -> Option<&[u8]> {
         let buf = &self.data.buf;
-        let want = name.as_bytes();
-        let spans = self.data.spans.get(from..)?;
-        spans.iter().enumerate().find_map(|(i, (n, v))| {
+        self.data.spans.iter().find_map(|(n, v)| {
             if n.len() != want.len() || buf.get(n.clone())? != want {
                 return None;
             }
-            Some((buf.get(v.clone())?, from + i + 1))
+            buf.get(v.clone())
         })
     }
 
     /// The first value of `name` (lowercase), as bytes.
     pub fn get(&self, name: &str) -> Option<&[u8]> {
-        self.find(name, 0).map(|(v, _)| v)
+        match self.overlay {
+            None => self.find(name.as_bytes()),
+            Some(_) => self.first_through(None::<&EditLog>, name.as_bytes()),
+        }
     }
     /// The first value of `name` as text (lossy UTF-8, as [`Host::header_str`]).
     pub fn get_str(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
@@ -234,20 +487,18 @@ impl HeaderSnapshot {
     /// Context (`tracestate`) and W3C Baggage (`baggage`) ask of a receiver of several fields.
     /// A single value is borrowed, not copied.
     pub fn get_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
-        let (first, mut next) = self.find(name, 0)?;
-        let Some((second, after)) = self.find(name, next) else {
-            return Some(String::from_utf8_lossy(first));
-        };
-        next = after;
-        let mut joined = String::from_utf8_lossy(first).into_owned();
-        joined.push(',');
-        joined.push_str(&String::from_utf8_lossy(second));
-        while let Some((value, after)) = self.find(name, next) {
-            joined.push(',');
-            joined.push_str(&String::from_utf8_lossy(value));
-            next = after;
+        let want = name.as_bytes();
+        match self.overlay {
+            None => joined(
+                self.iter_bytes()
+                    .filter(|(n, _)| *n == want)
+                    .map(|(_, v)| v),
+            ),
+            Some(_) => joined(
+                self.pairs_through(None::<&EditLog>, move |n| n == want)
+                    .map(|(_, v)| v),
+            ),
         }
-        Some(std::borrow::Cow::Owned(joined))
     }
     /// Whether `name` is present.
     pub fn contains(&self, name: &str) -> bool {
@@ -256,7 +507,17 @@ impl HeaderSnapshot {
     /// Every pair, in order: the name as text (lossy UTF-8, borrowed when it is valid, as every
     /// real header name is), the value as bytes.
     pub fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &[u8])> + '_ {
-        self.iter_bytes()
+        self.pairs().map(|(k, v)| (String::from_utf8_lossy(k), v))
+    }
+    /// The pairs whose name starts with `prefix`, in order, as [`HeaderSnapshot::iter`] gives
+    /// them (the prefix compared on the name's bytes): a filter after a family of headers
+    /// (`x-envoy-`) looks at no other pair further than its first bytes.
+    pub fn iter_prefixed<'a>(
+        &'a self,
+        prefix: &'a str,
+    ) -> impl Iterator<Item = (std::borrow::Cow<'a, str>, &'a [u8])> + 'a {
+        let prefix = prefix.as_bytes();
+        self.pairs_through(None::<&EditLog>, move |n| n.starts_with(prefix))
             .map(|(k, v)| (String::from_utf8_lossy(k), v))
     }
     /// Every pair, owned.
@@ -267,12 +528,32 @@ impl HeaderSnapshot {
     }
     /// The number of pairs.
     pub fn len(&self) -> usize {
-        self.data.spans.len()
+        match self.overlay {
+            None => self.data.spans.len(),
+            Some(_) => self.pairs().count(),
+        }
     }
     /// Whether the map is empty.
     pub fn is_empty(&self) -> bool {
-        self.data.spans.is_empty()
+        self.pairs().next().is_none()
     }
+}
+
+/// Values as one text, joined with `,` (see [`HeaderSnapshot::get_joined`]); a single value
+/// borrowed.
+fn joined<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<std::borrow::Cow<'a, str>> {
+    let first = values.next()?;
+    let Some(second) = values.next() else {
+        return Some(String::from_utf8_lossy(first));
+    };
+    let mut joined = String::from_utf8_lossy(first).into_owned();
+    joined.push(',');
+    joined.push_str(&String::from_utf8_lossy(second));
+    for value in values {
+        joined.push(',');
+        joined.push_str(&String::from_utf8_lossy(value));
+    }
+    Some(std::borrow::Cow::Owned(joined))
 }
 
 /// What a filter may ask of the proxy. Implemented by the real proxy-wasm host (wasm32 only) and
@@ -448,6 +729,97 @@ mod tests {
                     rebuilt.get(name),
                     "{name} after {edits:?}"
                 );
+            }
+        }
+    }
+
+    fn log_of(edits: &[Edit]) -> EditLog {
+        let mut log = EditLog::default();
+        for edit in edits {
+            match edit {
+                Edit::Set(name, value) => log.push(false, name, value.as_deref()),
+                Edit::Add(name, value) => log.push(true, name, Some(value)),
+            }
+        }
+        log
+    }
+
+    /// A snapshot carrying writes (and writes pending after those) answers every method as the
+    /// rebuilt map does, for every order of up to three moves and every point where the
+    /// snapshot was taken between them.
+    #[test]
+    fn a_snapshot_through_writes_agrees_with_the_edited_map() {
+        let base = HeaderSnapshot::new(vec![
+            ("a".into(), b"1".to_vec()),
+            ("b".into(), b"2".to_vec()),
+            ("a".into(), b"3".to_vec()),
+            ("cb".into(), b"4".to_vec()),
+        ]);
+        let moves = [
+            Edit::Set("a".into(), Some(b"5".to_vec())),
+            Edit::Set("a".into(), None),
+            Edit::Add("a".into(), b"6".to_vec()),
+            Edit::Set("c".into(), Some(b"7".to_vec())),
+            Edit::Add("c".into(), b"8".to_vec()),
+            Edit::Set("b".into(), None),
+            Edit::Add("cb".into(), b"9".to_vec()),
+        ];
+        let mut sequences: Vec<Vec<Edit>> = vec![Vec::new()];
+        for _ in 0..3 {
+            let longer: Vec<Vec<Edit>> = sequences
+                .iter()
+                .flat_map(|seq| {
+                    moves.iter().map(move |m| {
+                        let mut next = seq.clone();
+                        next.push(m.clone());
+                        next
+                    })
+                })
+                .collect();
+            sequences.extend(longer);
+        }
+        let names = ["a", "b", "c", "cb", "d"];
+        for edits in &sequences {
+            let rebuilt = base.edited(edits);
+            for split in 0..=edits.len() {
+                let (earlier, later) = edits.split_at(split);
+                let seen = base.with_edits(log_of(earlier));
+                let pending = log_of(later);
+                let built_earlier = base.edited(earlier);
+                let ctx = format!("{earlier:?} then {later:?}");
+                // What a filter holding the snapshot sees: the earlier writes.
+                assert_eq!(seen.to_pairs(), built_earlier.to_pairs(), "{ctx}");
+                assert_eq!(seen.len(), built_earlier.len(), "{ctx}");
+                assert_eq!(seen.is_empty(), built_earlier.is_empty(), "{ctx}");
+                assert_eq!(seen, built_earlier, "{ctx}");
+                for name in names {
+                    assert_eq!(seen.get(name), built_earlier.get(name), "{name} {ctx}");
+                    assert_eq!(seen.contains(name), built_earlier.contains(name));
+                    assert_eq!(
+                        seen.get_joined(name),
+                        built_earlier.get_joined(name),
+                        "{name} {ctx}"
+                    );
+                    // Through the pending writes, and through public edits on top.
+                    assert_eq!(
+                        seen.get_through(&pending, name),
+                        rebuilt.get(name),
+                        "{name} {ctx}"
+                    );
+                    assert_eq!(seen.get_edited(later, name), rebuilt.get(name), "{ctx}");
+                }
+                for prefix in ["", "a", "c", "cb", "x"] {
+                    let want: Vec<_> = built_earlier
+                        .iter()
+                        .filter(|(n, _)| n.starts_with(prefix))
+                        .collect();
+                    let got: Vec<_> = seen.iter_prefixed(prefix).collect();
+                    assert_eq!(got, want, "{prefix} {ctx}");
+                }
+                let all = seen.with_edits(pending);
+                assert_eq!(all.to_pairs(), rebuilt.to_pairs(), "{ctx}");
+                assert_eq!(all, rebuilt, "{ctx}");
+                assert_eq!(seen.edited(later).to_pairs(), rebuilt.to_pairs(), "{ctx}");
             }
         }
     }

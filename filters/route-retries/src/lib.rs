@@ -286,7 +286,8 @@ impl HttpFilter for RouteRetriesRequest {
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
         let mut removed: Vec<String> = Vec::new();
-        for (name, value) in view.headers.iter() {
+        // Only `x-envoy-*` names can be removed: the others are passed over on their first bytes.
+        for (name, value) in view.headers.iter_prefixed(headers::ENVOY_PREFIX) {
             let name: &str = &name;
             if !headers::is_client_envoy_header(name) || removed.iter().any(|r| r == name) {
                 continue;
