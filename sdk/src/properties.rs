@@ -117,26 +117,39 @@ pub fn encode_pairs(pairs: &[(&str, &str)]) -> Vec<u8> {
     out
 }
 
-/// The raw value of the attribute at a dotted path. The path is split on the stack: these reads
-/// run on every request, and a heap allocation costs more than the split.
+/// The raw value of the attribute at a dotted path, split on the stack: these reads run on
+/// every request, and a heap allocation costs more than the split.
 fn raw(host: &dyn Host, path: &str) -> Option<Vec<u8>> {
-    const MAX: usize = 8;
-    let mut segments = [""; MAX];
-    let mut n = 0;
+    let mut segments = [""; MAX_SEGMENTS];
+    match split_into(path, &mut segments) {
+        Some(n) => host.property(&segments[..n]),
+        // Deeper than any attribute Envoy has: the general split.
+        None => host.property(&split(path)),
+    }
+}
+
+/// Segments a path of at most this many are split on the stack.
+const MAX_SEGMENTS: usize = 8;
+
+/// [`split`] into `out`, byte by byte (`str::split`'s pattern search costs more than the loop
+/// on every request); the number of segments, or `None` when `out` is too short.
+fn split_into<'p>(path: &'p str, out: &mut [&'p str; MAX_SEGMENTS]) -> Option<usize> {
     if let Some(key) = path.strip_prefix(META) {
-        segments[..4].copy_from_slice(&["xds", "node", "metadata", key]);
-        n = 4;
-    } else {
-        for segment in path.split('.') {
-            match segments.get_mut(n) {
-                Some(slot) => *slot = segment,
-                // Deeper than any attribute Envoy has: the general split.
-                None => return host.property(&split(path)),
-            }
+        out[..4].copy_from_slice(&["xds", "node", "metadata", key]);
+        return Some(4);
+    }
+    let mut n = 0;
+    let mut start = 0;
+    for (i, &b) in path.as_bytes().iter().enumerate() {
+        if b == b'.' {
+            // A '.' is ASCII, so both ends are character boundaries.
+            *out.get_mut(n)? = path.get(start..i)?;
             n += 1;
+            start = i + 1;
         }
     }
-    host.property(&segments[..n])
+    *out.get_mut(n)? = path.get(start..)?;
+    Some(n + 1)
 }
 
 /// Reads a string attribute at a dotted path such as `xds.route_name`.
@@ -181,81 +194,104 @@ pub fn split(path: &str) -> Vec<&str> {
     path.split('.').collect()
 }
 
+/// One accessor per attribute, its path given as segments: a read of a fixed attribute passes
+/// them to the host as they are, with no split per request.
 macro_rules! accessors {
-    ($($(#[$doc:meta])* $fn_name:ident => $reader:ident($path:literal) -> $ty:ty;)*) => {
+    ($($(#[$doc:meta])* $fn_name:ident => $decode:ident[$first:literal $(, $rest:literal)*] -> $ty:ty;)*) => {
         $(
             $(#[$doc])*
-            #[doc = concat!("\n\nAttribute `", $path, "`.")]
+            #[doc = concat!("\n\nAttribute `", $first, $(".", $rest,)* "`.")]
             pub fn $fn_name(host: &dyn Host) -> Option<$ty> {
-                $reader(host, $path)
+                host.property(&[$first $(, $rest)*]).and_then($decode)
             }
         )*
     };
 }
 
+/// The accessors' decoders, each taking the host's buffer as it came: a string's bytes become
+/// the string without a copy.
+fn string_of(b: Vec<u8>) -> Option<String> {
+    String::from_utf8(b).ok()
+}
+fn int_of(b: Vec<u8>) -> Option<i64> {
+    decode_i64(&b)
+}
+fn uint_of(b: Vec<u8>) -> Option<u64> {
+    decode_u64(&b)
+}
+fn boolean_of(b: Vec<u8>) -> Option<bool> {
+    decode_bool(&b)
+}
+fn duration_of(b: Vec<u8>) -> Option<Duration> {
+    decode_duration(&b)
+}
+fn timestamp_of(b: Vec<u8>) -> Option<SystemTime> {
+    decode_timestamp(&b)
+}
+
 accessors! {
     /// The request path with query.
-    request_path => string("request.path") -> String;
+    request_path => string_of["request", "path"] -> String;
     /// The request method.
-    request_method => string("request.method") -> String;
+    request_method => string_of["request", "method"] -> String;
     /// The request authority (`:authority` / `Host`).
-    request_host => string("request.host") -> String;
+    request_host => string_of["request", "host"] -> String;
     /// The request scheme.
-    request_scheme => string("request.scheme") -> String;
+    request_scheme => string_of["request", "scheme"] -> String;
     /// The request protocol (`HTTP/1.1`, `HTTP/2`, ...).
-    request_protocol => string("request.protocol") -> String;
+    request_protocol => string_of["request", "protocol"] -> String;
     /// The request id (`x-request-id`).
-    request_id => string("request.id") -> String;
+    request_id => string_of["request", "id"] -> String;
     /// Time the first byte of the request arrived.
-    request_time => timestamp("request.time") -> SystemTime;
+    request_time => timestamp_of["request", "time"] -> SystemTime;
     /// Total duration of the request so far.
-    request_duration => duration("request.duration") -> Duration;
+    request_duration => duration_of["request", "duration"] -> Duration;
     /// Request body size in bytes.
-    request_size => int("request.size") -> i64;
+    request_size => int_of["request", "size"] -> i64;
     /// Total request size including headers.
-    request_total_size => int("request.total_size") -> i64;
+    request_total_size => int_of["request", "total_size"] -> i64;
     /// Response status code.
-    response_code => int("response.code") -> i64;
+    response_code => int_of["response", "code"] -> i64;
     /// Response code details.
-    response_code_details => string("response.code_details") -> String;
+    response_code_details => string_of["response", "code_details"] -> String;
     /// Envoy response flags as a bit set.
-    response_flags => uint("response.flags") -> u64;
+    response_flags => uint_of["response", "flags"] -> u64;
     /// gRPC status of the response.
-    response_grpc_status => int("response.grpc_status") -> i64;
+    response_grpc_status => int_of["response", "grpc_status"] -> i64;
     /// Response body size.
-    response_size => int("response.size") -> i64;
+    response_size => int_of["response", "size"] -> i64;
     /// Total response size including headers.
-    response_total_size => int("response.total_size") -> i64;
+    response_total_size => int_of["response", "total_size"] -> i64;
     /// Downstream peer address (`ip:port`).
-    source_address => string("source.address") -> String;
+    source_address => string_of["source", "address"] -> String;
     /// Local address of the downstream connection.
-    destination_address => string("destination.address") -> String;
+    destination_address => string_of["destination", "address"] -> String;
     /// Upstream host address.
-    upstream_address => string("upstream.address") -> String;
+    upstream_address => string_of["upstream", "address"] -> String;
     /// Whether the downstream connection uses mutual TLS.
-    connection_mtls => boolean("connection.mtls") -> bool;
+    connection_mtls => boolean_of["connection", "mtls"] -> bool;
     /// URI SAN of the peer certificate.
-    connection_uri_san_peer_certificate => string("connection.uri_san_peer_certificate") -> String;
+    connection_uri_san_peer_certificate => string_of["connection", "uri_san_peer_certificate"] -> String;
     /// Downstream connection id.
-    connection_id => uint("connection.id") -> u64;
+    connection_id => uint_of["connection", "id"] -> u64;
     /// Name of the route that matched.
-    xds_route_name => string("xds.route_name") -> String;
+    xds_route_name => string_of["xds", "route_name"] -> String;
     /// Upstream cluster of the route.
-    xds_cluster_name => string("xds.cluster_name") -> String;
+    xds_cluster_name => string_of["xds", "cluster_name"] -> String;
     /// Envoy node id.
-    xds_node_id => string("xds.node.id") -> String;
+    xds_node_id => string_of["xds", "node", "id"] -> String;
     /// Envoy node cluster (usually the service name).
-    xds_node_cluster => string("xds.node.cluster") -> String;
+    xds_node_cluster => string_of["xds", "node", "cluster"] -> String;
     /// Node locality region.
-    xds_node_region => string("xds.node.locality.region") -> String;
+    xds_node_region => string_of["xds", "node", "locality", "region"] -> String;
     /// Node locality zone.
-    xds_node_zone => string("xds.node.locality.zone") -> String;
+    xds_node_zone => string_of["xds", "node", "locality", "zone"] -> String;
     /// The plugin's name (`config.name`).
-    plugin_name => string("plugin_name") -> String;
+    plugin_name => string_of["plugin_name"] -> String;
     /// The plugin's root id.
-    plugin_root_id => string("plugin_root_id") -> String;
+    plugin_root_id => string_of["plugin_root_id"] -> String;
     /// The plugin's VM id.
-    plugin_vm_id => string("plugin_vm_id") -> String;
+    plugin_vm_id => string_of["plugin_vm_id"] -> String;
 }
 
 /// The response's status code, as the `response.code` attribute gives it, for half its price:
@@ -424,6 +460,35 @@ mod tests {
         assert_eq!(response_flags_short(0), "-");
         assert_eq!(response_flags_short((1 << 5) | (1 << 15)), "UF,URX");
         assert_eq!(response_flags_short(1 << 40), "0x10000000000");
+    }
+
+    /// The split on the stack gives [`split`]'s segments, and gives up only past its length.
+    #[test]
+    fn paths_split_on_the_stack_as_split_does() {
+        let paths = [
+            "plugin_name",
+            "request.path",
+            "xds.node.locality.region",
+            "a.b.c.d.e.f.g.h",
+            "",
+            ".",
+            "a..b",
+            ".lead",
+            "trail.",
+            "é.ü.☃",
+            "xds.node.metadata.mesh.io/version",
+            "xds.node.metadata.",
+        ];
+        for path in paths {
+            let mut out = [""; MAX_SEGMENTS];
+            let n = split_into(path, &mut out);
+            assert_eq!(n.map(|n| out[..n].to_vec()), Some(split(path)), "{path:?}");
+        }
+        let mut out = [""; MAX_SEGMENTS];
+        assert_eq!(split_into("a.b.c.d.e.f.g.h.i", &mut out), None);
+        let host = crate::testing::TestHost::new();
+        host.set_property_str("a.b.c.d.e.f.g.h.i", "deep");
+        assert_eq!(string(&host, "a.b.c.d.e.f.g.h.i").as_deref(), Some("deep"));
     }
 
     #[test]
