@@ -462,8 +462,14 @@ impl HeaderSnapshot {
     /// first: most lookups are of names the map does not have, and a length check rejects most
     /// pairs at once.
     fn find(&self, want: &[u8]) -> Option<&[u8]> {
+        self.values_read(want).next()
+    }
+
+    /// The values of `want` in the map as it was read, in order (names compared as in
+    /// [`HeaderSnapshot::find`]).
+    fn values_read<'a: 'k, 'k>(&'a self, want: &'k [u8]) -> impl Iterator<Item = &'a [u8]> + 'k {
         let buf = &self.data.buf;
-        self.data.spans.iter().find_map(|(n, v)| {
+        self.data.spans.iter().filter_map(move |(n, v)| {
             if n.len() != want.len() || buf.get(n.clone())? != want {
                 return None;
             }
@@ -489,11 +495,7 @@ impl HeaderSnapshot {
     pub fn get_joined(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
         let want = name.as_bytes();
         match self.overlay {
-            None => joined(
-                self.iter_bytes()
-                    .filter(|(n, _)| *n == want)
-                    .map(|(_, v)| v),
-            ),
+            None => joined(self.values_read(want)),
             Some(_) => joined(
                 self.pairs_through(None::<&EditLog>, move |n| n == want)
                     .map(|(_, v)| v),
