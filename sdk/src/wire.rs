@@ -186,7 +186,10 @@ pub fn index_map(bytes: &[u8]) -> MapIndex {
             out.malformed = true;
             return out;
         };
-        if std::str::from_utf8(bytes.get(name.clone()).unwrap_or_default()).is_err() {
+        // Header names are ASCII (RFC 9110 tokens): the ASCII check is a fraction of a full
+        // UTF-8 validation, which only the rare other name pays.
+        let name_bytes = bytes.get(name.clone()).unwrap_or_default();
+        if !name_bytes.is_ascii() && std::str::from_utf8(name_bytes).is_err() {
             out.lossy_names += 1;
         }
         out.spans.push((name, value));
