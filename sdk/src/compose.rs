@@ -274,7 +274,7 @@ impl Host for PhaseHost<'_> {
         let mut properties = self.properties.borrow_mut();
         if properties.capacity() == 0 {
             // The properties a callback reads, in one allocation.
-            properties.reserve(8);
+            properties.reserve(12);
         }
         properties.push(remembered);
         value
