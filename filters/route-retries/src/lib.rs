@@ -358,16 +358,15 @@ impl HttpFilter for RouteRetriesRequest {
         } else {
             None
         };
-        for (name, value) in policy.headers(admission.granted, deadline) {
+        policy.each_header(admission.granted, deadline, |name, value| {
             let trusted_value = CONTROL_HEADERS
                 .iter()
                 .zip(client_sent)
                 .any(|(n, sent)| sent && *n == name);
-            if trusted_value && name != MAX_RETRIES_HEADER {
-                continue;
+            if !trusted_value || name == MAX_RETRIES_HEADER {
+                host.set_request_header(name, value);
             }
-            host.set_request_header(name, &value);
-        }
+        });
         Action::Continue
     }
 

@@ -259,30 +259,58 @@ impl Policy {
     /// to the deadline.
     pub fn headers(&self, retries: u32, deadline_ms: Option<u64>) -> Vec<(&'static str, String)> {
         let mut out = Vec::with_capacity(7);
-        if retries > 0 {
-            if let Some(v) = &self.retry_on {
-                out.push((RETRY_ON, v.clone()));
-            }
-            if let Some(v) = &self.retry_grpc_on {
-                out.push((RETRY_GRPC_ON, v.clone()));
-            }
-            if let Some(v) = &self.status_codes {
-                out.push((RETRIABLE_STATUS_CODES, v.clone()));
-            }
-            if let Some(v) = &self.header_names {
-                out.push((RETRIABLE_HEADER_NAMES, v.clone()));
-            }
-        }
-        out.push((MAX_RETRIES_HEADER, retries.to_string()));
-        let (per_try, total) = fit_deadline(self, retries, deadline_ms);
-        if let Some(ms) = per_try {
-            out.push((PER_TRY_TIMEOUT, ms.to_string()));
-        }
-        if let Some(ms) = total {
-            out.push((TIMEOUT, ms.to_string()));
-        }
+        self.each_header(retries, deadline_ms, |name, value| {
+            out.push((name, value.to_string()))
+        });
         out
     }
+
+    /// [`Policy::headers`], each given to `set` in the same order as it is made, without
+    /// allocating: the policy's own values are lent, numbers written on the stack.
+    pub fn each_header(
+        &self,
+        retries: u32,
+        deadline_ms: Option<u64>,
+        mut set: impl FnMut(&'static str, &str),
+    ) {
+        if retries > 0 {
+            for (name, value) in [
+                (RETRY_ON, &self.retry_on),
+                (RETRY_GRPC_ON, &self.retry_grpc_on),
+                (RETRIABLE_STATUS_CODES, &self.status_codes),
+                (RETRIABLE_HEADER_NAMES, &self.header_names),
+            ] {
+                if let Some(v) = value {
+                    set(name, v);
+                }
+            }
+        }
+        let mut digits = [0u8; 20];
+        set(MAX_RETRIES_HEADER, decimal(u64::from(retries), &mut digits));
+        let (per_try, total) = fit_deadline(self, retries, deadline_ms);
+        if let Some(ms) = per_try {
+            set(PER_TRY_TIMEOUT, decimal(ms, &mut digits));
+        }
+        if let Some(ms) = total {
+            set(TIMEOUT, decimal(ms, &mut digits));
+        }
+    }
+}
+
+/// `n` in decimal, written at the end of `buf` (20 bytes hold every `u64`).
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    while let Some(slot) = at.checked_sub(1).and_then(|i| buf.get_mut(i)) {
+        *slot = b'0' + (n % 10) as u8;
+        at -= 1;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.get(at..)
+        .and_then(|d| std::str::from_utf8(d).ok())
+        .unwrap_or("0")
 }
 
 /// Per-try and overall timeouts after fitting `retries + 1` tries into `deadline_ms`.
@@ -352,6 +380,14 @@ pub fn deadline_ms(grpc_timeout: Option<&str>, expected_timeout: Option<&str>) -
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        let mut buf = [0u8; 20];
+        for n in [0, 1, 9, 10, 250, 86_400_000, u64::from(u32::MAX), u64::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string());
+        }
+    }
 
     fn policy(json: &str) -> Result<Policy, ConfigError> {
         meshwasm::config::parse::<PolicyConfig>(json.as_bytes())?.compile("p")
