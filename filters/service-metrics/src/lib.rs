@@ -338,24 +338,37 @@ impl ServiceMetrics {
             .then(|| properties::request_protocol(host))
             .flatten()
             .unwrap_or_default();
+        // Numbers are written into stack buffers, and the usual `-` is borrowed: no allocation
+        // for a value that is not a property's own text.
+        let mut code_buf = [0u8; DECIMAL_LEN];
         let code = if uses.code {
-            properties::response_status(host).unwrap_or(0).to_string()
+            decimal(
+                properties::response_status(host).unwrap_or(0),
+                &mut code_buf,
+            )
         } else {
-            String::new()
+            ""
         };
+        let mut grpc_buf = [0u8; DECIMAL_LEN];
         let grpc = if uses.grpc && request.grpc {
-            properties::response_grpc_status(host)
-                .map(|g| g.to_string())
-                .unwrap_or_else(|| "-".to_string())
+            match properties::response_grpc_status(host) {
+                Some(g) => decimal(g, &mut grpc_buf),
+                None => "-",
+            }
         } else {
-            "-".to_string()
+            "-"
         };
+        let flags_text;
         let flags = if uses.flags {
-            properties::response_flags(host)
-                .map(properties::response_flags_short)
-                .unwrap_or_else(|| "-".to_string())
+            match properties::response_flags(host) {
+                Some(f) if f != 0 => {
+                    flags_text = properties::response_flags_short(f);
+                    flags_text.as_str()
+                }
+                _ => "-",
+            }
         } else {
-            String::new()
+            ""
         };
         let observed = Observed {
             reporter: self.reporter.as_str(),
@@ -363,13 +376,27 @@ impl ServiceMetrics {
             destination,
             route: &route,
             protocol: &protocol,
-            code: &code,
-            grpc: &grpc,
-            flags: &flags,
+            code,
+            grpc,
+            flags,
         };
-        let values: Vec<&str> = self.labels.iter().map(|l| l.value(&observed)).collect();
+        // On the stack for every label list a configuration can name (each label at most once).
+        let mut on_stack = [""; labels::ALL_LABELS.len()];
+        let spilled: Vec<&str>;
+        let values: &[&str] = match on_stack.get_mut(..self.labels.len()) {
+            Some(slots) => {
+                for (slot, label) in slots.iter_mut().zip(&self.labels) {
+                    *slot = label.value(&observed);
+                }
+                slots
+            }
+            None => {
+                spilled = self.labels.iter().map(|l| l.value(&observed)).collect();
+                &spilled
+            }
+        };
         // Hashed once for the four families.
-        let values = Labels::new(&values);
+        let values = Labels::new(values);
         self.requests.inc(host, &values);
         // The proxy's clock from the request headers to the end of the stream (one clock
         // reading, where the `request.duration` attribute cost a property read); the attribute
@@ -399,6 +426,28 @@ impl ServiceMetrics {
         self.request_bytes.record(host, &values, req);
         self.response_bytes.record(host, &values, resp);
     }
+}
+
+/// Room for any `i64` in decimal, sign included.
+const DECIMAL_LEN: usize = 20;
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(n: i64, buf: &mut [u8; DECIMAL_LEN]) -> &str {
+    let mut rest = n.unsigned_abs();
+    let mut at = DECIMAL_LEN;
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    if n < 0 {
+        at -= 1;
+        buf[at] = b'-';
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or("0")
 }
 
 impl RootFilter for ServiceMetrics {

@@ -1025,3 +1025,13 @@ fn an_inline_signing_key_is_refused_with_where_a_key_goes_instead() {
     let err = FilterHarness::<ServiceMetrics>::new(r#"{"reporter":"source","signing_key":""}"#);
     assert_eq!(err.err().unwrap().path, "signing_key");
 }
+
+#[test]
+fn numbers_render_in_decimal_without_allocating() {
+    let mut buf = [0u8; DECIMAL_LEN];
+    assert_eq!(decimal(0, &mut buf), "0");
+    assert_eq!(decimal(200, &mut buf), "200");
+    assert_eq!(decimal(-1, &mut buf), "-1");
+    assert_eq!(decimal(i64::MAX, &mut buf), i64::MAX.to_string());
+    assert_eq!(decimal(i64::MIN, &mut buf), i64::MIN.to_string());
+}
