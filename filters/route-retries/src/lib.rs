@@ -63,6 +63,16 @@ pub mod names {
     pub const ATTEMPT_COUNT_MISSING: &str = "meshwasm_retry_attempt_count_missing_total";
 }
 
+/// Where each family labeled by rule is in [`RouteRetries::rule_families`].
+mod family {
+    pub const REQUESTS: usize = 0;
+    pub const RETRIED: usize = 1;
+    pub const RETRIES: usize = 2;
+    pub const DENIED: usize = 3;
+    pub const CLAMPED: usize = 4;
+    pub const STRIPPED: usize = 5;
+}
+
 /// The root: validated rules, budget parameters and metric families.
 pub struct RouteRetries {
     rules: Rules,
@@ -78,6 +88,10 @@ pub struct RouteRetries {
     contended: Metric,
     untracked: Metric,
     attempt_count_missing: Metric,
+    /// Each rule's series in each of [`RouteRetries::rule_families`] (by rule index, the
+    /// default last), as defined at configure time; `None` where that did not define one (the
+    /// family then decides on each use, as for any other label).
+    rule_ids: Vec<[Option<u32>; 6]>,
     /// This worker's budget ledgers, one per cluster, synced with the other workers' on the
     /// tick.
     ledgers: RefCell<Ledgers>,
@@ -104,6 +118,24 @@ impl RouteRetries {
         index
             .and_then(|i| self.rules.rules.get(i))
             .unwrap_or(&self.rules.default)
+    }
+
+    /// Adds `by` to the series of rule `rule` (`None`: the default) in the family at `family`
+    /// of [`RouteRetries::rule_families`]: by the id defined at configure time, with no lookup.
+    fn rule_add(&self, host: &dyn Host, family: usize, rule: Option<usize>, by: i64) {
+        let at = rule
+            .filter(|i| *i < self.rules.rules.len())
+            .unwrap_or(self.rules.rules.len());
+        match self.rule_ids.get(at).and_then(|ids| ids.get(family)) {
+            Some(Some(id)) => {
+                let _ = host.increment_metric(*id, by);
+            }
+            _ => {
+                if let Some(fam) = self.rule_families().get(family) {
+                    fam.add(host, &[self.rule(rule).name.as_str()], by);
+                }
+            }
+        }
     }
 
     /// The first rule matching the request.
@@ -146,7 +178,7 @@ impl RootFilter for RouteRetries {
     fn configure(config: Config, host: &dyn Host) -> Result<Self, ConfigError> {
         let rules = config.compile()?;
         let fam = |name: &str| MetricFamily::counter(name, &["rule"]);
-        let root = RouteRetries {
+        let mut root = RouteRetries {
             rules,
             requests: fam(names::REQUESTS),
             retried: fam(names::REQUESTS_RETRIED),
@@ -162,6 +194,7 @@ impl RootFilter for RouteRetries {
             contended: Metric::counter(host, names::BUDGET_CONTENDED),
             untracked: Metric::counter(host, names::BUDGET_UNTRACKED),
             attempt_count_missing: Metric::counter(host, names::ATTEMPT_COUNT_MISSING),
+            rule_ids: Vec::new(),
             ledgers: RefCell::new(Ledgers::new()),
         };
         // Define every rule's series now, so they exist (at 0) before the first request.
@@ -172,11 +205,20 @@ impl RootFilter for RouteRetries {
             .map(|r| r.name.clone())
             .chain([root.rules.default.name.clone()])
             .collect();
-        for fam in root.rule_families() {
-            for label in &labels {
-                let _ = fam.id(host, &[label.as_str()]);
+        let mut rule_ids = vec![[None; 6]; labels.len()];
+        for (f, fam) in root.rule_families().into_iter().enumerate() {
+            for (ids, label) in rule_ids.iter_mut().zip(&labels) {
+                let before = fam.series_count();
+                let id = fam.id(host, &[label.as_str()]);
+                // Kept only when it is the rule's own series (not the family's overflow).
+                if fam.series_count() > before {
+                    if let Some(slot) = ids.get_mut(f) {
+                        *slot = id;
+                    }
+                }
             }
         }
+        root.rule_ids = rule_ids;
         Ok(root)
     }
 
@@ -269,7 +311,7 @@ impl HttpFilter for RouteRetriesRequest {
         self.rule = root.select(&view);
         let rule = root.rule(self.rule);
         let label = [rule.name.as_str()];
-        root.requests.inc(host, &label);
+        root.rule_add(host, family::REQUESTS, self.rule, 1);
 
         // The client's `x-envoy-*` headers: an allow-list. Each is removed (a hostcall only for
         // those the request carries) unless the policy allows it, or it is a retry-control
@@ -314,7 +356,7 @@ impl HttpFilter for RouteRetriesRequest {
             removed.push(name.to_string());
         }
         if !removed.is_empty() {
-            root.stripped.add(host, &label, removed.len() as i64);
+            root.rule_add(host, family::STRIPPED, self.rule, removed.len() as i64);
         }
 
         let method = view.get(":method");
@@ -343,9 +385,9 @@ impl HttpFilter for RouteRetriesRequest {
         }
         self.granted = admission.granted;
         if wanted > 0 && admission.granted == 0 {
-            root.denied.inc(host, &label);
+            root.rule_add(host, family::DENIED, self.rule, 1);
         } else if admission.granted < wanted {
-            root.clamped.inc(host, &label);
+            root.rule_add(host, family::CLAMPED, self.rule, 1);
         }
 
         // The snapshot still holds the deadline headers, also a client's
@@ -419,11 +461,10 @@ impl RouteRetriesRequest {
     /// replaces its reservation by them. Once per stream.
     fn account(&mut self, root: &RouteRetries, host: &dyn Host, attempts: u32) {
         self.settled = true;
-        let label = [root.rule(self.rule).name.as_str()];
         let retries = attempts.saturating_sub(1);
         if retries > 0 {
-            root.retried.inc(host, &label);
-            root.retries.add(host, &label, i64::from(retries));
+            root.rule_add(host, family::RETRIED, self.rule, 1);
+            root.rule_add(host, family::RETRIES, self.rule, i64::from(retries));
         }
         if let Some((cluster, second)) = &self.budget {
             // In the worker's ledger (shared with the next sync), or straight in shared data
