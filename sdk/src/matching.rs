@@ -27,6 +27,7 @@
 //! header condition with a `value` requires the header to be present with a matching first
 //! value.
 
+use std::borrow::Cow;
 use std::cell::OnceCell;
 use std::fmt;
 
@@ -340,20 +341,22 @@ impl MatchSpec {
     }
 }
 
-/// The request attributes a [`Matcher`] looks at. Each is read only when a condition needs it.
+/// The request attributes a [`Matcher`] looks at. Each is read only when a condition needs it,
+/// and may be lent from where the implementation keeps it (a header map, a value read once)
+/// rather than copied for the matcher.
 pub trait Attributes {
     /// `:path` as sent (query included; the matcher strips it).
-    fn path(&self) -> Option<String>;
+    fn path(&self) -> Option<Cow<'_, str>>;
     /// `:method`.
-    fn method(&self) -> Option<String>;
+    fn method(&self) -> Option<Cow<'_, str>>;
     /// `:authority`.
-    fn authority(&self) -> Option<String>;
+    fn authority(&self) -> Option<Cow<'_, str>>;
     /// The first value of a (lowercase) request header.
-    fn header(&self, name: &str) -> Option<String>;
+    fn header(&self, name: &str) -> Option<Cow<'_, str>>;
     /// Envoy's route name (`xds.route_name`).
-    fn route_name(&self) -> Option<String>;
+    fn route_name(&self) -> Option<Cow<'_, str>>;
     /// Envoy's upstream cluster (`xds.cluster_name`).
-    fn cluster_name(&self) -> Option<String>;
+    fn cluster_name(&self) -> Option<Cow<'_, str>>;
 }
 
 /// The path without query string or fragment.
@@ -375,7 +378,7 @@ impl Matcher {
             let Some(method) = req.method() else {
                 return false;
             };
-            if !self.methods.contains(&method) {
+            if !self.methods.iter().any(|m| *m == method) {
                 return false;
             }
         }
@@ -449,33 +452,38 @@ impl<'a> HostAttributes<'a> {
 }
 
 impl Attributes for HostAttributes<'_> {
-    fn path(&self) -> Option<String> {
+    fn path(&self) -> Option<Cow<'_, str>> {
         self.path
             .get_or_init(|| self.host.request_header(":path"))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
-    fn method(&self) -> Option<String> {
+    fn method(&self) -> Option<Cow<'_, str>> {
         self.method
             .get_or_init(|| self.host.request_header(":method"))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
-    fn authority(&self) -> Option<String> {
+    fn authority(&self) -> Option<Cow<'_, str>> {
         self.authority
             .get_or_init(|| self.host.request_header(":authority"))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
-    fn header(&self, name: &str) -> Option<String> {
-        self.host.request_header(name)
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.host.request_header(name).map(Cow::Owned)
     }
-    fn route_name(&self) -> Option<String> {
+    fn route_name(&self) -> Option<Cow<'_, str>> {
         self.route_name
             .get_or_init(|| properties::xds_route_name(self.host))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
-    fn cluster_name(&self) -> Option<String> {
+    fn cluster_name(&self) -> Option<Cow<'_, str>> {
         self.cluster_name
             .get_or_init(|| properties::xds_cluster_name(self.host))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
 }
 
@@ -529,26 +537,26 @@ impl RequestParts {
 }
 
 impl Attributes for RequestParts {
-    fn path(&self) -> Option<String> {
-        self.path.clone()
+    fn path(&self) -> Option<Cow<'_, str>> {
+        self.path.as_deref().map(Cow::Borrowed)
     }
-    fn method(&self) -> Option<String> {
-        self.method.clone()
+    fn method(&self) -> Option<Cow<'_, str>> {
+        self.method.as_deref().map(Cow::Borrowed)
     }
-    fn authority(&self) -> Option<String> {
-        self.authority.clone()
+    fn authority(&self) -> Option<Cow<'_, str>> {
+        self.authority.as_deref().map(Cow::Borrowed)
     }
-    fn header(&self, name: &str) -> Option<String> {
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
         self.headers
             .iter()
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
+            .map(|(_, v)| Cow::Borrowed(v.as_str()))
     }
-    fn route_name(&self) -> Option<String> {
-        self.route_name.clone()
+    fn route_name(&self) -> Option<Cow<'_, str>> {
+        self.route_name.as_deref().map(Cow::Borrowed)
     }
-    fn cluster_name(&self) -> Option<String> {
-        self.cluster_name.clone()
+    fn cluster_name(&self) -> Option<Cow<'_, str>> {
+        self.cluster_name.as_deref().map(Cow::Borrowed)
     }
 }
 
@@ -683,23 +691,23 @@ mod tests {
         reads: Cell<u32>,
     }
     impl Attributes for Counting<'_> {
-        fn path(&self) -> Option<String> {
+        fn path(&self) -> Option<Cow<'_, str>> {
             self.inner.path()
         }
-        fn method(&self) -> Option<String> {
+        fn method(&self) -> Option<Cow<'_, str>> {
             self.inner.method()
         }
-        fn authority(&self) -> Option<String> {
+        fn authority(&self) -> Option<Cow<'_, str>> {
             self.inner.authority()
         }
-        fn header(&self, name: &str) -> Option<String> {
+        fn header(&self, name: &str) -> Option<Cow<'_, str>> {
             self.inner.header(name)
         }
-        fn route_name(&self) -> Option<String> {
+        fn route_name(&self) -> Option<Cow<'_, str>> {
             self.reads.set(self.reads.get() + 1);
             self.inner.route_name()
         }
-        fn cluster_name(&self) -> Option<String> {
+        fn cluster_name(&self) -> Option<Cow<'_, str>> {
             self.reads.set(self.reads.get() + 1);
             self.inner.cluster_name()
         }

@@ -277,26 +277,28 @@ impl<'a> RequestView<'a> {
     }
 }
 
+/// Every attribute lent from the snapshot or the value read once: matching copies nothing.
 impl Attributes for RequestView<'_> {
-    fn path(&self) -> Option<String> {
-        self.header(":path")
+    fn path(&self) -> Option<Cow<'_, str>> {
+        self.get(":path")
     }
-    fn method(&self) -> Option<String> {
-        self.header(":method")
+    fn method(&self) -> Option<Cow<'_, str>> {
+        self.get(":method")
     }
-    fn authority(&self) -> Option<String> {
-        self.header(":authority")
+    fn authority(&self) -> Option<Cow<'_, str>> {
+        self.get(":authority")
     }
-    fn header(&self, name: &str) -> Option<String> {
-        self.get(name).map(Cow::into_owned)
+    fn header(&self, name: &str) -> Option<Cow<'_, str>> {
+        self.get(name)
     }
-    fn route_name(&self) -> Option<String> {
+    fn route_name(&self) -> Option<Cow<'_, str>> {
         self.route_name
             .get_or_init(|| properties::xds_route_name(self.host))
-            .clone()
+            .as_deref()
+            .map(Cow::Borrowed)
     }
-    fn cluster_name(&self) -> Option<String> {
-        self.cluster().map(str::to_string)
+    fn cluster_name(&self) -> Option<Cow<'_, str>> {
+        self.cluster().map(Cow::Borrowed)
     }
 }
 
