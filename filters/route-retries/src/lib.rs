@@ -309,7 +309,7 @@ impl HttpFilter for RouteRetriesRequest {
         .with(Phases::LOG);
 
     fn on_request_headers(&mut self, root: &RouteRetries, host: &dyn Host, _eos: bool) -> Action {
-        let view = RequestView::new(host);
+        let mut view = RequestView::new(host);
         self.rule = root.select(&view);
         let rule = root.rule(self.rule);
         let label = [rule.name.as_str()];
@@ -383,7 +383,12 @@ impl HttpFilter for RouteRetriesRequest {
             root.untracked.inc(host);
         }
         if admission.recorded {
-            self.budget = Some((cluster.to_string(), admission.second));
+            // The name as read from the proxy, kept rather than copied.
+            let cluster = match view.cluster_name.take().flatten() {
+                Some(name) => name,
+                None => UNKNOWN_CLUSTER.to_string(),
+            };
+            self.budget = Some((cluster, admission.second));
         }
         self.granted = admission.granted;
         if wanted > 0 && admission.granted == 0 {
