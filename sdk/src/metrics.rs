@@ -69,7 +69,8 @@ impl Metric {
     }
 }
 
-type Bucket = Vec<(Box<[String]>, u32)>;
+/// Label tuples that share a hash, each with what was resolved for it.
+type Bucket<T> = Vec<(Box<[String]>, T)>;
 
 /// The table's hasher: its keys are already hashes ([`hash_values`]), so it passes them on.
 #[derive(Default)]
@@ -89,7 +90,10 @@ impl Hasher for KeyHasher {
     }
 }
 
-type Series = HashMap<u64, Bucket, BuildHasherDefault<KeyHasher>>;
+/// Resolved values by label tuple, keyed by the tuple's hash.
+type Table<T> = HashMap<u64, Bucket<T>, BuildHasherDefault<KeyHasher>>;
+
+type Series = Table<u32>;
 
 /// A labeled metric family: declared once with its label names; each distinct tuple of label
 /// values becomes a series, defined on first use and then looked up without allocating.
@@ -178,10 +182,8 @@ impl MetricFamily {
             );
             return self.overflow(host);
         }
-        if let Some(bucket) = self.series.borrow().get(&hash) {
-            if let Some((_, id)) = bucket.iter().find(|(vals, _)| same(vals, values)) {
-                return Some(*id);
-            }
+        if let Some(id) = self.find(values, hash) {
+            return Some(id);
         }
         if self.count.get() >= self.max_series {
             return self.overflow(host);
@@ -198,6 +200,16 @@ impl MetricFamily {
             .push((owned, id));
         self.count.set(self.count.get() + 1);
         Some(id)
+    }
+
+    /// The id of the series already defined for `values` (hashed as `hash`), never overflow.
+    fn find(&self, values: &[&str], hash: u64) -> Option<u32> {
+        let series = self.series.borrow();
+        let bucket = series.get(&hash)?;
+        bucket
+            .iter()
+            .find(|(vals, _)| same(vals, values))
+            .map(|(_, id)| *id)
     }
 
     fn overflow(&self, host: &dyn Host) -> Option<u32> {
@@ -233,6 +245,65 @@ impl MetricFamily {
         if let Some(id) = self.id(host, values) {
             let _ = host.record_metric(id, value);
         }
+    }
+}
+
+/// The series ids of `N` families that take the same label tuples together (a request counter
+/// and its histograms), remembered per tuple: a request finds all `N` with one lookup where each
+/// family would take its own. Only tuples that are a series of their own in every family are
+/// remembered (so at most as many as the first family's cap); an overflow series is never, as
+/// each of its uses must be counted by [`MetricFamily::id`].
+#[derive(Debug)]
+pub struct SeriesCache<const N: usize> {
+    table: RefCell<Table<[u32; N]>>,
+}
+
+impl<const N: usize> Default for SeriesCache<N> {
+    fn default() -> Self {
+        SeriesCache {
+            table: RefCell::new(Table::default()),
+        }
+    }
+}
+
+impl<const N: usize> SeriesCache<N> {
+    /// An empty cache.
+    pub fn new() -> SeriesCache<N> {
+        SeriesCache::default()
+    }
+
+    /// The ids remembered for `values`, one per family in the order given to
+    /// [`remember`](Self::remember); `None` when the tuple was not remembered (yet).
+    pub fn get<L: AsLabels + ?Sized>(&self, values: &L) -> Option<[u32; N]> {
+        let Labels { values, hash } = values.labels();
+        let table = self.table.borrow();
+        let bucket = table.get(&hash)?;
+        bucket
+            .iter()
+            .find(|(vals, _)| same(vals, values))
+            .map(|(_, ids)| *ids)
+    }
+
+    /// Remembers the ids of `values` in `families` if each family already has it as a series of
+    /// its own (defined by [`MetricFamily::id`]); otherwise leaves the cache as it is.
+    pub fn remember<L: AsLabels + ?Sized>(&self, families: [&MetricFamily; N], values: &L) {
+        let labels = values.labels();
+        if self.get(&labels).is_some() {
+            return;
+        }
+        let mut ids = [0u32; N];
+        for (slot, family) in ids.iter_mut().zip(families) {
+            match family.find(labels.values, labels.hash) {
+                Some(id) => *slot = id,
+                None => return,
+            }
+        }
+        let owned: Box<[String]> = labels.values.iter().map(|v| v.to_string()).collect();
+        self.table
+            .borrow_mut()
+            .entry(labels.hash)
+            .or_default()
+            .push((owned, ids));
     }
 }
 
@@ -390,6 +461,34 @@ mod tests {
         // Too few values go to the overflow series, as with a slice.
         requests.inc(&host, &Labels::new(&["x"]));
         assert_eq!(host.counter("rq;.a=overflow;.b=overflow"), Some(1));
+    }
+
+    #[test]
+    fn series_cache_remembers_only_series_every_family_has() {
+        let host = TestHost::new();
+        let requests = MetricFamily::counter("rq", &["a"]).with_max_series(1);
+        let sizes = MetricFamily::histogram("sz", &["a"]).with_max_series(1);
+        let cache: SeriesCache<2> = SeriesCache::new();
+        let x = Labels::new(&["x"]);
+        // Not yet a series of either family: nothing to remember.
+        cache.remember([&requests, &sizes], &x);
+        assert_eq!(cache.get(&x), None);
+        let rq = requests.id(&host, &x).unwrap();
+        cache.remember([&requests, &sizes], &x);
+        assert_eq!(cache.get(&x), None);
+        let sz = sizes.id(&host, &x).unwrap();
+        cache.remember([&requests, &sizes], &x);
+        cache.remember([&requests, &sizes], &x);
+        assert_eq!(cache.get(&x), Some([rq, sz]));
+        assert_eq!(cache.get(&["x"]), Some([rq, sz]));
+        assert_eq!(cache.get(&["y"]), None);
+        // Past the cap: the overflow series, never remembered, so each use is counted.
+        let y = Labels::new(&["y"]);
+        assert_ne!(requests.id(&host, &y), None);
+        assert_ne!(sizes.id(&host, &y), None);
+        cache.remember([&requests, &sizes], &y);
+        assert_eq!(cache.get(&y), None);
+        assert_eq!(host.counter("rq_series_overflow_total"), Some(1));
     }
 
     #[test]

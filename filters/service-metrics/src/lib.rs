@@ -11,6 +11,7 @@ use std::rc::Rc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use meshwasm::identity::{self, Direction, Identity, KeyRing, NodeInfo, PeerError, Scope};
+use meshwasm::metrics::SeriesCache;
 use meshwasm::prelude::*;
 
 use config::{Config, Reporter};
@@ -52,6 +53,8 @@ pub struct ServiceMetrics {
     duration: MetricFamily,
     request_bytes: MetricFamily,
     response_bytes: MetricFamily,
+    /// The four families' ids per label tuple (requests, duration, request and response bytes).
+    series: SeriesCache<4>,
     rejected: MetricFamily,
     /// Our headers for the current second, one per audience and direction.
     own_header: RefCell<Vec<OwnHeader>>,
@@ -204,6 +207,7 @@ impl ServiceMetrics {
             duration,
             request_bytes,
             response_bytes,
+            series: SeriesCache::new(),
             rejected,
             own_header: RefCell::new(Vec::new()),
             believed: RefCell::new(Vec::new()),
@@ -395,9 +399,17 @@ impl ServiceMetrics {
                 &spilled
             }
         };
-        // Hashed once for the four families.
+        // Hashed once for the four families, and their ids found with one lookup once each
+        // family has the tuple as a series of its own.
         let values = Labels::new(values);
-        self.requests.inc(host, &values);
+        let cached = self.series.get(&values);
+        let id = |index: usize, family: &MetricFamily| match cached {
+            Some(ids) => ids.get(index).copied(),
+            None => family.id(host, &values),
+        };
+        if let Some(id) = id(0, &self.requests) {
+            let _ = host.increment_metric(id, 1);
+        }
         // The proxy's clock from the request headers to the end of the stream (one clock
         // reading, where the `request.duration` attribute cost a property read); the attribute
         // only for a stream whose request headers the filter never saw.
@@ -407,7 +419,9 @@ impl ServiceMetrics {
         };
         if let Some(d) = duration {
             let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-            self.duration.record(host, &values, ms);
+            if let Some(id) = id(1, &self.duration) {
+                let _ = host.record_metric(id, ms);
+            }
         }
         // The total size (headers and body), else the body size: read only when the total is
         // absent.
@@ -423,8 +437,21 @@ impl ServiceMetrics {
         let resp = size(properties::response_total_size(host), &|| {
             properties::response_size(host)
         });
-        self.request_bytes.record(host, &values, req);
-        self.response_bytes.record(host, &values, resp);
+        if let Some(id) = id(2, &self.request_bytes) {
+            let _ = host.record_metric(id, req);
+        }
+        if let Some(id) = id(3, &self.response_bytes) {
+            let _ = host.record_metric(id, resp);
+        }
+        if cached.is_none() {
+            let families = [
+                &self.requests,
+                &self.duration,
+                &self.request_bytes,
+                &self.response_bytes,
+            ];
+            self.series.remember(families, &values);
+        }
     }
 }
 
