@@ -509,7 +509,7 @@ impl HeaderSnapshot {
     /// Every pair, in order: the name as text (lossy UTF-8, borrowed when it is valid, as every
     /// real header name is), the value as bytes.
     pub fn iter(&self) -> impl Iterator<Item = (std::borrow::Cow<'_, str>, &[u8])> + '_ {
-        self.pairs().map(|(k, v)| (String::from_utf8_lossy(k), v))
+        self.iter_prefixed("")
     }
     /// The pairs whose name starts with `prefix`, in order, as [`HeaderSnapshot::iter`] gives
     /// them (the prefix compared on the name's bytes): a filter after a family of headers
@@ -518,9 +518,12 @@ impl HeaderSnapshot {
         &'a self,
         prefix: &'a str,
     ) -> impl Iterator<Item = (std::borrow::Cow<'a, str>, &'a [u8])> + 'a {
-        let prefix = prefix.as_bytes();
-        self.pairs_through(None::<&EditLog>, move |n| n.starts_with(prefix))
-            .map(|(k, v)| (String::from_utf8_lossy(k), v))
+        Prefixed {
+            snapshot: self,
+            prefix: prefix.as_bytes(),
+            next_read: 0,
+            next_write: 0,
+        }
     }
     /// Every pair, owned.
     pub fn to_pairs(&self) -> Vec<(String, Bytes)> {
@@ -539,6 +542,55 @@ impl HeaderSnapshot {
     pub fn is_empty(&self) -> bool {
         self.pairs().next().is_none()
     }
+}
+
+/// The iterator of [`HeaderSnapshot::iter_prefixed`]: the pairs of the map as read whose name
+/// no write sets, then each written value no later write replaces (as
+/// [`HeaderSnapshot::pairs`] orders them). A concrete type with its own `next`, compiled once
+/// in the SDK rather than as a chain of adapters in each caller: a caller's loop over a map
+/// pays a few instructions per pair passed over.
+struct Prefixed<'a> {
+    snapshot: &'a HeaderSnapshot,
+    prefix: &'a [u8],
+    /// The next pair of the map as read to look at.
+    next_read: usize,
+    /// The next write of the overlay to look at (after every pair read).
+    next_write: usize,
+}
+
+impl<'a> Iterator for Prefixed<'a> {
+    type Item = (std::borrow::Cow<'a, str>, &'a [u8]);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let data = &self.snapshot.data;
+        let overlay = self.snapshot.overlay.as_deref();
+        while let Some((n, v)) = data.spans.get(self.next_read) {
+            self.next_read += 1;
+            let name = data.buf.get(n.clone()).unwrap_or_default();
+            if has_prefix(name, self.prefix) && !sets_from(overlay, 0, name) {
+                let value = data.buf.get(v.clone()).unwrap_or_default();
+                return Some((String::from_utf8_lossy(name), value));
+            }
+        }
+        let overlay = overlay?;
+        while self.next_write < overlay.count() {
+            let i = self.next_write;
+            self.next_write += 1;
+            let Some(e) = overlay.at(i) else { continue };
+            if let Some(value) = e.value {
+                if has_prefix(e.name, self.prefix) && !sets_from(Some(overlay), i + 1, e.name) {
+                    return Some((String::from_utf8_lossy(e.name), value));
+                }
+            }
+        }
+        None
+    }
+}
+
+/// Whether `name` starts with `prefix`, compared byte by byte up to the first difference (most
+/// names differ within their first bytes; a whole-prefix comparison costs more than the loop).
+fn has_prefix(name: &[u8], prefix: &[u8]) -> bool {
+    name.len() >= prefix.len() && name.iter().zip(prefix).all(|(a, b)| a == b)
 }
 
 /// Values as one text, joined with `,` (see [`HeaderSnapshot::get_joined`]); a single value
