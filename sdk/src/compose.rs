@@ -29,19 +29,23 @@ pub struct PhaseHost<'a> {
     singles: RefCell<Vec<(MapKind, Remembered)>>,
     /// Properties read, under their [`property_key`].
     properties: RefCell<Vec<Remembered>>,
+    /// The keys and values of every [`Remembered`], one after another: remembering a read
+    /// costs no allocation of its own (an absent value none at all).
+    store: RefCell<Vec<u8>>,
     now: std::cell::Cell<Option<SystemTime>>,
 }
 
-/// A value read in this callback and its key (a header name, a [`property_key`]), in one
-/// buffer: the key's bytes, then the value's. One allocation each, none for a copy of the key.
+/// A value read in this callback and its key (a header name, a [`property_key`]), where they
+/// lie in the [`PhaseHost`]'s store: the key's bytes, then the value's.
 struct Remembered {
     /// The key's [`tag`]: an entry whose tag differs from the one looked for is passed over
     /// without comparing keys.
     tag: u32,
+    /// Where the key starts in the store.
+    start: usize,
     key_len: usize,
-    /// Whether the proxy had a value (an absent one is remembered too).
-    present: bool,
-    bytes: Vec<u8>,
+    /// The value's length; `None` when the proxy had none (an absent one is remembered too).
+    value_len: Option<usize>,
 }
 
 /// A summary of a key: its length, first and last byte. Equal keys have equal tags.
@@ -74,37 +78,48 @@ fn tag_of_path(path: &[&str]) -> u32 {
 }
 
 impl Remembered {
-    /// `value` under the key that `write_key` writes (of about `key_len` bytes).
-    fn new(key_len: usize, write_key: impl FnOnce(&mut Vec<u8>), value: Option<&[u8]>) -> Self {
-        let mut bytes = Vec::with_capacity(key_len + value.map_or(0, <[u8]>::len));
-        write_key(&mut bytes);
-        let key_len = bytes.len();
-        bytes.extend_from_slice(value.unwrap_or_default());
+    /// `value` under the key that `write_key` writes, both appended to `store`.
+    fn new(
+        store: &mut Vec<u8>,
+        write_key: impl FnOnce(&mut Vec<u8>),
+        value: Option<&[u8]>,
+    ) -> Self {
+        if store.capacity() == 0 {
+            // What a callback remembers, in one allocation (under dlmalloc's small-chunk size).
+            store.reserve(240);
+        }
+        let start = store.len();
+        write_key(store);
+        let key_len = store.len() - start;
+        store.extend_from_slice(value.unwrap_or_default());
         Remembered {
-            tag: tag_of(bytes.get(..key_len).unwrap_or_default()),
+            tag: tag_of(store.get(start..start + key_len).unwrap_or_default()),
+            start,
             key_len,
-            present: value.is_some(),
-            bytes,
+            value_len: value.map(<[u8]>::len),
         }
     }
 
-    fn key(&self) -> &[u8] {
-        self.bytes.get(..self.key_len).unwrap_or_default()
+    fn key<'s>(&self, store: &'s [u8]) -> &'s [u8] {
+        store
+            .get(self.start..self.start + self.key_len)
+            .unwrap_or_default()
     }
 
     /// Whether the key is `name` (a header's).
-    fn is(&self, name_tag: u32, name: &str) -> bool {
-        self.tag == name_tag && self.key() == name.as_bytes()
+    fn is(&self, store: &[u8], name_tag: u32, name: &str) -> bool {
+        self.tag == name_tag && self.key(store) == name.as_bytes()
     }
 
     /// Whether the key is that of `path` (a property's).
-    fn is_path(&self, path_tag: u32, path: &[&str]) -> bool {
-        self.tag == path_tag && is_key(self.key(), path)
+    fn is_path(&self, store: &[u8], path_tag: u32, path: &[&str]) -> bool {
+        self.tag == path_tag && is_key(self.key(store), path)
     }
 
-    fn value(&self) -> Option<Bytes> {
-        self.present
-            .then(|| self.bytes.get(self.key_len..).unwrap_or_default().to_vec())
+    fn value(&self, store: &[u8]) -> Option<Bytes> {
+        let at = self.start + self.key_len;
+        let len = self.value_len?;
+        Some(store.get(at..at + len).unwrap_or_default().to_vec())
     }
 }
 
@@ -162,6 +177,7 @@ impl<'a> PhaseHost<'a> {
             maps: RefCell::new(Vec::new()),
             singles: RefCell::new(Vec::new()),
             properties: RefCell::new(Vec::new()),
+            store: RefCell::new(Vec::new()),
             now: std::cell::Cell::new(None),
         }
     }
@@ -187,7 +203,8 @@ impl<'a> PhaseHost<'a> {
         let mut singles = self.singles.borrow_mut();
         if !singles.is_empty() {
             let name_tag = tag_of(name.as_bytes());
-            singles.retain(|(m, r)| *m != map || !r.is(name_tag, name));
+            let store = self.store.borrow();
+            singles.retain(|(m, r)| *m != map || !r.is(&store, name_tag, name));
         }
         drop(singles);
         let mut maps = self.maps.borrow_mut();
@@ -207,17 +224,20 @@ impl Host for PhaseHost<'_> {
         }
         drop(maps);
         let name_tag = tag_of(name.as_bytes());
-        if let Some((_, r)) = self
-            .singles
-            .borrow()
-            .iter()
-            .find(|(m, r)| *m == map && r.is(name_tag, name))
         {
-            return r.value();
+            let store = self.store.borrow();
+            if let Some((_, r)) = self
+                .singles
+                .borrow()
+                .iter()
+                .find(|(m, r)| *m == map && r.is(&store, name_tag, name))
+            {
+                return r.value(&store);
+            }
         }
         let value = self.inner.header(map, name);
         let remembered = Remembered::new(
-            name.len(),
+            &mut self.store.borrow_mut(),
             |out| out.extend_from_slice(name.as_bytes()),
             value.as_deref(),
         );
@@ -260,17 +280,23 @@ impl Host for PhaseHost<'_> {
 
     fn property(&self, path: &[&str]) -> Option<Bytes> {
         let path_tag = tag_of_path(path);
-        if let Some(r) = self
-            .properties
-            .borrow()
-            .iter()
-            .find(|r| r.is_path(path_tag, path))
         {
-            return r.value();
+            let store = self.store.borrow();
+            if let Some(r) = self
+                .properties
+                .borrow()
+                .iter()
+                .find(|r| r.is_path(&store, path_tag, path))
+            {
+                return r.value(&store);
+            }
         }
         let value = self.inner.property(path);
-        let remembered =
-            Remembered::new(key_len(path), |out| write_key(path, out), value.as_deref());
+        let remembered = Remembered::new(
+            &mut self.store.borrow_mut(),
+            |out| write_key(path, out),
+            value.as_deref(),
+        );
         let mut properties = self.properties.borrow_mut();
         if properties.capacity() == 0 {
             // The properties a callback reads, in one allocation.
@@ -281,9 +307,11 @@ impl Host for PhaseHost<'_> {
     }
 
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
+        let store = self.store.borrow();
         self.properties
             .borrow_mut()
-            .retain(|r| !is_key(r.key(), path));
+            .retain(|r| !is_key(r.key(&store), path));
+        drop(store);
         // (Every entry is compared in full: a write is rare.)
         self.inner.set_property(path, value)
     }
