@@ -29,6 +29,9 @@ pub const ATTEMPT_COUNT: &str = "x-envoy-attempt-count";
 /// stream whose response did not carry [`ATTEMPT_COUNT`].
 pub const ATTEMPT_COUNT_PROPERTY: &str = "upstream.request_attempt_count";
 
+/// The request header with the time a client (or the Envoy before it) still allows the request.
+const EXPECTED_TIMEOUT_HEADER: &str = "x-envoy-expected-rq-timeout-ms";
+
 /// Budget key of requests whose upstream cluster Envoy does not report.
 pub const UNKNOWN_CLUSTER: &str = "unknown";
 
@@ -330,9 +333,15 @@ impl HttpFilter for RouteRetriesRequest {
         let mut client_max: Option<u32> = None;
         let mut client_sent = [false; CONTROL_HEADERS.len()];
         let mut removed: Vec<String> = Vec::new();
+        // The client's deadline header, kept from this walk rather than looked up again.
+        let mut expected_timeout: Option<&[u8]> = None;
         // Only `x-envoy-*` names can be removed: the others are passed over on their first bytes.
         for (name, value) in view.headers.iter_prefixed(headers::ENVOY_PREFIX) {
             let name: &str = &name;
+            if expected_timeout.is_none() && name == EXPECTED_TIMEOUT_HEADER {
+                // The first value, as a lookup of the name gives it.
+                expected_timeout = Some(value);
+            }
             if !headers::is_client_envoy_header(name) || removed.iter().any(|r| r == name) {
                 continue;
             }
@@ -402,7 +411,7 @@ impl HttpFilter for RouteRetriesRequest {
         let deadline = if believed {
             policy::deadline_ms(
                 view.get("grpc-timeout").as_deref(),
-                view.get("x-envoy-expected-rq-timeout-ms").as_deref(),
+                expected_timeout.map(String::from_utf8_lossy).as_deref(),
             )
         } else {
             None
