@@ -165,7 +165,8 @@ struct EditRef<'a> {
     value: Option<&'a [u8]>,
 }
 
-/// A sequence of writes, whichever way it is kept.
+/// A sequence of writes as the overlay keeps them (one form only: the public [`Edit`] lists are
+/// recorded into an [`EditLog`] first, so each lookup is compiled once).
 trait Layer {
     fn count(&self) -> usize;
     fn at(&self, i: usize) -> Option<EditRef<'_>>;
@@ -176,26 +177,6 @@ trait Layer {
     /// Whether some write may be of `name` (`false`: none is).
     fn may_write(&self, _name: &[u8]) -> bool {
         true
-    }
-}
-
-impl Layer for [Edit] {
-    fn count(&self) -> usize {
-        self.len()
-    }
-    fn at(&self, i: usize) -> Option<EditRef<'_>> {
-        Some(match self.get(i)? {
-            Edit::Set(name, value) => EditRef {
-                set: true,
-                name: name.as_bytes(),
-                value: value.as_deref(),
-            },
-            Edit::Add(name, value) => EditRef {
-                set: false,
-                name: name.as_bytes(),
-                value: Some(value),
-            },
-        })
     }
 }
 
@@ -256,6 +237,18 @@ impl EditLog {
             value: value.len(),
             kind,
         });
+    }
+
+    /// `edits`, recorded in order.
+    fn of(edits: &[Edit]) -> EditLog {
+        let mut log = EditLog::default();
+        for edit in edits {
+            match edit {
+                Edit::Set(name, value) => log.push(false, name, value.as_deref()),
+                Edit::Add(name, value) => log.push(true, name, Some(value)),
+            }
+        }
+        log
     }
 
     /// Whether no write is recorded.
@@ -357,7 +350,8 @@ impl HeaderSnapshot {
     /// value of its name (the map's and earlier edits') and appends its own, an `Add` appends.
     /// Built in one pass at its final size, without moving pairs around.
     pub fn edited(&self, edits: &[Edit]) -> HeaderSnapshot {
-        let pairs: Vec<(&[u8], &[u8])> = self.pairs_through(Some(edits), |_| true).collect();
+        let later = EditLog::of(edits);
+        let pairs: Vec<(&[u8], &[u8])> = self.pairs_through(Some(&later), |_| true).collect();
         HeaderSnapshot::build(&pairs)
     }
 
@@ -365,7 +359,26 @@ impl HeaderSnapshot {
     /// the last edit of `name` decides (a `Set` replaced every value, an `Add` after a `Set`
     /// comes after it); with no edit of it, the map's own first value.
     pub fn get_edited<'a>(&'a self, edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
-        self.first_through(Some(edits), name.as_bytes())
+        let is = |n: &String| n == name;
+        let last_set = edits
+            .iter()
+            .rposition(|e| matches!(e, Edit::Set(n, _) if is(n)));
+        let value = |e: &'a Edit| match e {
+            Edit::Set(n, value) if is(n) => value.as_deref(),
+            Edit::Add(n, value) if is(n) => Some(value.as_slice()),
+            _ => None,
+        };
+        match last_set {
+            // The `Set`'s own value, else the first value added after it.
+            Some(at) => edits.get(at..)?.iter().find_map(value),
+            // The map's (through the writes it carries), else the first value added.
+            None => self.get(name).or_else(|| {
+                edits.iter().find_map(|e| match e {
+                    Edit::Add(..) => value(e),
+                    Edit::Set(..) => None,
+                })
+            }),
+        }
     }
 
     /// This snapshot with `later` (writes made after the ones it carries) applied on top,
