@@ -360,16 +360,30 @@ fn same(owned: &[String], values: &[&str]) -> bool {
     owned.len() == values.len() && owned.iter().zip(values).all(|(a, b)| a == b)
 }
 
-/// FNV-1a (64-bit) over the values, each ended by a 0xff byte (never in UTF-8), so `["ab",""]`
-/// and `["a","b"]` differ. The key only picks a bucket, whose values are compared in full:
-/// SipHash's resistance to chosen collisions buys nothing here, and it ran 4 times per request.
+/// The values mixed eight bytes at a time (a multiply and a shift per word), each value's
+/// length mixed in with its last bytes, so `["ab",""]` and `["a","b"]` differ. The key only
+/// picks a bucket, whose values are compared in full: SipHash's resistance to chosen collisions
+/// buys nothing here, and FNV-1a, a byte at a time, ran about 28 instructions per byte.
 fn hash_values(values: &[&str]) -> u64 {
-    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    const MUL: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mix = |h: u64, word: u64| {
+        let h = (h ^ word).wrapping_mul(MUL);
+        h ^ (h >> 29)
+    };
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for v in values {
-        for b in v.bytes().chain(std::iter::once(0xff)) {
-            h = (h ^ u64::from(b)).wrapping_mul(PRIME);
+        let words = v.as_bytes().chunks_exact(8);
+        let rest = words.remainder();
+        for word in words {
+            if let Ok(word) = <[u8; 8]>::try_from(word) {
+                h = mix(h, u64::from_le_bytes(word));
+            }
         }
+        let mut last = (v.len() as u64) << 56;
+        for (i, b) in rest.iter().enumerate() {
+            last |= u64::from(*b) << (8 * i);
+        }
+        h = mix(h, last);
     }
     h
 }
