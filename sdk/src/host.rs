@@ -320,7 +320,13 @@ impl HeaderSnapshot {
     pub fn from_index(buf: Vec<u8>, spans: Vec<(Range<usize>, Range<usize>)>) -> HeaderSnapshot {
         let len = buf.len();
         let mut spans = spans;
-        spans.retain(|(n, v)| n.start <= n.end && n.end <= len && v.start <= v.end && v.end <= len);
+        let inside = |(n, v): &(Range<usize>, Range<usize>)| {
+            n.start <= n.end && n.end <= len && v.start <= v.end && v.end <= len
+        };
+        // Checked first, removed only if one is outside (never, for an index of `buf`).
+        if !spans.iter().all(inside) {
+            spans.retain(inside);
+        }
         HeaderSnapshot {
             data: Rc::new(Indexed { buf, spans }),
             overlay: None,
