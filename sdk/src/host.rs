@@ -762,66 +762,9 @@ mod tests {
         assert_eq!(base.len(), 3);
     }
 
-    /// A single lookup through pending edits answers what the rebuilt map would, for every
-    /// order of sets, removals and additions of the name (and of another name).
-    #[test]
-    fn a_lookup_through_edits_agrees_with_the_edited_map() {
-        let base = HeaderSnapshot::new(vec![
-            ("a".into(), b"1".to_vec()),
-            ("b".into(), b"2".to_vec()),
-            ("a".into(), b"3".to_vec()),
-        ]);
-        let moves = [
-            Edit::Set("a".into(), Some(b"5".to_vec())),
-            Edit::Set("a".into(), None),
-            Edit::Add("a".into(), b"6".to_vec()),
-            Edit::Set("c".into(), Some(b"7".to_vec())),
-            Edit::Add("c".into(), b"8".to_vec()),
-            Edit::Set("b".into(), None),
-        ];
-        // Every sequence of up to three moves.
-        let mut sequences: Vec<Vec<Edit>> = vec![Vec::new()];
-        for _ in 0..3 {
-            let longer: Vec<Vec<Edit>> = sequences
-                .iter()
-                .flat_map(|seq| {
-                    moves.iter().map(move |m| {
-                        let mut next = seq.clone();
-                        next.push(m.clone());
-                        next
-                    })
-                })
-                .collect();
-            sequences.extend(longer);
-        }
-        for edits in &sequences {
-            let rebuilt = base.edited(edits);
-            for name in ["a", "b", "c", "d"] {
-                assert_eq!(
-                    base.get_edited(edits, name),
-                    rebuilt.get(name),
-                    "{name} after {edits:?}"
-                );
-            }
-        }
-    }
-
-    fn log_of(edits: &[Edit]) -> EditLog {
-        let mut log = EditLog::default();
-        for edit in edits {
-            match edit {
-                Edit::Set(name, value) => log.push(false, name, value.as_deref()),
-                Edit::Add(name, value) => log.push(true, name, Some(value)),
-            }
-        }
-        log
-    }
-
-    /// A snapshot carrying writes (and writes pending after those) answers every method as the
-    /// rebuilt map does, for every order of up to three moves and every point where the
-    /// snapshot was taken between them.
-    #[test]
-    fn a_snapshot_through_writes_agrees_with_the_edited_map() {
+    /// A map with a repeated name and a name that is a suffix of another (`b`, `cb`), and
+    /// moves that set, remove and add names it has and one it has not (`c`).
+    fn map_and_moves() -> (HeaderSnapshot, [Edit; 7]) {
         let base = HeaderSnapshot::new(vec![
             ("a".into(), b"1".to_vec()),
             ("b".into(), b"2".to_vec()),
@@ -837,9 +780,16 @@ mod tests {
             Edit::Set("b".into(), None),
             Edit::Add("cb".into(), b"9".to_vec()),
         ];
+        (base, moves)
+    }
+
+    /// Every sequence of up to three of `moves`, the empty one included (with repeats, in
+    /// every order: 1 + n + n^2 + n^3 sequences).
+    fn sequences_of(moves: &[Edit]) -> Vec<Vec<Edit>> {
         let mut sequences: Vec<Vec<Edit>> = vec![Vec::new()];
+        let mut last: Vec<Vec<Edit>> = vec![Vec::new()];
         for _ in 0..3 {
-            let longer: Vec<Vec<Edit>> = sequences
+            last = last
                 .iter()
                 .flat_map(|seq| {
                     moves.iter().map(move |m| {
@@ -849,15 +799,43 @@ mod tests {
                     })
                 })
                 .collect();
-            sequences.extend(longer);
+            sequences.extend(last.iter().cloned());
         }
+        sequences
+    }
+
+    /// A single lookup through pending edits answers what the rebuilt map would, for every
+    /// order of sets, removals and additions of the name (and of another name).
+    #[test]
+    fn a_lookup_through_edits_agrees_with_the_edited_map() {
+        let (base, moves) = map_and_moves();
+        let sequences = sequences_of(&moves);
+        for edits in &sequences {
+            let rebuilt = base.edited(edits);
+            for name in ["a", "b", "c", "cb", "d"] {
+                assert_eq!(
+                    base.get_edited(edits, name),
+                    rebuilt.get(name),
+                    "{name} after {edits:?}"
+                );
+            }
+        }
+    }
+
+    /// A snapshot carrying writes (and writes pending after those) answers every method as the
+    /// rebuilt map does, for every order of up to three moves and every point where the
+    /// snapshot was taken between them.
+    #[test]
+    fn a_snapshot_through_writes_agrees_with_the_edited_map() {
+        let (base, moves) = map_and_moves();
+        let sequences = sequences_of(&moves);
         let names = ["a", "b", "c", "cb", "d"];
         for edits in &sequences {
             let rebuilt = base.edited(edits);
             for split in 0..=edits.len() {
                 let (earlier, later) = edits.split_at(split);
-                let seen = base.with_edits(log_of(earlier));
-                let pending = log_of(later);
+                let seen = base.with_edits(EditLog::of(earlier));
+                let pending = EditLog::of(later);
                 let built_earlier = base.edited(earlier);
                 let ctx = format!("{earlier:?} then {later:?}");
                 // What a filter holding the snapshot sees: the earlier writes.
