@@ -75,19 +75,15 @@ impl SpanId {
     }
 }
 
-/// Appends the low `digits` hex digits of `value`, lowercase, zero-padded (at most 32). Ids are
-/// written on every request: a table lookup per digit on 64-bit halves (128-bit shifts are
-/// library calls in wasm32), where `core::fmt` goes through its formatter machinery.
+/// Appends the low `digits` hex digits of `value`, lowercase, zero-padded (at most 32), each
+/// 64-bit half written by [`super::write_hex`] (128-bit shifts are library calls in wasm32, and
+/// `core::fmt` goes through its formatter machinery).
 pub fn push_hex(out: &mut String, value: u128, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digits = digits.min(32);
-    let halves = [(value >> 64) as u64, value as u64];
     let mut buf = [0u8; 32];
-    for (i, half) in halves.iter().enumerate() {
-        for j in 0..16 {
-            buf[i * 16 + j] = HEX[((half >> ((15 - j) * 4)) & 0xf) as usize];
-        }
-    }
+    let (high, low) = buf.split_at_mut(16);
+    super::write_hex(high, (value >> 64) as u64);
+    super::write_hex(low, value as u64);
     // Always ASCII, so never the empty fallback.
     out.push_str(std::str::from_utf8(&buf[32 - digits..]).unwrap_or_default());
 }
