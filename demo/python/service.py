@@ -79,7 +79,13 @@ def main():
         def log_message(self, *_):
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    class Server(ThreadingHTTPServer):
+        # The listen backlog. socketserver's default of 5 drops the SYN of a sidecar's sixth
+        # new connection while the app is slow to accept (under load), and the sidecar's
+        # connect timeout to the app (0.25 s) expires before the kernel sends it again (1 s).
+        request_queue_size = 128
+
+    server = Server(("127.0.0.1", 0), Handler)
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, daemon=True).start()
     print(f"listening on 127.0.0.1:{server.server_address[1]}", flush=True)

@@ -97,6 +97,11 @@ impl PythonService {
         self.port
     }
 
+    /// The process id of the service (tests pause it to play a busy app).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Tells it its sidecar's outbound listener port, where calls go from now on.
     pub fn set_outbound_port(&self, port: u16) -> Result<(), String> {
         let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());

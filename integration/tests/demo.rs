@@ -293,3 +293,43 @@ fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
     drop(mesh);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A busy app must not turn its sidecar's new connections into failures: while the Python app
+/// cannot accept (paused here, slow under load in CI), the kernel holds a burst of connections
+/// from its sidecar's pool until it can. With Python's default listen backlog of 5 the sixth or
+/// seventh connection's SYN was dropped, the sidecar's 0.25 s `connect_timeout` to `local_app`
+/// expired before the SYN was sent again (1 s), and a demo request failed with 503 at orders.
+#[test]
+fn the_python_app_holds_a_burst_of_connections_while_it_is_busy() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = out_dir("python-backlog");
+    let app = meshwasm_demo::python::PythonService::start(
+        "orders",
+        None,
+        Duration::ZERO,
+        &dir.join("orders.log"),
+    )
+    .unwrap();
+    let pid = Pid::from_raw(app.pid() as i32);
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let connected: Vec<Result<std::net::TcpStream, String>> = (0..32)
+        .map(|i| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(250))
+                .map_err(|e| format!("connection {i}: {e}"))
+        })
+        .collect();
+    kill(pid, Signal::SIGCONT).unwrap();
+    let failed: Vec<&String> = connected.iter().filter_map(|c| c.as_ref().err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of 32 refused: {failed:?}",
+        failed.len()
+    );
+    drop(connected);
+    let resp = integration::http_get(app.port(), "/orders", &[]).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+}
