@@ -90,10 +90,33 @@ impl Hasher for KeyHasher {
     }
 }
 
-/// Resolved values by label tuple, keyed by the tuple's hash.
-type Table<T> = HashMap<u64, Bucket<T>, BuildHasherDefault<KeyHasher>>;
+/// Resolved values by label tuple, keyed by the tuple's hash: a family's series ids, or a
+/// [`SeriesCache`]'s ids in several families.
+#[derive(Debug)]
+struct Table<T>(HashMap<u64, Bucket<T>, BuildHasherDefault<KeyHasher>>);
 
-type Series = Table<u32>;
+impl<T> Default for Table<T> {
+    fn default() -> Self {
+        Table(HashMap::default())
+    }
+}
+
+impl<T: Copy> Table<T> {
+    /// The value kept for `labels`, comparing the values of the tuples in its hash's bucket.
+    fn find(&self, labels: Labels<'_>) -> Option<T> {
+        self.0
+            .get(&labels.hash)?
+            .iter()
+            .find(|(vals, _)| same(vals, labels.values))
+            .map(|(_, value)| *value)
+    }
+
+    /// Keeps `value` for `labels` (owned copies of its values).
+    fn insert(&mut self, labels: Labels<'_>, value: T) {
+        let owned: Box<[String]> = labels.values.iter().map(|v| v.to_string()).collect();
+        self.0.entry(labels.hash).or_default().push((owned, value));
+    }
+}
 
 /// A labeled metric family: declared once with its label names; each distinct tuple of label
 /// values becomes a series, defined on first use and then looked up without allocating.
@@ -103,7 +126,7 @@ pub struct MetricFamily {
     kind: MetricKind,
     labels: Vec<String>,
     max_series: usize,
-    series: RefCell<Series>,
+    series: RefCell<Table<u32>>,
     count: Cell<usize>,
     overflow_id: Cell<Option<u32>>,
     overflowed: RefCell<Option<Metric>>,
@@ -117,7 +140,7 @@ impl MetricFamily {
             kind,
             labels: labels.iter().map(|s| s.to_string()).collect(),
             max_series: DEFAULT_MAX_SERIES,
-            series: RefCell::new(Series::default()),
+            series: RefCell::new(Table::default()),
             count: Cell::new(0),
             overflow_id: Cell::new(None),
             overflowed: RefCell::new(None),
@@ -172,7 +195,8 @@ impl MetricFamily {
     /// The metric id for a tuple of label values, defining the series on first use. Past the
     /// cap, or when the number of values does not match the labels, the overflow series.
     pub fn id<L: AsLabels + ?Sized>(&self, host: &dyn Host, values: &L) -> Option<u32> {
-        let Labels { values, hash } = values.labels();
+        let labels = values.labels();
+        let values = labels.values;
         if values.len() != self.labels.len() {
             log::debug!(
                 "{}: {} label values for {} labels",
@@ -182,7 +206,7 @@ impl MetricFamily {
             );
             return self.overflow(host);
         }
-        if let Some(id) = self.find(values, hash) {
+        if let Some(id) = self.find(labels) {
             return Some(id);
         }
         if self.count.get() >= self.max_series {
@@ -192,24 +216,14 @@ impl MetricFamily {
             .define_metric(self.kind, &self.series_name(values))
             .map_err(|e| log::warn!("{}: cannot define series: {e}", self.name))
             .ok()?;
-        let owned: Box<[String]> = values.iter().map(|v| v.to_string()).collect();
-        self.series
-            .borrow_mut()
-            .entry(hash)
-            .or_default()
-            .push((owned, id));
+        self.series.borrow_mut().insert(labels, id);
         self.count.set(self.count.get() + 1);
         Some(id)
     }
 
-    /// The id of the series already defined for `values` (hashed as `hash`), never overflow.
-    fn find(&self, values: &[&str], hash: u64) -> Option<u32> {
-        let series = self.series.borrow();
-        let bucket = series.get(&hash)?;
-        bucket
-            .iter()
-            .find(|(vals, _)| same(vals, values))
-            .map(|(_, id)| *id)
+    /// The id of the series already defined for `labels`, never overflow.
+    fn find(&self, labels: Labels<'_>) -> Option<u32> {
+        self.series.borrow().find(labels)
     }
 
     fn overflow(&self, host: &dyn Host) -> Option<u32> {
@@ -275,13 +289,7 @@ impl<const N: usize> SeriesCache<N> {
     /// The ids remembered for `values`, one per family in the order given to
     /// [`remember`](Self::remember); `None` when the tuple was not remembered (yet).
     pub fn get<L: AsLabels + ?Sized>(&self, values: &L) -> Option<[u32; N]> {
-        let Labels { values, hash } = values.labels();
-        let table = self.table.borrow();
-        let bucket = table.get(&hash)?;
-        bucket
-            .iter()
-            .find(|(vals, _)| same(vals, values))
-            .map(|(_, ids)| *ids)
+        self.table.borrow().find(values.labels())
     }
 
     /// Remembers the ids of `values` in `families` if each family already has it as a series of
@@ -293,17 +301,12 @@ impl<const N: usize> SeriesCache<N> {
         }
         let mut ids = [0u32; N];
         for (slot, family) in ids.iter_mut().zip(families) {
-            match family.find(labels.values, labels.hash) {
+            match family.find(labels) {
                 Some(id) => *slot = id,
                 None => return,
             }
         }
-        let owned: Box<[String]> = labels.values.iter().map(|v| v.to_string()).collect();
-        self.table
-            .borrow_mut()
-            .entry(labels.hash)
-            .or_default()
-            .push((owned, ids));
+        self.table.borrow_mut().insert(labels, ids);
     }
 }
 
