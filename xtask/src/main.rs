@@ -5,6 +5,7 @@
 //! xtask compiles only itself and the native toolkit: the demo and the bench are binaries of
 //! their own crates, which `demo` and `bench` run through cargo with the arguments given here.
 
+mod against;
 mod build;
 mod certs;
 mod compat;
@@ -120,7 +121,9 @@ enum Task {
     ///
     /// Envoy CPU time per request, throughput, latency, RSS, hostcalls and sizes against no
     /// filter, Lua and bare proxy-wasm; writes BENCHMARKS.md and docs/bench.svg. Builds the
-    /// filters first unless --no-build.
+    /// filters first unless --no-build. `--against REV` also builds revision REV's filters (in
+    /// a worktree under target/bench/against) and runs each chosen scenario with both, paired
+    /// per round: e.g. `cargo xtask bench --only mesh,trace-core --against HEAD~1 --rounds 10`.
     #[command(disable_help_flag = true)]
     Bench {
         /// The bench's options, passed on to `meshwasm-bench`.
@@ -194,7 +197,9 @@ fn main() -> ExitCode {
         ),
         Task::DeriveConfigs { check } => envoy::derive_configs(check),
         Task::Demo { args } => run_binary("meshwasm-demo", false, &args),
-        Task::Bench { args } => run_binary("meshwasm-bench", true, &args),
+        Task::Bench { args } => {
+            against::resolve(&args).and_then(|args| run_binary("meshwasm-bench", true, &args))
+        }
         Task::Soak { requests } => soak::main(requests),
         Task::Compat {
             versions,

@@ -500,6 +500,7 @@ fn probe_scenario(kind: Option<&Kind>, n: u32) -> (String, Scenario, String) {
         concurrency: 1,
         baseline: "none".to_string(),
         expect: Vec::new(),
+        filters_dir: None,
     };
     (key, scenario, config)
 }
@@ -515,6 +516,7 @@ fn no_filter() -> Scenario {
         concurrency: 1,
         baseline: "none".to_string(),
         expect: Vec::new(),
+        filters_dir: None,
     }
 }
 

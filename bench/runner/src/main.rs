@@ -90,6 +90,15 @@ pub struct Options {
     /// Measured rounds (default 5; 1 with --quick).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: Option<u32>,
+    /// Run each chosen scenario that loads our filters twice in every round, with this tree's
+    /// filters and with the `.wasm` files of DIR (another build), and report the difference
+    /// paired per round; results under target/bench/ only. `cargo xtask bench --against REV`
+    /// builds revision REV and passes its filters here.
+    #[arg(long, value_name = "DIR")]
+    pub against_filters: Option<PathBuf>,
+    /// What built the filters of --against-filters, for the report (default: the directory).
+    #[arg(long, value_name = "NAME", requires = "against_filters")]
+    pub against_label: Option<String>,
 }
 
 impl Options {
@@ -98,9 +107,19 @@ impl Options {
         self.quick || self.smoke
     }
 
-    /// A run whose results stay under target/bench/ (short, or only some scenarios).
+    /// A run whose results stay under target/bench/ (short, only some scenarios, or against
+    /// another build).
     fn partial(&self) -> bool {
-        self.quick() || !self.only.is_empty()
+        self.quick() || !self.only.is_empty() || self.against_filters.is_some()
+    }
+
+    /// What built the filters of `--against-filters`.
+    fn against_name(&self) -> String {
+        match (&self.against_label, &self.against_filters) {
+            (Some(label), _) => label.clone(),
+            (None, Some(dir)) => dir.display().to_string(),
+            (None, None) => String::new(),
+        }
     }
 }
 
@@ -115,6 +134,8 @@ impl Default for Options {
             vm_work: false,
             only: Vec::new(),
             rounds: None,
+            against_filters: None,
+            against_label: None,
         }
     }
 }
@@ -240,7 +261,25 @@ fn run(options: &Options, command: &str) -> Result<()> {
     println!("CPU placement: {}", cpus.describe());
     let upstream = Upstream::start("upstream")?;
     let collector = Upstream::start("collector")?;
-    let scenarios = scenario::select(scenario::all(options.concurrency), &options.only)?;
+    let mut scenarios = scenario::select(scenario::all(options.concurrency), &options.only)?;
+    if let Some(dir) = &options.against_filters {
+        let dir = std::path::absolute(dir).map_err(|e| format!("--against-filters: {e}"))?;
+        for file in WASM_FILES {
+            if !dir.join(file).is_file() {
+                return Err(format!(
+                    "--against-filters: {} is missing",
+                    dir.join(file).display()
+                ));
+            }
+        }
+        scenarios = scenario::with_twins(
+            scenarios,
+            &options.only,
+            &bench_dir,
+            &dir,
+            &options.against_name(),
+        )?;
+    }
     let running = start_all(
         &envoy,
         &scenarios,
@@ -325,9 +364,16 @@ fn run(options: &Options, command: &str) -> Result<()> {
     let rows = report::rows(&measured);
     let targets = report::targets(&measured, &rows, &sizes);
     let versus = report::versus(&measured, &rows);
+    let against = report::against(&measured);
     println!("\n{}", report::results_table(&rows));
     println!("{}", report::targets_table(&targets));
     println!("{}", report::versus_table(&versus));
+    if !against.is_empty() {
+        println!(
+            "{}",
+            report::against_table(&against, &options.against_name())
+        );
+    }
     let ctx = Context {
         command,
         options,
@@ -338,6 +384,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
         rows: &rows,
         targets: &targets,
         versus: &versus,
+        against: &against,
         counts: &counts,
         sizes: &sizes,
         export: &export,
@@ -696,6 +743,7 @@ struct Context<'a> {
     rows: &'a [report::Row],
     targets: &'a [report::Target],
     versus: &'a [report::Versus],
+    against: &'a [report::Against],
     counts: &'a [hostcalls::Counts],
     sizes: &'a [WasmSize],
     export: &'a Export,
@@ -854,6 +902,17 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
         floor = report::FLOOR,
     );
     s.push_str(&report::results_table(ctx.rows));
+    if !ctx.against.is_empty() {
+        let name = ctx.options.against_name();
+        let _ = writeln!(
+            s,
+            "\n### Against {name}\n\nEach scenario twice in every round: with this tree's \
+             filters and with those built from {name} (`<scenario>@old` above), run one after \
+             the other, so the difference is paired per round. On this machine a difference \
+             that most rounds agree on is a change; a median alone is not.\n\n{}",
+            report::against_table(ctx.against, &name)
+        );
+    }
     if let Some(text) = extra_worker(ctx.rows) {
         let _ = writeln!(s, "\n{text}");
     }
@@ -1002,9 +1061,16 @@ mod tests {
                 vm_work: false,
                 only: Vec::new(),
                 rounds: None,
+                against_filters: None,
+                against_label: None,
             }
         );
         assert!(o.quick());
+        let against = parse(&["--only", "mesh", "--against-filters", "old/filters"])?;
+        assert_eq!(against.against_filters, Some(PathBuf::from("old/filters")));
+        assert!(against.partial());
+        assert_eq!(against.against_name(), "old/filters");
+        assert!(parse(&["--against-label", "HEAD~1"]).is_err());
         let only = parse(&["--only", "mesh,trace-core", "--rounds", "3"])?;
         assert_eq!(only.only, ["mesh", "trace-core"]);
         assert_eq!(only.rounds, Some(3));

@@ -410,6 +410,66 @@ pub fn versus_table(pairs: &[Versus]) -> String {
     t
 }
 
+/// A scenario against its twin running the filters of another build (`--against`).
+#[derive(Clone, Debug)]
+pub struct Against {
+    /// The scenario's key (its twin's is this with [`crate::scenario::TWIN_SUFFIX`]).
+    pub key: String,
+    /// Envoy CPU per request with this build's filters.
+    pub new: Spread,
+    /// The same with the other build's.
+    pub old: Spread,
+    /// New minus old, paired per round.
+    pub diff: Spread,
+    /// The rounds in which the new build cost less, and all the rounds.
+    pub lower: (usize, usize),
+}
+
+/// Each scenario that ran with a twin against it (see [`crate::scenario::with_twins`]).
+pub fn against(all: &[Measured]) -> Vec<Against> {
+    all.iter()
+        .filter_map(|old| {
+            let key = old
+                .scenario
+                .key
+                .strip_suffix(crate::scenario::TWIN_SUFFIX)?;
+            let (n, o) = (
+                find(all, key)?.cpu_us_per_request(),
+                old.cpu_us_per_request(),
+            );
+            Some(Against {
+                key: key.to_string(),
+                new: Spread::of(&n),
+                old: Spread::of(&o),
+                diff: paired(&n, &o, |x, y| x - y),
+                lower: (n.iter().zip(&o).filter(|(x, y)| x < y).count(), n.len()),
+            })
+        })
+        .collect()
+}
+
+/// The against table (Markdown): `built_from` names the other build.
+pub fn against_table(pairs: &[Against], built_from: &str) -> String {
+    let mut t = format!(
+        "| scenario | Envoy CPU us/request, this tree | the same, filters of {built_from} | \
+         this tree minus {built_from}, paired per round | rounds this tree cost less |\n\
+         |---|---|---|---|---|\n"
+    );
+    for a in pairs {
+        let _ = writeln!(
+            t,
+            "| `{}` | {} | {} | {} | {} of {} |",
+            a.key,
+            spread_text(&a.new, 1),
+            spread_text(&a.old, 1),
+            signed_spread(&a.diff),
+            a.lower.0,
+            a.lower.1,
+        );
+    }
+    t
+}
+
 /// The results table (Markdown): Envoy CPU per request first, then throughput, latency, RSS.
 pub fn results_table(rows: &[Row]) -> String {
     let mut t = String::from(

@@ -4,7 +4,7 @@
 //! the filters or native features really ran.
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::Result;
 
@@ -42,6 +42,9 @@ pub struct Scenario {
     pub baseline: String,
     /// What the probe must show.
     pub expect: Vec<Expect>,
+    /// Where its `.wasm` files come from when not the run's own filters (`{{FILTERS_DIR}}`): the
+    /// twin of [`with_twins`], built from another revision.
+    pub filters_dir: Option<PathBuf>,
 }
 
 const TRACE: &str = "trace_propagation.yaml";
@@ -120,6 +123,7 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
         concurrency,
         baseline: base.clone(),
         expect,
+        filters_dir: None,
     };
     let all3 = vec![TRACE, METRICS, RETRIES];
     let all3_expect = vec![
@@ -259,6 +263,7 @@ pub fn all(concurrency: u32) -> Vec<Scenario> {
             concurrency: 2,
             baseline: "baseline-c2".to_string(),
             expect,
+            filters_dir: None,
         };
         list.push(c2(
             "baseline-c2",
@@ -300,6 +305,55 @@ pub fn select(all: Vec<Scenario>, only: &[String]) -> Result<Vec<Scenario>> {
         }
     }
     Ok(chosen)
+}
+
+/// The suffix of a twin's key: `mesh@old` is `mesh` with the filters of `--against`.
+pub const TWIN_SUFFIX: &str = "@old";
+
+/// `scenarios` with a twin after each one that loads our filters (a snippet that names
+/// `{{FILTERS_DIR}}`), except the floor unless `only` names it: the same configuration, keyed
+/// `<key>@old`, loading its `.wasm` files from `old_filters` (`built from` says what built them,
+/// for the report). Run in the same rounds, each twin pairs with its scenario round by round.
+pub fn with_twins(
+    scenarios: Vec<Scenario>,
+    only: &[String],
+    bench_dir: &Path,
+    old_filters: &Path,
+    built_from: &str,
+) -> Result<Vec<Scenario>> {
+    let mut out = Vec::new();
+    for s in scenarios {
+        let mut loads_wasm = false;
+        for file in &s.filters {
+            if place(file) == Place::HttpFilter {
+                let path = bench_dir.join("configs").join("filters").join(file);
+                let text = fs::read_to_string(&path)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+                loads_wasm |= text.contains("{{FILTERS_DIR}}");
+            }
+        }
+        let wanted = if only.is_empty() {
+            s.key != crate::report::FLOOR
+        } else {
+            only.contains(&s.key)
+        };
+        let twin = (loads_wasm && wanted).then(|| Scenario {
+            key: format!("{}{TWIN_SUFFIX}", s.key),
+            label: format!("{} (filters built from {built_from})", s.label),
+            filters_dir: Some(old_filters.to_path_buf()),
+            ..s.clone()
+        });
+        out.push(s);
+        out.extend(twin);
+    }
+    if !out.iter().any(|s| s.filters_dir.is_some()) {
+        return Err(
+            "--against-filters: none of the chosen scenarios loads our filters (pick some with \
+             --only, e.g. --only mesh,trace-core)"
+                .to_string(),
+        );
+    }
+    Ok(out)
 }
 
 /// The placeholders every bench template takes: the in-process upstream's and collector's
@@ -356,6 +410,10 @@ pub fn render(scenario: &Scenario, bench_dir: &Path, vars: &[(String, String)]) 
         .replace("{{ROUTE_EXTRA}}\n", &route)
         .replace("{{CLUSTER_EXTRA}}\n", &cluster);
     let mut all_vars = vars.to_vec();
+    if let Some(dir) = &scenario.filters_dir {
+        all_vars.retain(|(k, _)| k != "FILTERS_DIR");
+        all_vars.push(("FILTERS_DIR".to_string(), dir.display().to_string()));
+    }
     all_vars.push(("BENCH_DIR".to_string(), bench_dir.display().to_string()));
     // Envoy's own ports stay placeholders; everything else must have a value now.
     for port in ENVOY_PORTS {
@@ -536,6 +594,39 @@ mod tests {
             err.contains("no scenario `nope`") && err.contains("mesh"),
             "{err}"
         );
+        Ok(())
+    }
+
+    #[test]
+    fn twins_load_the_other_filters_and_only_where_asked() -> Result<()> {
+        let bench_dir = toolkit::workspace_root().join("bench");
+        let old = Path::new("/old/filters");
+        let only = ["mesh".to_string(), "lua".to_string()];
+        let chosen = with_twins(select(all(1), &only)?, &only, &bench_dir, old, "HEAD~1")?;
+        let keys: Vec<&str> = chosen.iter().map(|s| s.key.as_str()).collect();
+        // Lua loads no filter of ours and the floor was not asked for: no twins.
+        assert_eq!(keys, ["baseline", "mesh", "mesh@old", "lua", "wasm-noop"]);
+        let twin = &chosen[2];
+        assert!(twin.label.contains("HEAD~1"), "{}", twin.label);
+        let vars = base_vars(1, 2, Path::new("/new/filters"));
+        let rendered = render(twin, &bench_dir, &vars)?;
+        assert!(
+            rendered.contains("/old/filters/mesh_sidecar.wasm"),
+            "{rendered}"
+        );
+        assert!(!rendered.contains("/new/filters"), "{rendered}");
+        assert!(render(&chosen[1], &bench_dir, &vars)?.contains("/new/filters/mesh_sidecar.wasm"));
+        // Every wasm scenario but the floor when none is named.
+        let every = with_twins(all(1), &[], &bench_dir, old, "x")?;
+        assert!(every.iter().any(|s| s.key == "all3-c2@old"));
+        assert!(!every
+            .iter()
+            .any(|s| s.key == "wasm-noop@old" || s.key == "lua@old"));
+        let lua = ["lua".to_string()];
+        let err = with_twins(select(all(1), &lua)?, &lua, &bench_dir, old, "x")
+            .err()
+            .unwrap_or_default();
+        assert!(err.contains("none of the chosen scenarios"), "{err}");
         Ok(())
     }
 
