@@ -49,10 +49,15 @@ fn find(args: &[OsString]) -> Result<Option<(usize, String, usize)>> {
     Ok(None)
 }
 
-/// `REV (short hash)`, for the report.
+/// `REV (short hash)`, or the short hash alone when REV is one, for the report.
 fn describe(rev: &str) -> Result<String> {
     let short = output(git().args(["rev-parse", "--short", &commit_of(rev)?]))?;
-    Ok(format!("{rev} ({})", short.trim()))
+    let short = short.trim();
+    Ok(if short.starts_with(rev) || rev.starts_with(short) {
+        short.to_string()
+    } else {
+        format!("{rev} ({short})")
+    })
 }
 
 /// The commit `rev` names, or an error that says it names none.

@@ -337,7 +337,14 @@ fn run(options: &Options, command: &str) -> Result<()> {
             "\n==> round {round}/{}: {} connections for {} s, then 1 connection for {} s, per scenario",
             plan.rounds, plan.throughput.connections, plan.throughput.seconds, plan.latency.seconds
         );
-        for (r, m) in running.iter().zip(measured.iter_mut()) {
+        // Every other round runs the scenarios in reverse order, so no scenario always runs
+        // right after the same one (a twin of --against-filters right after its scenario).
+        let mut order: Vec<(&Running, &mut Measured)> =
+            running.iter().zip(measured.iter_mut()).collect();
+        if round % 2 == 0 {
+            order.reverse();
+        }
+        for (r, m) in order {
             let cpu_before = r.envoy.cpu_time()?;
             let tp = load::run(&wrk, &url(r), &headers, plan.throughput)?;
             let cpu = r.envoy.cpu_time()?.saturating_sub(cpu_before);
@@ -979,8 +986,9 @@ fn markdown(ctx: &Context<'_>, chart: &str) -> String {
          a keep-alive HTTP/1.1 server inside the bench process (the toolkit's server, one \
          event-loop thread, `200 ok`). Every request is `GET {}` with `traceparent: {}` (sampled), so the trace \
          filters take the propagation path and the shipped trace config exports every span. \
-         All Envoys start together and stay up; the runs interleave (A B C ... A B C ...), so \
-         slow drifts of this shared 2-core machine hit every scenario alike. The spread columns \
+         All Envoys start together and stay up; the runs interleave, every other round in \
+         reverse order (A B C ... C B A ...), so slow drifts of this shared 2-core machine hit \
+         every scenario alike. The spread columns \
          show how much it moved.\n\n\
          Why `wrk`: a C closed-loop generator with keep-alive connections, an event loop per \
          thread and HdrHistogram percentiles (`--latency`); one thread spends a few \
