@@ -878,6 +878,28 @@ mod tests {
     }
 
     #[test]
+    fn a_twin_pairs_with_its_scenario_round_by_round() {
+        let new = measured("mesh", [1.0; 3], [1.0; 3], [100.0, 130.0, 90.0]);
+        let mut old = measured("mesh", [1.0; 3], [1.0; 3], [110.0, 120.0, 100.0]);
+        old.scenario.key = format!("mesh{}", scenario::TWIN_SUFFIX);
+        let base = measured("baseline", [1.0; 3], [1.0; 3], [50.0; 3]);
+        let pairs = against(&[base, new, old]);
+        assert_eq!(pairs.len(), 1);
+        let a = &pairs[0];
+        assert_eq!(a.key, "mesh");
+        // Paired: -10, +10, -10, though the medians differ by -10 too.
+        assert!((a.diff.median + 10.0).abs() < 1e-9, "{a:?}");
+        assert!((a.diff.max - 10.0).abs() < 1e-9, "{a:?}");
+        assert_eq!(a.lower, (2, 3));
+        let table = against_table(&pairs, "HEAD~1");
+        assert!(
+            table.contains("| `mesh` | 100.0 (90.0 to 130.0) | 110.0 (100.0 to 120.0) | -10.0 (-10.0 to +10.0) | 2 of 3 |"),
+            "{table}"
+        );
+        assert!(table.contains("this tree minus HEAD~1"), "{table}");
+    }
+
+    #[test]
     fn medians_and_spread() {
         assert_eq!(
             Spread::of(&[3.0, 1.0, 2.0]),
