@@ -2,12 +2,12 @@
 //! [`crate::service::Service`], in Python, propagating the trace with the `meshwasm:propagation`
 //! component (PyPI wasmtime, pinned in `components/propagation/hosts/requirements.txt` and
 //! installed on first use). A child process that prints its port, learns its sidecar's outbound
-//! port on stdin, and ends when stdin closes or the service is dropped.
+//! port on stdin (and says so on stdout), and ends when stdin closes or the service is dropped.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -22,7 +22,8 @@ pub fn component() -> PathBuf {
 /// A running Python service; stops when dropped.
 pub struct PythonService {
     child: Child,
-    stdin: Mutex<ChildStdin>,
+    /// Its stdin and stdout, for telling it its outbound port and reading that it took it.
+    pipes: Mutex<(ChildStdin, BufReader<ChildStdout>)>,
     port: u16,
 }
 
@@ -68,8 +69,9 @@ impl PythonService {
             (Some(i), Some(o)) => (i, o),
             _ => return Err(format!("{name}: no pipes to the Python service")),
         };
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        let read = BufReader::new(stdout).read_line(&mut line);
+        let read = stdout.read_line(&mut line);
         let port = line
             .trim()
             .strip_prefix("listening on 127.0.0.1:")
@@ -77,7 +79,7 @@ impl PythonService {
         match (read, port) {
             (Ok(_), Some(port)) => Ok(PythonService {
                 child,
-                stdin: Mutex::new(stdin),
+                pipes: Mutex::new((stdin, stdout)),
                 port,
             }),
             (read, _) => {
@@ -102,12 +104,26 @@ impl PythonService {
         self.child.id()
     }
 
-    /// Tells it its sidecar's outbound listener port, where calls go from now on.
+    /// Tells it its sidecar's outbound listener port, where calls go from now on: returns once
+    /// the service answered that it took the port, so the next request it serves calls there.
     pub fn set_outbound_port(&self, port: u16) -> Result<(), String> {
-        let mut stdin = self.stdin.lock().unwrap_or_else(|e| e.into_inner());
-        writeln!(stdin, "outbound {port}")
+        let mut pipes = self.pipes.lock().unwrap_or_else(|e| e.into_inner());
+        let (stdin, stdout) = &mut *pipes;
+        let told = format!("outbound {port}");
+        writeln!(stdin, "{told}")
             .and_then(|()| stdin.flush())
-            .map_err(|e| format!("telling the Python service its outbound port: {e}"))
+            .map_err(|e| format!("telling the Python service its outbound port: {e}"))?;
+        let mut answer = String::new();
+        match stdout.read_line(&mut answer) {
+            Ok(_) if answer.trim_end() == told => Ok(()),
+            Ok(0) => Err("the Python service ended before taking its outbound port".to_string()),
+            Ok(_) => Err(format!(
+                "the Python service answered {answer:?} to `{told}`"
+            )),
+            Err(e) => Err(format!(
+                "reading the Python service's answer to `{told}`: {e}"
+            )),
+        }
     }
 }
 

@@ -333,3 +333,43 @@ fn the_python_app_holds_a_burst_of_connections_while_it_is_busy() {
     drop(app);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Telling the Python app its sidecar's port returns only once the app has taken it, so the
+/// next request goes there. While the app cannot run (paused here; slow under load in CI),
+/// `set_outbound_port` waits. It used to return as soon as the line was written to the app's
+/// stdin: under load, the next request went to the old port, or found none and got 502.
+#[test]
+fn telling_the_python_app_its_port_returns_once_the_app_took_it() {
+    use integration::upstream::{Reply, Upstream};
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let dir = out_dir("python-outbound");
+    let app = std::sync::Arc::new(
+        meshwasm_demo::python::PythonService::start(
+            "orders",
+            Some("inventory"),
+            Duration::ZERO,
+            &dir.join("orders.log"),
+        )
+        .unwrap(),
+    );
+    let sidecar = Upstream::with_reply(Reply::new(200, "from the sidecar")).unwrap();
+    let pid = Pid::from_raw(app.pid() as i32);
+    kill(pid, Signal::SIGSTOP).unwrap();
+    let (telling, port) = (std::sync::Arc::clone(&app), sidecar.port());
+    let told = std::thread::spawn(move || telling.set_outbound_port(port));
+    std::thread::sleep(Duration::from_millis(300));
+    let returned_early = told.is_finished();
+    kill(pid, Signal::SIGCONT).unwrap();
+    assert!(
+        !returned_early,
+        "set_outbound_port returned while the app could not have taken the port"
+    );
+    told.join().unwrap().unwrap();
+    let resp = integration::http_get(app.port(), "/orders", &[]).unwrap();
+    assert_eq!(resp.status, 200, "{}", resp.body);
+    assert!(resp.body.ends_with("from the sidecar"), "{}", resp.body);
+    assert_eq!(sidecar.requests().len(), 1);
+    drop(app);
+    let _ = std::fs::remove_dir_all(&dir);
+}
