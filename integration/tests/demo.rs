@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use integration::{assert_eventually, envoy::find_envoy, filters_dir, workspace_root};
 use meshwasm_demo::mesh::{self, Mesh, MeshOptions, Progress, Traffic};
+use meshwasm_demo::python::PythonService;
 use meshwasm_demo::{prom, DemoOptions};
 
 fn out_dir(name: &str) -> PathBuf {
@@ -294,6 +295,28 @@ fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The demo's Python app as orders (calling `calls`), its log under `dir`, and a way to pause
+/// and resume it: what the app does while it cannot run is what it does when it is slow to be
+/// scheduled under load.
+fn python_orders(dir: &std::path::Path, calls: Option<&str>) -> (PythonService, Pause) {
+    let app =
+        PythonService::start("orders", calls, Duration::ZERO, &dir.join("orders.log")).unwrap();
+    let pause = Pause(nix::unistd::Pid::from_raw(app.pid() as i32));
+    (app, pause)
+}
+
+/// Stops (SIGSTOP) and resumes (SIGCONT) a process.
+struct Pause(nix::unistd::Pid);
+
+impl Pause {
+    fn stop(&self) {
+        nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    }
+    fn resume(&self) {
+        nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT).unwrap();
+    }
+}
+
 /// A busy app must not turn its sidecar's new connections into failures: while the Python app
 /// cannot accept (paused here, slow under load in CI), the kernel holds a burst of connections
 /// from its sidecar's pool until it can. With Python's default listen backlog of 5 the sixth or
@@ -301,26 +324,17 @@ fn removing_an_inventory_instance_from_eds_costs_no_client_request() {
 /// expired before the SYN was sent again (1 s), and a demo request failed with 503 at orders.
 #[test]
 fn the_python_app_holds_a_burst_of_connections_while_it_is_busy() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let dir = out_dir("python-backlog");
-    let app = meshwasm_demo::python::PythonService::start(
-        "orders",
-        None,
-        Duration::ZERO,
-        &dir.join("orders.log"),
-    )
-    .unwrap();
-    let pid = Pid::from_raw(app.pid() as i32);
+    let (app, pause) = python_orders(&dir, None);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], app.port()));
-    kill(pid, Signal::SIGSTOP).unwrap();
+    pause.stop();
     let connected: Vec<Result<std::net::TcpStream, String>> = (0..32)
         .map(|i| {
             std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(250))
                 .map_err(|e| format!("connection {i}: {e}"))
         })
         .collect();
-    kill(pid, Signal::SIGCONT).unwrap();
+    pause.resume();
     let failed: Vec<&String> = connected.iter().filter_map(|c| c.as_ref().err()).collect();
     assert!(
         failed.is_empty(),
@@ -341,26 +355,16 @@ fn the_python_app_holds_a_burst_of_connections_while_it_is_busy() {
 #[test]
 fn telling_the_python_app_its_port_returns_once_the_app_took_it() {
     use integration::upstream::{Reply, Upstream};
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
     let dir = out_dir("python-outbound");
-    let app = std::sync::Arc::new(
-        meshwasm_demo::python::PythonService::start(
-            "orders",
-            Some("inventory"),
-            Duration::ZERO,
-            &dir.join("orders.log"),
-        )
-        .unwrap(),
-    );
+    let (app, pause) = python_orders(&dir, Some("inventory"));
+    let app = std::sync::Arc::new(app);
     let sidecar = Upstream::with_reply(Reply::new(200, "from the sidecar")).unwrap();
-    let pid = Pid::from_raw(app.pid() as i32);
-    kill(pid, Signal::SIGSTOP).unwrap();
+    pause.stop();
     let (telling, port) = (std::sync::Arc::clone(&app), sidecar.port());
     let told = std::thread::spawn(move || telling.set_outbound_port(port));
     std::thread::sleep(Duration::from_millis(300));
     let returned_early = told.is_finished();
-    kill(pid, Signal::SIGCONT).unwrap();
+    pause.resume();
     assert!(
         !returned_early,
         "set_outbound_port returned while the app could not have taken the port"
