@@ -6,8 +6,9 @@ it serves (Python's standard library for HTTP, PyPI wasmtime for the component).
 
 It prints `listening on 127.0.0.1:<port>` once it holds its port, then reads lines from stdin:
 `outbound <port>` says where its sidecar's outbound listener is (until then a request gets a
-502), and it answers the same line on stdout once calls go there; the end of stdin stops it. Each answer carries `x-demo-app: python` and the number of
-headers the component returned, for the demo's report and its test.
+502), and it answers the same line on stdout once calls go there; the end of stdin stops it.
+Each answer carries `x-demo-app: python` and the number of headers the component returned, for
+the demo's report and its test.
 """
 
 import argparse
