@@ -17,7 +17,10 @@
 //!   `[xds.route_name, response.flags]`: Envoy's `expr_create` and `expr_evaluate` foreign
 //!   functions, one hostcall for several properties); the other ops take none;
 //! - `phase`: `request_headers` (default) or `log`, where the filters read the properties of
-//!   the finished request (`response.code`, `request.duration`, ...).
+//!   the finished request (`response.code`, `request.duration`, ...);
+//! - `then`: another op done as well, in its own phase after this one's (an object of the same
+//!   keys, without `then`, of an op that needs nothing set up at configure time): what a first
+//!   call of one kind costs after a call of another (the cost model's `first_*` kinds).
 //!
 //! Metrics are defined once at configure time and the key of `get_shared_data` is written then
 //! too, so that a request pays only for its `n` calls. `http_call` pauses the request until every
@@ -137,6 +140,8 @@ pub struct Config {
     pub n: u32,
     /// In which phase.
     pub phase: Phase,
+    /// Another op done as well, after this one in the same phase.
+    pub then: Option<Box<Config>>,
 }
 
 #[derive(Deserialize)]
@@ -148,6 +153,7 @@ struct RawConfig {
     arg: Option<String>,
     #[serde(default)]
     phase: Phase,
+    then: Option<Box<RawConfig>>,
 }
 
 impl Config {
@@ -155,6 +161,33 @@ impl Config {
     pub fn parse(bytes: &[u8]) -> Result<Config, String> {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| format!("cost-probe configuration: {e}"))?;
+        let config = Config::checked(raw)?;
+        if let Some(then) = &config.then {
+            let set_up = matches!(
+                then.op,
+                Op::GetSharedData(_) | Op::HttpCall(_) | Op::Evaluate(_)
+            );
+            if set_up || then.then.is_some() {
+                return Err(format!(
+                    "`then`: op {:?} needs what only the first op is given (a shared key, a \
+                     callout, an expression) or has a `then` of its own",
+                    then.op
+                ));
+            }
+        }
+        Ok(config)
+    }
+
+    /// The ops of the configuration in order: the first, then its `then`.
+    pub fn ops(&self) -> impl Iterator<Item = &Config> {
+        std::iter::successors(Some(self), |c| c.then.as_deref())
+    }
+
+    fn checked(raw: RawConfig) -> Result<Config, String> {
+        let then = raw
+            .then
+            .map(|t| Config::checked(*t).map(Box::new))
+            .transpose()?;
         let op = Op::from_parts(&raw.op, raw.arg)?;
         if raw.n > MAX_N {
             return Err(format!("`n`: {} is more than {MAX_N}", raw.n));
@@ -166,6 +199,7 @@ impl Config {
             op,
             n: raw.n,
             phase: raw.phase,
+            then,
         })
     }
 }
@@ -398,10 +432,12 @@ mod wasm {
 
     impl Stream {
         fn run(&mut self, phase: Phase) -> u32 {
-            match &self.probe {
-                Some(p) if p.config.phase == phase => perform(&p.config, p.as_ref()),
-                _ => 0,
-            }
+            let Some(p) = &self.probe else { return 0 };
+            p.config
+                .ops()
+                .filter(|c| c.phase == phase)
+                .map(|c| perform(c, p.as_ref()))
+                .sum()
         }
     }
 
@@ -567,7 +603,8 @@ mod tests {
             Config {
                 op: Op::CurrentTime,
                 n: 0,
-                phase: Phase::RequestHeaders
+                phase: Phase::RequestHeaders,
+                then: None,
             }
         );
         assert_eq!(
@@ -575,7 +612,8 @@ mod tests {
             Config {
                 op: Op::GetProperty(vec!["request".into(), "total_size".into()]),
                 n: 2,
-                phase: Phase::Log
+                phase: Phase::Log,
+                then: None,
             }
         );
         for name in Op::NAMES {
@@ -588,6 +626,24 @@ mod tests {
             };
             assert!(Config::parse(format!(r#"{{"op":"{name}"{arg}}}"#).as_bytes()).is_ok());
         }
+    }
+
+    #[test]
+    fn a_second_op_runs_in_its_own_phase_after_the_first() {
+        let c = config(
+            r#"{"op":"get_header","n":1,"arg":"traceparent","phase":"request_headers",
+                "then":{"op":"get_property","n":1,"arg":"xds.route_name","phase":"log"}}"#,
+        );
+        let phases: Vec<Phase> = c.ops().map(|o| o.phase).collect();
+        assert_eq!(phases, [Phase::RequestHeaders, Phase::Log]);
+        let host = Recorder::default();
+        for op in c.ops() {
+            perform(op, &host);
+        }
+        assert_eq!(
+            host.calls(),
+            ["get_header traceparent", "get_property xds/route_name"]
+        );
     }
 
     #[test]
@@ -607,6 +663,18 @@ mod tests {
             (
                 r#"{"op":"http_call","arg":"c","phase":"log"}"#,
                 "cannot run in phase `log`",
+            ),
+            (
+                r#"{"op":"noop","then":{"op":"get_shared_data","arg":"k"}}"#,
+                "`then`",
+            ),
+            (
+                r#"{"op":"noop","then":{"op":"noop","then":{"op":"noop"}}}"#,
+                "`then`",
+            ),
+            (
+                r#"{"op":"noop","then":{"op":"noop","n":20000}}"#,
+                "more than",
             ),
         ] {
             match Config::parse(json.as_bytes()) {

@@ -41,6 +41,9 @@ pub struct Kind {
     pub arg: Option<&'static str>,
     /// The probe's `phase`.
     pub phase: &'static str,
+    /// A second op done once per request as well (the probe's `then`, as JSON): set for the
+    /// first-call kinds, whose "slope" is one request's op against the floor.
+    pub then: Option<&'static str>,
 }
 
 impl Kind {
@@ -50,10 +53,19 @@ impl Kind {
             .arg
             .map(|a| format!(r#","arg":"{a}""#))
             .unwrap_or_default();
+        let then = self
+            .then
+            .map(|t| format!(r#","then":{t}"#))
+            .unwrap_or_default();
         format!(
-            r#"{{"op":"{}","n":{n}{arg},"phase":"{}"}}"#,
+            r#"{{"op":"{}","n":{n}{arg},"phase":"{}"{then}}}"#,
             self.op, self.phase
         )
+    }
+
+    /// A first-call kind: one call per request (and its `then`), against the floor.
+    fn first(&self) -> bool {
+        self.key.starts_with(FIRST_PREFIX)
     }
 
     /// A callout pauses the request until its answers arrive: a fixed cost that `n` = 0 does not
@@ -64,6 +76,9 @@ impl Kind {
 
     /// The `n` values measured besides 0.
     fn ns(&self, quick: bool) -> &'static [u32] {
+        if self.first() {
+            return &[1];
+        }
         match (self.pauses(), quick) {
             (true, false) => &[1, 4, 16],
             (true, true) => &[1, 16],
@@ -88,8 +103,35 @@ const fn kind(
         op,
         arg,
         phase,
+        then: None,
     }
 }
+
+/// The key prefix of the first-call kinds (`--cost-model --only first_property`).
+const FIRST_PREFIX: &str = "first_";
+
+/// A first-call kind: the probe does `op` once per request, then `then` once if given. Its
+/// price is the whole request's cost over the floor, paired per round: what the first call of a
+/// kind costs where the line through many calls gives only the marginal price.
+const fn first(
+    key: &'static str,
+    label: &'static str,
+    (op, arg, phase): (&'static str, Option<&'static str>, &'static str),
+    then: Option<&'static str>,
+) -> Kind {
+    Kind {
+        key,
+        hostcall: "(one request)",
+        label,
+        op,
+        arg,
+        phase,
+        then,
+    }
+}
+
+/// The probe's `then` reading `xds.route_name` at the end of the stream.
+const THEN_ROUTE: &str = r#"{"op":"get_property","n":1,"arg":"xds.route_name","phase":"log"}"#;
 
 const REQ: &str = "request_headers";
 const LOG: &str = "log";
@@ -227,6 +269,44 @@ pub fn groups() -> Vec<Vec<Kind>> {
                 "expr_evaluate",
                 Some(EXPR_LIST),
                 LOG,
+            ),
+        ],
+        vec![
+            first(
+                "first_property",
+                "one property read per request (`xds.route_name`, log)",
+                ("get_property", Some("xds.route_name"), LOG),
+                None,
+            ),
+            first(
+                "first_two_properties",
+                "two property reads (`xds.route_name`, `response.flags`, log)",
+                ("get_property", Some("response.flags"), LOG),
+                Some(THEN_ROUTE),
+            ),
+            first(
+                "first_counter",
+                "one counter increment per request (log)",
+                ("increment_counter", None, LOG),
+                None,
+            ),
+            first(
+                "first_counter_property",
+                "a counter increment, then a property read (log)",
+                ("increment_counter", None, LOG),
+                Some(THEN_ROUTE),
+            ),
+            first(
+                "first_header",
+                "one header read per request (`traceparent`, request headers)",
+                ("get_header", Some("traceparent"), REQ),
+                None,
+            ),
+            first(
+                "first_header_property",
+                "a header read (request headers), then a property read (log)",
+                ("get_header", Some("traceparent"), REQ),
+                Some(THEN_ROUTE),
             ),
         ],
         vec![kind(
@@ -580,7 +660,7 @@ impl Outcome {
 }
 
 /// Runs the cost model; `quick` makes it short (numbers sane, not steady).
-pub fn run(quick: bool, only: &[String], command: &str) -> Result<()> {
+pub fn run(quick: bool, only: &[String], rounds: Option<u32>, command: &str) -> Result<()> {
     let started = Instant::now();
     let filters_dir = std::path::absolute(toolkit::filters_dir())
         .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
@@ -626,6 +706,10 @@ pub fn run(quick: bool, only: &[String], command: &str) -> Result<()> {
     // from a copy taken now.
     let bench_dir = snapshot(&bench_dir, &run_dir.join("bench"))?;
     let vars = crate::scenario::base_vars(upstream.port(), collector.port(), &filters_dir);
+    let mut plan = Plan::new(quick);
+    if let Some(rounds) = rounds {
+        plan.rounds = rounds as usize;
+    }
     let mut bench = Bench {
         envoy_bin,
         wrk,
@@ -634,7 +718,7 @@ pub fn run(quick: bool, only: &[String], command: &str) -> Result<()> {
         vars,
         probe_wasm: filters_dir.join("cost_probe.wasm"),
         cpus,
-        plan: Plan::new(quick),
+        plan,
         csv: String::from("group,envoy,n,round,requests,errors,cpu_s,us_per_request\n"),
     };
     let load_before = fs::read_to_string("/proc/loadavg").unwrap_or_default();
@@ -1388,7 +1472,7 @@ mod tests {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         let kinds: Vec<Kind> = groups().into_iter().flatten().collect();
-        assert_eq!(kinds.len(), 24);
+        assert_eq!(kinds.len(), 30);
         for k in &kinds {
             let (key, s, config) = probe_scenario(Some(k), 32);
             assert!(!key.contains(' ') && !key.contains('.'), "{key}");
@@ -1403,6 +1487,17 @@ mod tests {
             kinds[0].config(32),
             r#"{"op":"get_header","n":32,"arg":"traceparent","phase":"request_headers"}"#
         );
+        // A first-call kind: once per request, its `then` in the probe's configuration.
+        let Some(both) = kinds.iter().find(|k| k.key == "first_header_property") else {
+            return Err("no first_header_property".to_string());
+        };
+        assert_eq!(both.ns(false), [1]);
+        assert_eq!(both.ns(true), [1]);
+        assert_eq!(
+            both.config(1),
+            r#"{"op":"get_header","n":1,"arg":"traceparent","phase":"request_headers","then":{"op":"get_property","n":1,"arg":"xds.route_name","phase":"log"}}"#
+        );
+        assert_eq!(kinds[0].ns(false), [64, 256]);
         Ok(())
     }
 

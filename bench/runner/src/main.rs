@@ -87,7 +87,8 @@ pub struct Options {
     /// `expr_list`), without the phase calls and the shipped filters.
     #[arg(long, value_name = "KEYS", value_delimiter = ',')]
     pub only: Vec<String>,
-    /// Measured rounds (default 5; 1 with --quick).
+    /// Measured rounds (default 5; 1 with --quick); with --cost-model, the rounds of each group
+    /// of kinds.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
     pub rounds: Option<u32>,
     /// Run each chosen scenario that loads our filters twice in every round, with this tree's
@@ -212,7 +213,7 @@ struct Running {
 
 fn run(options: &Options, command: &str) -> Result<()> {
     if options.cost_model {
-        return cost::run(options.quick(), &options.only, command);
+        return cost::run(options.quick(), &options.only, options.rounds, command);
     }
     if options.vm_work {
         let filters_dir = std::path::absolute(toolkit::filters_dir())
