@@ -280,7 +280,7 @@ pub fn groups() -> Vec<Vec<Kind>> {
             ),
             first(
                 "first_two_properties",
-                "two property reads (`xds.route_name`, `response.flags`, log)",
+                "two property reads (`response.flags`, then `xds.route_name`, log)",
                 ("get_property", Some("response.flags"), LOG),
                 Some(THEN_ROUTE),
             ),
