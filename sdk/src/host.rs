@@ -165,8 +165,8 @@ struct EditRef<'a> {
     value: Option<&'a [u8]>,
 }
 
-/// A sequence of writes as the overlay keeps them (one form only: the public [`Edit`] lists are
-/// recorded into an [`EditLog`] first, so each lookup is compiled once).
+/// A sequence of writes: as the overlay keeps them ([`EditLog`], what filters read through), or
+/// a public [`Edit`] list ([`HeaderSnapshot::get_edited`], which borrows its answer from it).
 trait Layer {
     fn count(&self) -> usize;
     fn at(&self, i: usize) -> Option<EditRef<'_>>;
@@ -177,6 +177,26 @@ trait Layer {
     /// Whether some write may be of `name` (`false`: none is).
     fn may_write(&self, _name: &[u8]) -> bool {
         true
+    }
+}
+
+impl Layer for [Edit] {
+    fn count(&self) -> usize {
+        self.len()
+    }
+    fn at(&self, i: usize) -> Option<EditRef<'_>> {
+        Some(match self.get(i)? {
+            Edit::Set(name, value) => EditRef {
+                set: true,
+                name: name.as_bytes(),
+                value: value.as_deref(),
+            },
+            Edit::Add(name, value) => EditRef {
+                set: false,
+                name: name.as_bytes(),
+                value: Some(value),
+            },
+        })
     }
 }
 
@@ -365,26 +385,7 @@ impl HeaderSnapshot {
     /// the last edit of `name` decides (a `Set` replaced every value, an `Add` after a `Set`
     /// comes after it); with no edit of it, the map's own first value.
     pub fn get_edited<'a>(&'a self, edits: &'a [Edit], name: &str) -> Option<&'a [u8]> {
-        let is = |n: &String| n == name;
-        let last_set = edits
-            .iter()
-            .rposition(|e| matches!(e, Edit::Set(n, _) if is(n)));
-        let value = |e: &'a Edit| match e {
-            Edit::Set(n, value) if is(n) => value.as_deref(),
-            Edit::Add(n, value) if is(n) => Some(value.as_slice()),
-            _ => None,
-        };
-        match last_set {
-            // The `Set`'s own value, else the first value added after it.
-            Some(at) => edits.get(at..)?.iter().find_map(value),
-            // The map's (through the writes it carries), else the first value added.
-            None => self.get(name).or_else(|| {
-                edits.iter().find_map(|e| match e {
-                    Edit::Add(..) => value(e),
-                    Edit::Set(..) => None,
-                })
-            }),
-        }
+        self.first_through(Some(edits), name.as_bytes())
     }
 
     /// This snapshot with `later` (writes made after the ones it carries) applied on top,
