@@ -203,6 +203,14 @@ const WASM_FILES: [&str; 5] = [
     "bare_trace.wasm",
 ];
 
+/// The first of [`WASM_FILES`] that `dir` does not hold.
+fn missing_filter(dir: &Path) -> Option<PathBuf> {
+    WASM_FILES
+        .iter()
+        .map(|file| dir.join(file))
+        .find(|path| !path.is_file())
+}
+
 /// A scenario's running Envoy.
 struct Running {
     scenario: Scenario,
@@ -230,13 +238,11 @@ fn run(options: &Options, command: &str) -> Result<()> {
     }
     let filters_dir = std::path::absolute(toolkit::filters_dir())
         .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
-    for file in WASM_FILES {
-        if !filters_dir.join(file).is_file() {
-            return Err(format!(
-                "{} is missing: run `cargo xtask build` first",
-                filters_dir.join(file).display()
-            ));
-        }
+    if let Some(missing) = missing_filter(&filters_dir) {
+        return Err(format!(
+            "{} is missing: run `cargo xtask build` first",
+            missing.display()
+        ));
     }
     let bench_dir = workspace_root().join("bench");
     let (envoy, envoy_version) = toolkit::find::find_and_report()?;
@@ -265,13 +271,11 @@ fn run(options: &Options, command: &str) -> Result<()> {
     let mut scenarios = scenario::select(scenario::all(options.concurrency), &options.only)?;
     if let Some(dir) = &options.against_filters {
         let dir = std::path::absolute(dir).map_err(|e| format!("--against-filters: {e}"))?;
-        for file in WASM_FILES {
-            if !dir.join(file).is_file() {
-                return Err(format!(
-                    "--against-filters: {} is missing",
-                    dir.join(file).display()
-                ));
-            }
+        if let Some(missing) = missing_filter(&dir) {
+            return Err(format!(
+                "--against-filters: {} is missing",
+                missing.display()
+            ));
         }
         scenarios = scenario::with_twins(
             scenarios,
