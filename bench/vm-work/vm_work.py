@@ -79,6 +79,27 @@ PROPS = {
     b"request\0total_size": i64(180), b"response\0total_size": i64(90),
     b"request\0size": i64(0), b"response\0size": i64(11),
 }
+expressions = []
+
+def enc_list(values):
+    """A list as Envoy 1.40 answers expr_evaluate of a CEL list: the pairs form, each element
+    paired with an empty string, each value in proxy_get_property's wire form."""
+    return enc_map([(v, b"") for v in values])
+
+def evaluate(expr):
+    """expr_evaluate of a meshwasm property batch (`[a.b, has(c.d) ? [c.d] : [], ...]`), or None
+    when a required attribute is missing (Envoy's error for the whole list)."""
+    out = []
+    for el in expr[1:-1].split(", "):
+        if el.startswith("has("):
+            k = el[4:el.index(")")].replace(".", "\0").encode()
+            out.append(enc_list([PROPS[k]] if k in PROPS else []))
+        else:
+            k = el.replace(".", "\0").encode()
+            if k not in PROPS: return None
+            out.append(PROPS[k])
+    return enc_list(out)
+
 shared = {}
 now = [1_700_000_000_000_000_000]
 plugin_config = config.encode()
@@ -129,6 +150,16 @@ def stub(name):
             if cas and cas != c: return 8
             shared[k] = (rd(vp, vl), c + 1); return 0
         if name == "proxy_http_call": wr(a[9], struct.pack("<I", 1)); return 0
+        if name == "proxy_call_foreign_function":
+            fn, arg, pd, ps = rd(a[0], a[1]), rd(a[2], a[3]), a[4], a[5]
+            if fn == b"expr_create":
+                expressions.append(arg.decode()); ret_buf(struct.pack("<I", len(expressions) - 1), pd, ps)
+                return 0
+            if fn == b"expr_evaluate":
+                out = evaluate(expressions[struct.unpack("<I", arg)[0]])
+                if out is None: return 10  # InternalFailure
+                ret_buf(out, pd, ps); return 0
+            return 12  # Unimplemented
         raise RuntimeError("no stub for " + name)
     def f(*a):
         if trace is None:

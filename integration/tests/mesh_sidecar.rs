@@ -123,4 +123,13 @@ fn one_module_behaves_as_the_three_filters() {
         })
         .collect();
     assert!(differences.is_empty(), "{differences:#?}");
+    // Every request was proxied: the properties of its span and metrics came from one CEL
+    // evaluation each, decoded as Envoy 1.40 encodes the list, never from the fallback.
+    for (layout, counters) in [("three modules", &three), ("one module", &one)] {
+        assert_eq!(
+            counters.get(meshwasm::batch::FALLBACK_COUNTER),
+            Some(&0),
+            "{layout}: {counters:#?}"
+        );
+    }
 }

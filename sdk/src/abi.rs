@@ -146,6 +146,14 @@ mod raw {
             timeout_milliseconds: u32,
             return_token: *mut u32,
         ) -> u32;
+        fn proxy_call_foreign_function(
+            function_name_data: *const u8,
+            function_name_size: usize,
+            arguments_data: *const u8,
+            arguments_size: usize,
+            results_data: *mut *mut u8,
+            results_size: *mut usize,
+        ) -> u32;
     }
 
     /// The bytes the host returned at `data` (`None` for a null pointer), owned from now on.
@@ -374,6 +382,23 @@ mod raw {
         // SAFETY: `value` outlives the call.
         Status::check(unsafe { proxy_get_metric(metric_id, &mut value) })?;
         Ok(value)
+    }
+
+    pub fn call_foreign_function(name: &str, argument: &[u8]) -> Result<Option<Bytes>, Status> {
+        let (mut data, mut size) = (null_mut(), 0usize);
+        // SAFETY: `name`, `argument` and the out-pointers outlive the call; the result is
+        // handed over.
+        unsafe {
+            Status::check(proxy_call_foreign_function(
+                name.as_ptr(),
+                name.len(),
+                argument.as_ptr(),
+                argument.len(),
+                &mut data,
+                &mut size,
+            ))?;
+            Ok(take(data, size))
+        }
     }
 
     /// Starts a callout to `cluster`; `headers` in the map wire form; no trailers.
@@ -678,6 +703,9 @@ impl Host for WasmHost {
     }
     fn resume_response(&self) -> Result<(), HostError> {
         raw::continue_stream(code::STREAM_RESPONSE).map_err(err)
+    }
+    fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
+        raw::call_foreign_function(name, argument).map_err(err)
     }
 }
 

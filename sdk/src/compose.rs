@@ -306,6 +306,14 @@ impl Host for PhaseHost<'_> {
         value
     }
 
+    fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
+        self.inner.call_foreign(name, argument)
+    }
+
+    fn holds_properties(&self, paths: &[&str]) -> bool {
+        self.inner.holds_properties(paths)
+    }
+
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
         let store = self.store.borrow();
         self.properties

@@ -699,6 +699,21 @@ pub trait Host {
     fn env_var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()
     }
+    /// Calls one of the proxy's foreign functions (`proxy_call_foreign_function`) with
+    /// `argument`; its answer, if any. Envoy's include `expr_create` and `expr_evaluate` (CEL
+    /// expressions, see [`crate::batch`]). Hosts without them answer
+    /// [`HostError::Unimplemented`].
+    fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
+        let _ = (name, argument);
+        Err(HostError::Unimplemented)
+    }
+    /// Whether a [`crate::batch::PropertyBatch`] of these properties would gain nothing over
+    /// this host: it already holds every value (a [`crate::compose::PhaseHost`] that read
+    /// them), or a batch already failed in this callback (the reads go one by one).
+    fn holds_properties(&self, paths: &[&str]) -> bool {
+        let _ = paths;
+        false
+    }
 
     /// Every header of a map, read once; see [`HeaderSnapshot`].
     fn snapshot(&self, map: MapKind) -> HeaderSnapshot {

@@ -49,6 +49,7 @@
 //! Layers: [`filter`] (the API), [`config`] (parsing and checks), building blocks
 //! ([`metrics`], [`properties`]), and [`host`] with its two implementations.
 
+pub mod batch;
 pub mod compose;
 pub mod config;
 pub mod filter;
@@ -72,6 +73,7 @@ pub mod abi;
 
 /// What a filter author needs, in one `use`.
 pub mod prelude {
+    pub use crate::batch::PropertyBatch;
     pub use crate::config::{check, ConfigError};
     pub use crate::filter::{Action, CalloutResponse, HttpFilter, Phases, RootFilter};
     pub use crate::host::{BufferKind, HeaderSnapshot, Host, HostError, MapKind, MetricKind};

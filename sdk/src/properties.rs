@@ -205,6 +205,10 @@ macro_rules! accessors {
                 host.property(&[$first $(, $rest)*]).and_then($decode)
             }
         )*
+
+        /// Every attribute with an accessor here, and the reader that decodes it.
+        const READERS: &[(&str, &str)] =
+            &[$((concat!($first $(, ".", $rest)*), stringify!($decode))),*];
     };
 }
 
@@ -227,6 +231,18 @@ fn duration_of(b: Vec<u8>) -> Option<Duration> {
 }
 fn timestamp_of(b: Vec<u8>) -> Option<SystemTime> {
     decode_timestamp(&b)
+}
+
+/// How the attribute at `path` comes back from the proxy when it can be read in a
+/// [`crate::batch::PropertyBatch`]: a string, int or uint attribute with an accessor here.
+pub fn wire_of(path: &str) -> Option<crate::batch::Wire> {
+    use crate::batch::Wire;
+    match READERS.iter().find(|(p, _)| *p == path)?.1 {
+        "string_of" => Some(Wire::String),
+        "int_of" => Some(Wire::Int),
+        "uint_of" => Some(Wire::Uint),
+        _ => None,
+    }
 }
 
 accessors! {
@@ -272,6 +288,8 @@ accessors! {
     connection_mtls => boolean_of["connection", "mtls"] -> bool;
     /// URI SAN of the peer certificate.
     connection_uri_san_peer_certificate => string_of["connection", "uri_san_peer_certificate"] -> String;
+    /// URI SAN of the upstream's certificate (absent without TLS to the upstream).
+    upstream_uri_san_peer_certificate => string_of["upstream", "uri_san_peer_certificate"] -> String;
     /// Downstream connection id.
     connection_id => uint_of["connection", "id"] -> u64;
     /// Name of the route that matched.

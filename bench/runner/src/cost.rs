@@ -1216,6 +1216,11 @@ fn price_key(call: &str) -> Option<String> {
         "proxy_set_shared_data" => "set_shared_data".to_string(),
         "proxy_get_current_time_nanoseconds" => "current_time".to_string(),
         "proxy_http_call" => "http_call".to_string(),
+        // A property batch (meshwasm::batch): priced as the list of mesh-sidecar's 9
+        // end-of-stream properties, an upper bound for the filters' shorter lists.
+        "proxy_call_foreign_function" if rest.first() == Some(&"expr_evaluate") => {
+            "expr_list".to_string()
+        }
         _ => return None,
     })
 }

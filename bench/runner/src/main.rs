@@ -552,6 +552,19 @@ fn probe(r: &Running, upstream: &Upstream) -> Result<()> {
             }
         }
     }
+    for e in &r.scenario.expect {
+        if let Expect::Zero(name) = e {
+            // The log phase of the last probe has run once its span or metric is out; a
+            // moment more for it to settle.
+            std::thread::sleep(Duration::from_millis(200));
+            let found = stats_matching(&r.envoy, name);
+            if found.is_empty() || found.iter().any(|(_, v)| *v != 0) {
+                return Err(format!(
+                    "probe of `{key}`: stat `{name}` should exist at 0, got {found:?}"
+                ));
+            }
+        }
+    }
     Ok(())
 }
 

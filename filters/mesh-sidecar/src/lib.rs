@@ -39,6 +39,9 @@ pub struct MeshSidecar {
     trace: Option<TracePropagation>,
     metrics: Option<ServiceMetrics>,
     retries: Option<RouteRetries>,
+    /// The properties trace and metrics read at the end of a sampled request, in one
+    /// hostcall for both.
+    log_properties: PropertyBatch,
 }
 
 /// Per request: each configured policy's request state.
@@ -80,10 +83,19 @@ impl RootFilter for MeshSidecar {
                 "configure at least one of `trace`, `metrics`, `retries`",
             ));
         }
+        let trace = configure_child::<TracePropagation>("trace", config.trace, host)?;
+        let metrics = configure_child::<ServiceMetrics>("metrics", config.metrics, host)?;
+        let log_properties = match (&trace, &metrics) {
+            (Some(t), Some(m)) => {
+                PropertyBatch::union(host, &[t.span_properties(), m.log_properties()])
+            }
+            _ => PropertyBatch::new(host, &[], &[]),
+        };
         Ok(MeshSidecar {
-            trace: configure_child::<TracePropagation>("trace", config.trace, host)?,
-            metrics: configure_child::<ServiceMetrics>("metrics", config.metrics, host)?,
+            trace,
+            metrics,
             retries: configure_child::<RouteRetries>("retries", config.retries, host)?,
+            log_properties,
         })
     }
 
@@ -164,14 +176,27 @@ impl HttpFilter for MeshRequest {
 
     fn on_log(&mut self, root: &MeshSidecar, host: &dyn Host) {
         let host = PhaseHost::new(host);
-        if let (Some(f), Some(r)) = (self.trace.as_mut(), root.trace.as_ref()) {
-            f.on_log(r, &host);
-        }
-        if let (Some(f), Some(r)) = (self.metrics.as_mut(), root.metrics.as_ref()) {
-            f.on_log(r, &host);
-        }
-        if let (Some(f), Some(r)) = (self.retries.as_mut(), root.retries.as_ref()) {
-            f.on_log(r, &host);
+        let sampled = match (self.trace.as_ref(), root.trace.as_ref()) {
+            (Some(f), Some(r)) => f.exports_span(r),
+            _ => false,
+        };
+        let mut each = |host: &dyn Host| {
+            if let (Some(f), Some(r)) = (self.trace.as_mut(), root.trace.as_ref()) {
+                f.on_log(r, host);
+            }
+            if let (Some(f), Some(r)) = (self.metrics.as_mut(), root.metrics.as_ref()) {
+                f.on_log(r, host);
+            }
+            if let (Some(f), Some(r)) = (self.retries.as_mut(), root.retries.as_ref()) {
+                f.on_log(r, host);
+            }
+        };
+        // A sampled span and the metrics read their properties in one evaluation, which their
+        // own batches then find held; otherwise the metrics' batch alone runs.
+        if sampled {
+            root.log_properties.with(&host, each);
+        } else {
+            each(&host);
         }
     }
 }

@@ -273,3 +273,60 @@ fn the_trace_section_bounds_spans_and_names_them_by_route() {
         Some(2)
     );
 }
+
+/// The properties the span and the metrics read at the end of a sampled request come from one
+/// evaluation for both policies, where each read them one by one (nine property reads).
+#[test]
+fn a_sampled_request_reads_its_end_of_stream_properties_in_one_call() {
+    use meshwasm::testing::CountingHost;
+    let host = TestHost::new();
+    host.set_env(KEY_ENV, KEY);
+    let root = meshwasm::filter::configure::<MeshSidecar>(all_three(true).as_bytes(), &host)
+        .expect("configures");
+    let stream = host.new_stream();
+    stream.set_map(
+        MapKind::RequestHeaders,
+        &[
+            (":authority", "orders"),
+            (":path", "/orders/7"),
+            (":method", "GET"),
+            ("traceparent", PARENT),
+        ],
+    );
+    for (path, value) in [
+        ("xds.route_name", "orders"),
+        ("xds.cluster_name", "orders"),
+        ("upstream.address", "10.0.0.7:8080"),
+        ("destination.address", "10.0.0.1:15001"),
+        ("request.protocol", "HTTP/1.1"),
+    ] {
+        stream.set_property_str(path, value);
+    }
+    stream.set_stream_property("response.flags", meshwasm::properties::encode_u64(0));
+    stream.set_property_int("request.total_size", 180);
+    stream.set_property_int("response.total_size", 140);
+    // The router's attempt count settles the retry budget on the response, as in Envoy.
+    stream.set_map(
+        MapKind::ResponseHeaders,
+        &[(":status", "200"), ("x-envoy-attempt-count", "1")],
+    );
+    let c = CountingHost::new(&stream);
+    let mut http = root.new_http(&c);
+    http.on_request_headers(&root, &c, true);
+    http.on_response_headers(&root, &c, true);
+    c.take_names();
+    http.on_log(&root, &c);
+    let log = c.take_names();
+    assert_eq!(
+        log.iter()
+            .filter(|call| call.starts_with("get_property") || call.starts_with("call_foreign"))
+            .collect::<Vec<_>>(),
+        ["call_foreign_function expr_evaluate"],
+        "{log:#?}"
+    );
+    assert_eq!(
+        host.counter(meshwasm::batch::FALLBACK_COUNTER),
+        Some(0),
+        "{log:#?}"
+    );
+}

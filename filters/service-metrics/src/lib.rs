@@ -49,6 +49,9 @@ pub struct ServiceMetrics {
     labels: Vec<Label>,
     /// Which per-request values the labels use (the others are never read).
     uses: Uses,
+    /// The properties [`ServiceMetrics::record`] reads at the end of the stream, in one
+    /// hostcall.
+    log_properties: PropertyBatch,
     requests: MetricFamily,
     duration: MetricFamily,
     request_bytes: MetricFamily,
@@ -82,6 +85,26 @@ struct Uses {
 }
 
 impl Uses {
+    /// The properties [`ServiceMetrics::record`] reads on a proxied request, for its batch:
+    /// the sizes always, the others when a label shows them (the grpc status only for gRPC
+    /// requests, and it is often absent: read singly).
+    fn log_properties(self, reporter: Reporter) -> Vec<&'static str> {
+        [
+            (self.route, "xds.route_name"),
+            (self.protocol, "request.protocol"),
+            (self.flags, "response.flags"),
+            (
+                self.destination_service && reporter == Reporter::Source,
+                "xds.cluster_name",
+            ),
+            (true, "request.total_size"),
+            (true, "response.total_size"),
+        ]
+        .into_iter()
+        .filter_map(|(used, path)| used.then_some(path))
+        .collect()
+    }
+
     fn of(labels: &[Label]) -> Uses {
         let has = |l: Label| labels.contains(&l);
         Uses {
@@ -202,6 +225,11 @@ impl ServiceMetrics {
             relays: cfg.relays,
             max_skew: cfg.max_skew_seconds,
             uses: Uses::of(&cfg.labels),
+            log_properties: PropertyBatch::new(
+                host,
+                &Uses::of(&cfg.labels).log_properties(cfg.reporter),
+                &[],
+            ),
             labels: cfg.labels,
             requests,
             duration,
@@ -212,6 +240,11 @@ impl ServiceMetrics {
             own_header: RefCell::new(Vec::new()),
             believed: RefCell::new(Vec::new()),
         })
+    }
+
+    /// The batch of the properties a finished request's metrics read.
+    pub fn log_properties(&self) -> &PropertyBatch {
+        &self.log_properties
     }
 
     /// The resolved local identity.
@@ -557,7 +590,8 @@ impl HttpFilter for MetricsRequest {
     }
 
     fn on_log(&mut self, root: &ServiceMetrics, host: &dyn Host) {
-        root.record(host, self);
+        root.log_properties
+            .with(host, |host| root.record(host, self));
     }
 }
 

@@ -40,6 +40,8 @@ pub struct TracePropagation {
     /// trusted with them (`trusted_clients`).
     untrusted: Metric,
     exporter: Option<Exporter>,
+    /// The properties a span reads at the end of the stream, in one hostcall.
+    span_properties: PropertyBatch,
 }
 
 /// Per-request state: the span this hop created.
@@ -189,6 +191,10 @@ impl RootFilter for TracePropagation {
             .unwrap_or_else(|| "unknown".to_string());
         let seed = RandomState::new().hash_one(micros(host.now())) ^ micros(host.now());
         let exporter = cfg.export.clone().map(|e| Exporter::new(e, &service, host));
+        let span_properties = match (&exporter, cfg.direction) {
+            (None, _) => PropertyBatch::new(host, &[], &[]),
+            (Some(_), direction) => PropertyBatch::new(host, &span_properties(direction), &[]),
+        };
         Ok(TracePropagation {
             service,
             ids: RefCell::new(IdGenerator::new(seed)),
@@ -200,6 +206,7 @@ impl RootFilter for TracePropagation {
             invalid: MetricFamily::counter("meshwasm_trace_invalid_headers_total", &["reason"]),
             untrusted: Metric::counter(host, UNTRUSTED_DECISIONS),
             exporter,
+            span_properties,
             cfg,
         })
     }
@@ -336,8 +343,40 @@ impl HttpFilter for TraceRequest {
         if !hop.sampled {
             return;
         }
-        exporter.push(host, build_span(root, exporter, host, hop));
+        root.span_properties.with(host, |host| {
+            exporter.push(host, build_span(root, exporter, host, hop));
+        });
     }
+}
+
+impl TracePropagation {
+    /// The batch of the properties a span reads at the end of the stream.
+    pub fn span_properties(&self) -> &PropertyBatch {
+        &self.span_properties
+    }
+}
+
+impl TraceRequest {
+    /// Whether this request's `on_log` will build and export a span (it reads properties then).
+    pub fn exports_span(&self, root: &TracePropagation) -> bool {
+        root.exporter.is_some() && self.span.as_ref().is_some_and(|s| s.sampled)
+    }
+}
+
+/// The properties [`build_span`] reads, present on every proxied request (a local reply without
+/// an upstream reads them one by one: see [`meshwasm::batch`]).
+pub fn span_properties(direction: Direction) -> [&'static str; 5] {
+    let remote = match direction {
+        Direction::Outbound => "upstream.address",
+        Direction::Inbound => "source.address",
+    };
+    [
+        "response.flags",
+        remote,
+        "xds.cluster_name",
+        "xds.route_name",
+        "destination.address",
+    ]
 }
 
 /// The span of a finished request. The name is low-cardinality (the method and Envoy's route

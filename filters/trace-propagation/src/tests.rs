@@ -1005,6 +1005,11 @@ fn new_export_fields_are_validated() {
 /// configuration (`bench/configs/filters/trace_propagation.yaml`, sampled by the incoming
 /// `traceparent`): (request headers, log).
 fn hostcalls(config: &str) -> (Vec<String>, Vec<String>) {
+    hostcalls_with(config, true)
+}
+
+/// As [`hostcalls`]; without `upstream`, the request is a local reply: no upstream address.
+fn hostcalls_with(config: &str, upstream: bool) -> (Vec<String>, Vec<String>) {
     use meshwasm::testing::{CountingHost, TestHost};
     let host = TestHost::new();
     let root = meshwasm::filter::configure::<TracePropagation>(config.as_bytes(), &host).unwrap();
@@ -1026,6 +1031,11 @@ fn hostcalls(config: &str) -> (Vec<String>, Vec<String>) {
         stream.set_property_str("xds.route_name", "orders");
         stream.set_property_str("xds.cluster_name", "upstream");
         stream.set_property_int("response.code", 200);
+        stream.set_stream_property("response.flags", meshwasm::properties::encode_u64(0));
+        stream.set_property_str("destination.address", "127.0.0.1:20001");
+        if upstream {
+            stream.set_property_str("upstream.address", "127.0.0.1:8080");
+        }
         stream.set_map(MapKind::ResponseHeaders, &[(":status", "200")]);
         let c = CountingHost::new(&stream);
         let mut http = root.new_http(&c);
@@ -1062,10 +1072,33 @@ fn hostcalls_per_request_stay_as_they_were() {
     assert_eq!(
         log,
         [
+            // One evaluation for the flags, the upstream address, the cluster, the route and
+            // the local address, where five property reads were (meshwasm::batch).
+            "call_foreign_function expr_evaluate",
             // The status from the response headers, a cheaper read than `response.code`.
             "get_header_map_value ResponseHeaders :status",
-            "get_property response.flags",
             // The duration is the clock's since the request headers (was `request.duration`).
+            "get_current_time_nanoseconds",
+            "increment_metric",
+        ],
+        "{log:#?}"
+    );
+}
+
+/// A local reply has no upstream address: the batch's list is an error as a whole in Envoy, so
+/// the span reads its properties one by one, as before the batch, and counts the fallback.
+#[test]
+fn a_request_without_upstream_reads_its_span_properties_singly() {
+    let config = r#"{"service_name":"frontend","export":{"cluster":"collector"}}"#;
+    let (_, log) = hostcalls_with(config, false);
+    assert_eq!(
+        log,
+        [
+            "call_foreign_function expr_evaluate",
+            // meshwasm_property_batch_fallbacks_total
+            "increment_metric",
+            "get_header_map_value ResponseHeaders :status",
+            "get_property response.flags",
             "get_current_time_nanoseconds",
             "get_property upstream.address",
             "get_property xds.cluster_name",

@@ -207,4 +207,11 @@ impl Host for CountingHost<'_> {
     fn env_var(&self, name: &str) -> Option<String> {
         self.inner.env_var(name)
     }
+    fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
+        self.record("call_foreign_function", None, Some(name.to_string()));
+        self.inner.call_foreign(name, argument)
+    }
+    fn holds_properties(&self, paths: &[&str]) -> bool {
+        self.inner.holds_properties(paths)
+    }
 }

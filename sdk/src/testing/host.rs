@@ -80,6 +80,10 @@ struct Worker {
     next_token: Cell<u32>,
     properties: RefCell<HashMap<String, Bytes>>,
     failing_clusters: RefCell<Vec<String>>,
+    /// CEL expressions created with `expr_create`, by token.
+    expressions: RefCell<Vec<String>>,
+    /// Emulates an Envoy without CEL expressions (`expr_create` refused).
+    no_expressions: Cell<bool>,
 }
 
 /// State of one HTTP stream.
@@ -153,6 +157,12 @@ impl TestHost {
             worker: Rc::new(worker),
             stream: RefCell::new(Stream::default()),
         }
+    }
+
+    /// Emulates an Envoy built without CEL expressions on this worker: `expr_create` answers
+    /// `Unimplemented`, so property batches stay disabled ([`crate::batch`]).
+    pub fn without_expressions(&self) {
+        self.worker.no_expressions.set(true);
     }
 
     /// A host for a new request on this worker.
@@ -552,6 +562,43 @@ impl Host for TestHost {
     }
     fn env_var(&self, name: &str) -> Option<String> {
         self.world.env.borrow().get(name).cloned()
+    }
+    /// `expr_create` and `expr_evaluate` of the expressions a [`crate::batch::PropertyBatch`]
+    /// writes, answered from this host's properties as Envoy would; any other function is
+    /// `Unimplemented`.
+    fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
+        if self.worker.no_expressions.get() {
+            return Err(HostError::Unimplemented);
+        }
+        match name {
+            "expr_create" => {
+                let expression =
+                    std::str::from_utf8(argument).map_err(|_| HostError::BadArgument)?;
+                crate::batch::parse_for_test(expression).ok_or(HostError::BadArgument)?;
+                let mut expressions = self.worker.expressions.borrow_mut();
+                expressions.push(expression.to_string());
+                let token =
+                    u32::try_from(expressions.len() - 1).map_err(|_| HostError::BadArgument)?;
+                Ok(Some(token.to_le_bytes().to_vec()))
+            }
+            "expr_evaluate" => {
+                let token = <[u8; 4]>::try_from(argument).map_err(|_| HostError::BadArgument)?;
+                let index = u32::from_le_bytes(token) as usize;
+                let expression = self
+                    .worker
+                    .expressions
+                    .borrow()
+                    .get(index)
+                    .cloned()
+                    .ok_or(HostError::NotFound)?;
+                crate::batch::evaluate_for_test(&expression, |path| {
+                    self.property(&properties::split(path))
+                })
+                .map(Some)
+                .ok_or_else(|| HostError::Other("InternalFailure".to_string()))
+            }
+            _ => Err(HostError::Unimplemented),
+        }
     }
 }
 
