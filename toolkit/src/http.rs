@@ -125,3 +125,44 @@ pub fn request(
         body: String::from_utf8_lossy(&bytes).into_owned(),
     })
 }
+
+/// Sends `GET path` to `127.0.0.1:port` `n` times, one after another over one kept-alive
+/// connection (HTTP/1.1, opened again only if the server closes it), with extra `headers`;
+/// returns how many answers had status 200. Each response's body is read whole before the next
+/// request. For counting what a fixed number of requests costs a server, as a load generator's
+/// long-lived connections would present them.
+pub fn get_repeatedly(
+    port: u16,
+    path: &str,
+    headers: &[(&str, &str)],
+    n: u32,
+) -> Result<u32, String> {
+    let agent: Agent = Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(1)
+        .max_idle_connections_per_host(1)
+        .max_redirects(0)
+        .user_agent("")
+        .accept("")
+        .timeout_global(Some(crate::patience()))
+        .build()
+        .into();
+    let url = format!("http://127.0.0.1:{port}{path}");
+    let mut ok = 0;
+    for i in 0..n {
+        let mut req = agent.get(&url);
+        for (name, value) in headers {
+            req = req.header(*name, *value);
+        }
+        let mut resp = req
+            .call()
+            .map_err(|e| format!("GET {url} (request {} of {n}): {e}", i + 1))?;
+        resp.body_mut()
+            .read_to_vec()
+            .map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        if resp.status().as_u16() == 200 {
+            ok += 1;
+        }
+    }
+    Ok(ok)
+}

@@ -190,3 +190,34 @@ fn eventually_polls_until_true() {
 fn wasm_path_panics_when_the_filter_is_not_built() {
     toolkit::wasm_path("no-such-filter-ever");
 }
+
+#[test]
+fn repeated_gets_share_one_kept_alive_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let server = std::thread::spawn(move || {
+        // One connection only: a second one would never be accepted and the client would time
+        // out, so the count below also proves the reuse.
+        let (stream, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(stream.try_clone().unwrap());
+        let mut writer = stream;
+        let mut answered = 0;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if reader.read_line(&mut line).unwrap() == 0 {
+                return answered;
+            }
+            if line == "\r\n" {
+                answered += 1;
+                let status = if answered == 2 { "503 Busy" } else { "200 OK" };
+                let reply = format!("HTTP/1.1 {status}\r\ncontent-length: 2\r\n\r\nok");
+                writer.write_all(reply.as_bytes()).unwrap();
+            }
+        }
+    });
+    let ok = toolkit::http::get_repeatedly(port, "/r", &[("x-n", "1")], 5).unwrap();
+    assert_eq!(ok, 4, "every answer but the 503 counts");
+    // The client's connection closes when its agent drops at the end of the call.
+    assert_eq!(server.join().unwrap(), 5);
+}

@@ -475,8 +475,7 @@ impl Bench {
     fn start(&self, key: &str, scenario: &Scenario, probe: Option<(&str, &Path)>) -> Result<Envoy> {
         let mut vars = self.vars.clone();
         let (config, wasm) = probe.unwrap_or(("", Path::new("")));
-        vars.push(("PROBE_CONFIG".to_string(), config.to_string()));
-        vars.push(("PROBE_WASM".to_string(), wasm.display().to_string()));
+        vars.extend(probe_vars(config, wasm));
         let template = scenario::render(scenario, &self.bench_dir, &vars)?;
         Envoy::builder(&template)
             .name(key)
@@ -564,8 +563,19 @@ fn headers() -> [(&'static str, &'static str); 1] {
     [("traceparent", hostcalls::TRACEPARENT)]
 }
 
+/// The template variables of the probe's snippet: its JSON configuration and its `.wasm`.
+pub fn probe_vars(config: &str, wasm: &Path) -> [(String, String); 2] {
+    [
+        ("PROBE_CONFIG".to_string(), config.to_string()),
+        ("PROBE_WASM".to_string(), wasm.display().to_string()),
+    ]
+}
+
+/// The built probe's file in the filters' directory.
+pub const PROBE_WASM: &str = "cost_probe.wasm";
+
 /// The scenario of the probe doing `kind` `n` times (`None`: nothing, the floor).
-fn probe_scenario(kind: Option<&Kind>, n: u32) -> (String, Scenario, String) {
+pub fn probe_scenario(kind: Option<&Kind>, n: u32) -> (String, Scenario, String) {
     let (key, config) = match kind {
         Some(k) => (
             format!("{}-{n}", k.key.replace([' ', '.'], "-")),
@@ -664,18 +674,14 @@ pub fn run(quick: bool, only: &[String], rounds: Option<u32>, command: &str) -> 
     let started = Instant::now();
     let filters_dir = std::path::absolute(toolkit::filters_dir())
         .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
-    for file in [
-        "cost_probe.wasm",
-        "bare_trace.wasm",
-        "trace_propagation.wasm",
-    ]
-    .into_iter()
-    .chain([
-        "service_metrics.wasm",
-        "route_retries.wasm",
-        "mesh_sidecar.wasm",
-    ])
-    .chain(["add_headers.wasm"])
+    for file in [PROBE_WASM, "bare_trace.wasm", "trace_propagation.wasm"]
+        .into_iter()
+        .chain([
+            "service_metrics.wasm",
+            "route_retries.wasm",
+            "mesh_sidecar.wasm",
+        ])
+        .chain(["add_headers.wasm"])
     {
         if !filters_dir.join(file).is_file() {
             return Err(format!(
@@ -716,7 +722,7 @@ pub fn run(quick: bool, only: &[String], rounds: Option<u32>, command: &str) -> 
         bench_dir,
         run_dir,
         vars,
-        probe_wasm: filters_dir.join("cost_probe.wasm"),
+        probe_wasm: filters_dir.join(PROBE_WASM),
         cpus,
         plan,
         csv: String::from("group,envoy,n,round,requests,errors,cpu_s,us_per_request\n"),
@@ -1482,8 +1488,7 @@ mod tests {
             let (key, s, config) = probe_scenario(Some(k), 32);
             assert!(!key.contains(' ') && !key.contains('.'), "{key}");
             let mut v = vars.clone();
-            v.push(("PROBE_CONFIG".to_string(), config.clone()));
-            v.push(("PROBE_WASM".to_string(), "/f/cost_probe.wasm".to_string()));
+            v.extend(probe_vars(&config, Path::new("/f/cost_probe.wasm")));
             let text = scenario::render(&s, &bench_dir, &v)?;
             assert!(text.contains(&format!("value: '{config}'")), "{text}");
             assert!(text.contains("/f/cost_probe.wasm"), "{text}");

@@ -34,23 +34,29 @@ pub struct Shape {
 
 /// `wrk` on PATH (or `/usr/bin`), else Debian's `wrk` installed with apt-get (needs root).
 pub fn ensure_wrk() -> Result<PathBuf> {
+    ensure_debian_tool("wrk", "wrk")
+}
+
+/// The program `name` on PATH (or in `/usr/bin`), else Debian's `package` installed with apt-get
+/// (needs root).
+pub fn ensure_debian_tool(name: &str, package: &str) -> Result<PathBuf> {
     let find = || {
-        find_on_path("wrk").or_else(|| Some(PathBuf::from("/usr/bin/wrk")).filter(|p| p.is_file()))
+        find_on_path(name)
+            .or_else(|| Some(PathBuf::from("/usr/bin").join(name)).filter(|p| p.is_file()))
     };
-    if let Some(wrk) = find() {
-        return Ok(wrk);
+    if let Some(found) = find() {
+        return Ok(found);
     }
     let uid = output(Command::new("id").arg("-u")).unwrap_or_default();
     if uid.trim() != "0" {
-        return Err(
-            "wrk not found and not running as root: install Debian's `wrk` package \
-             (`apt-get install -y wrk`)"
-                .to_string(),
-        );
+        return Err(format!(
+            "{name} not found and not running as root: install Debian's `{package}` package \
+             (`apt-get install -y {package}`)"
+        ));
     }
     for args in [
         &["update"][..],
-        &["install", "-y", "--no-install-recommends", "wrk"][..],
+        &["install", "-y", "--no-install-recommends", package][..],
     ] {
         let mut apt = Command::new("apt-get");
         apt.args(args)
@@ -58,7 +64,7 @@ pub fn ensure_wrk() -> Result<PathBuf> {
             .stdin(Stdio::null());
         cmd::run(&mut apt)?;
     }
-    find().ok_or_else(|| "installed Debian's `wrk` but it is not on PATH".to_string())
+    find().ok_or_else(|| format!("installed Debian's `{package}` but `{name}` is not on PATH"))
 }
 
 /// Runs wrk against `url` with `headers` and returns its figures.

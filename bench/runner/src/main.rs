@@ -16,6 +16,7 @@
 mod cost;
 mod cpus;
 mod hostcalls;
+mod instructions;
 mod load;
 mod report;
 mod scenario;
@@ -81,6 +82,13 @@ pub struct Options {
     /// machine's load does not move; writes target/bench/vm-work.md.
     #[arg(long)]
     pub vm_work: bool,
+    /// The instructions Envoy itself executes per request instead of its CPU time: each
+    /// one-worker scenario's Envoy alone under valgrind's callgrind, plus the cost probe's price
+    /// list in instructions (the first call of a request and each further one), which the
+    /// machine's load does not move; writes target/bench/instructions.md. About half an hour;
+    /// --only takes scenario keys, probe kinds (e.g. `get_header`) or `probe`.
+    #[arg(long, conflicts_with_all = ["cost_model", "vm_work"])]
+    pub instructions: bool,
     /// Only these scenarios (comma-separated keys, e.g. `mesh,trace-core`), always with
     /// `baseline` and `wasm-noop`, for comparing a change; results under target/bench/ only.
     /// With --cost-model: only the groups of kinds holding one of these keys (e.g.
@@ -133,6 +141,7 @@ impl Default for Options {
             no_build: false,
             cost_model: false,
             vm_work: false,
+            instructions: false,
             only: Vec::new(),
             rounds: None,
             against_filters: None,
@@ -204,6 +213,19 @@ const WASM_FILES: [&str; 5] = [
 ];
 
 /// The first of [`WASM_FILES`] that `dir` does not hold.
+/// The filters' directory as an absolute path, once every filter of the bench is in it.
+fn built_filters_dir() -> Result<PathBuf> {
+    let dir = std::path::absolute(toolkit::filters_dir())
+        .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
+    match missing_filter(&dir) {
+        Some(missing) => Err(format!(
+            "{} is missing: run `cargo xtask build` first",
+            missing.display()
+        )),
+        None => Ok(dir),
+    }
+}
+
 fn missing_filter(dir: &Path) -> Option<PathBuf> {
     WASM_FILES
         .iter()
@@ -223,6 +245,9 @@ fn run(options: &Options, command: &str) -> Result<()> {
     if options.cost_model {
         return cost::run(options.quick(), &options.only, options.rounds, command);
     }
+    if options.instructions {
+        return instructions::run(&options.only, command);
+    }
     if options.vm_work {
         let filters_dir = std::path::absolute(toolkit::filters_dir())
             .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
@@ -236,14 +261,7 @@ fn run(options: &Options, command: &str) -> Result<()> {
              build)"
         );
     }
-    let filters_dir = std::path::absolute(toolkit::filters_dir())
-        .map_err(|e| format!("no absolute path for the filters' directory: {e}"))?;
-    if let Some(missing) = missing_filter(&filters_dir) {
-        return Err(format!(
-            "{} is missing: run `cargo xtask build` first",
-            missing.display()
-        ));
-    }
+    let filters_dir = built_filters_dir()?;
     let bench_dir = workspace_root().join("bench");
     let (envoy, envoy_version) = toolkit::find::find_and_report()?;
     let wrk = load::ensure_wrk()?;
@@ -1085,6 +1103,7 @@ mod tests {
                 no_build: true,
                 cost_model: false,
                 vm_work: false,
+                instructions: false,
                 only: Vec::new(),
                 rounds: None,
                 against_filters: None,
@@ -1108,6 +1127,9 @@ mod tests {
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["--concurrency", "65"]).is_err());
         assert!(parse(&["--fast"]).is_err());
+        let counted = parse(&["--instructions", "--only", "trace-core,probe"])?;
+        assert!(counted.instructions && counted.only == ["trace-core", "probe"]);
+        assert!(parse(&["--instructions", "--vm-work"]).is_err());
         Ok(())
     }
 
