@@ -27,9 +27,9 @@
 //! nested list in the same form. Only string, int and uint attributes with an accessor in
 //! [`crate::properties`] are batched; any other path is read singly.
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
-use crate::host::{BufferKind, Bytes, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
+use crate::host::{Bytes, HeaderSnapshot, Host, HostError, MapKind, MetricKind};
 use crate::properties;
 
 /// How a batched attribute comes back through `proxy_get_property`.
@@ -324,71 +324,13 @@ impl Host for Prefetched<'_> {
     fn add_header(&self, map: MapKind, name: &str, value: &[u8]) {
         self.inner.add_header(map, name, value)
     }
-    fn buffer(&self, kind: BufferKind, start: usize, max: usize) -> Option<Bytes> {
-        self.inner.buffer(kind, start, max)
-    }
-    fn set_buffer(
-        &self,
-        kind: BufferKind,
-        start: usize,
-        size: usize,
-        value: &[u8],
-    ) -> Result<(), HostError> {
-        self.inner.set_buffer(kind, start, size, value)
-    }
     fn set_property(&self, path: &[&str], value: Option<&[u8]>) -> Result<(), HostError> {
         self.inner.set_property(path, value)
     }
     fn now(&self) -> SystemTime {
         self.inner.now()
     }
-    fn set_tick_period(&self, period: Duration) -> Result<(), HostError> {
-        self.inner.set_tick_period(period)
-    }
-    fn define_metric(&self, kind: MetricKind, name: &str) -> Result<u32, HostError> {
-        self.inner.define_metric(kind, name)
-    }
-    fn increment_metric(&self, id: u32, offset: i64) -> Result<(), HostError> {
-        self.inner.increment_metric(id, offset)
-    }
-    fn record_metric(&self, id: u32, value: u64) -> Result<(), HostError> {
-        self.inner.record_metric(id, value)
-    }
-    fn metric(&self, id: u32) -> Result<u64, HostError> {
-        self.inner.metric(id)
-    }
-    fn shared_data(&self, key: &str) -> Result<(Option<Bytes>, Option<u32>), HostError> {
-        self.inner.shared_data(key)
-    }
-    fn set_shared_data(&self, key: &str, value: &[u8], cas: Option<u32>) -> Result<(), HostError> {
-        self.inner.set_shared_data(key, value, cas)
-    }
-    fn http_call(
-        &self,
-        cluster: &str,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-        timeout: Duration,
-    ) -> Result<u32, HostError> {
-        self.inner.http_call(cluster, headers, body, timeout)
-    }
-    fn send_response(
-        &self,
-        status: u32,
-        headers: &[(&str, &str)],
-        body: Option<&[u8]>,
-    ) -> Result<(), HostError> {
-        self.inner.send_response(status, headers, body)
-    }
-    fn resume_request(&self) -> Result<(), HostError> {
-        self.inner.resume_request()
-    }
-    fn resume_response(&self) -> Result<(), HostError> {
-        self.inner.resume_response()
-    }
-    fn env_var(&self, name: &str) -> Option<String> {
-        self.inner.env_var(name)
-    }
+    crate::host::forward_to_inner!();
     fn call_foreign(&self, name: &str, argument: &[u8]) -> Result<Option<Bytes>, HostError> {
         self.inner.call_foreign(name, argument)
     }

@@ -630,6 +630,95 @@ fn joined<'a>(mut values: impl Iterator<Item = &'a [u8]>) -> Option<std::borrow:
     Some(std::borrow::Cow::Owned(joined))
 }
 
+/// The [`Host`] methods a wrapping host (one with an `inner: &dyn Host` field) passes through
+/// unchanged because it keeps nothing of its own for them: body buffers, the tick, metrics,
+/// shared data, callouts, local replies, resumption and the environment. Written once for the SDK's wrappers
+/// ([`crate::compose::PhaseHost`], the property batch's prefetched host).
+macro_rules! forward_to_inner {
+    () => {
+        fn buffer(
+            &self,
+            kind: $crate::host::BufferKind,
+            start: usize,
+            max: usize,
+        ) -> Option<$crate::host::Bytes> {
+            self.inner.buffer(kind, start, max)
+        }
+        fn set_buffer(
+            &self,
+            kind: $crate::host::BufferKind,
+            start: usize,
+            size: usize,
+            value: &[u8],
+        ) -> Result<(), $crate::host::HostError> {
+            self.inner.set_buffer(kind, start, size, value)
+        }
+        fn set_tick_period(
+            &self,
+            period: std::time::Duration,
+        ) -> Result<(), $crate::host::HostError> {
+            self.inner.set_tick_period(period)
+        }
+        fn define_metric(
+            &self,
+            kind: $crate::host::MetricKind,
+            name: &str,
+        ) -> Result<u32, $crate::host::HostError> {
+            self.inner.define_metric(kind, name)
+        }
+        fn increment_metric(&self, id: u32, offset: i64) -> Result<(), $crate::host::HostError> {
+            self.inner.increment_metric(id, offset)
+        }
+        fn record_metric(&self, id: u32, value: u64) -> Result<(), $crate::host::HostError> {
+            self.inner.record_metric(id, value)
+        }
+        fn metric(&self, id: u32) -> Result<u64, $crate::host::HostError> {
+            self.inner.metric(id)
+        }
+        fn shared_data(
+            &self,
+            key: &str,
+        ) -> Result<(Option<$crate::host::Bytes>, Option<u32>), $crate::host::HostError> {
+            self.inner.shared_data(key)
+        }
+        fn set_shared_data(
+            &self,
+            key: &str,
+            value: &[u8],
+            cas: Option<u32>,
+        ) -> Result<(), $crate::host::HostError> {
+            self.inner.set_shared_data(key, value, cas)
+        }
+        fn http_call(
+            &self,
+            cluster: &str,
+            headers: &[(&str, &str)],
+            body: Option<&[u8]>,
+            timeout: std::time::Duration,
+        ) -> Result<u32, $crate::host::HostError> {
+            self.inner.http_call(cluster, headers, body, timeout)
+        }
+        fn send_response(
+            &self,
+            status: u32,
+            headers: &[(&str, &str)],
+            body: Option<&[u8]>,
+        ) -> Result<(), $crate::host::HostError> {
+            self.inner.send_response(status, headers, body)
+        }
+        fn resume_request(&self) -> Result<(), $crate::host::HostError> {
+            self.inner.resume_request()
+        }
+        fn resume_response(&self) -> Result<(), $crate::host::HostError> {
+            self.inner.resume_response()
+        }
+        fn env_var(&self, name: &str) -> Option<String> {
+            self.inner.env_var(name)
+        }
+    };
+}
+pub(crate) use forward_to_inner;
+
 /// What a filter may ask of the proxy. Implemented by the real proxy-wasm host (wasm32 only) and
 /// by [`crate::testing::TestHost`]. Every method is total: failures come back as values.
 pub trait Host {
