@@ -1,6 +1,7 @@
 //! A blocking HTTP/1.1 client (over `ureq`) for everything native that talks to Envoy or to our
 //! servers: admin requests, test requests, the demo's traffic. One fresh connection per request
-//! (no pool), only the headers the caller gives (no `user-agent` or `accept` of its own), and
+//! (no pool; [`get_repeatedly`] alone keeps one connection for its requests), only the headers
+//! the caller gives (no `user-agent` or `accept` of its own), and
 //! every status is an answer, not an error.
 
 use std::sync::OnceLock;
