@@ -38,18 +38,23 @@ pub fn find_header<'a>(headers: &'a [(String, String)], name: &str) -> Option<&'
 
 fn agent() -> &'static Agent {
     static AGENT: OnceLock<Agent> = OnceLock::new();
-    AGENT.get_or_init(|| {
-        Agent::config_builder()
-            .http_status_as_error(false)
-            .max_idle_connections(0)
-            .max_idle_connections_per_host(0)
-            .max_redirects(0)
-            .user_agent("")
-            .accept("")
-            .allow_non_standard_methods(true)
-            .build()
-            .into()
-    })
+    AGENT.get_or_init(|| new_agent(0, None))
+}
+
+/// An agent of this client: every status an answer, no redirects, no headers of its own, up to
+/// `idle` connections kept between requests, and `timeout` for each whole request if given.
+fn new_agent(idle: usize, timeout: Option<Duration>) -> Agent {
+    Agent::config_builder()
+        .http_status_as_error(false)
+        .max_idle_connections(idle)
+        .max_idle_connections_per_host(idle)
+        .max_redirects(0)
+        .user_agent("")
+        .accept("")
+        .allow_non_standard_methods(true)
+        .timeout_global(timeout)
+        .build()
+        .into()
 }
 
 /// Sends `GET path` to `127.0.0.1:port` with extra `headers` and returns the response.
@@ -138,16 +143,7 @@ pub fn get_repeatedly(
     headers: &[(&str, &str)],
     n: u32,
 ) -> Result<u32, String> {
-    let agent: Agent = Agent::config_builder()
-        .http_status_as_error(false)
-        .max_idle_connections(1)
-        .max_idle_connections_per_host(1)
-        .max_redirects(0)
-        .user_agent("")
-        .accept("")
-        .timeout_global(Some(crate::patience()))
-        .build()
-        .into();
+    let agent = new_agent(1, Some(crate::patience()));
     let url = format!("http://127.0.0.1:{port}{path}");
     let mut ok = 0;
     for i in 0..n {

@@ -85,7 +85,7 @@ pub struct Options {
     /// The instructions Envoy itself executes per request instead of its CPU time: each
     /// one-worker scenario's Envoy alone under valgrind's callgrind, plus the cost probe's price
     /// list in instructions (the first call of a request and each further one), which the
-    /// machine's load does not move; writes target/bench/instructions.md. About half an hour;
+    /// machine's load does not move; writes target/bench/instructions.md. About 20 minutes;
     /// --only takes scenario keys, probe kinds (e.g. `get_header`) or `probe`.
     #[arg(long, conflicts_with_all = ["cost_model", "vm_work"])]
     pub instructions: bool,
@@ -212,7 +212,6 @@ const WASM_FILES: [&str; 5] = [
     "bare_trace.wasm",
 ];
 
-/// The first of [`WASM_FILES`] that `dir` does not hold.
 /// The filters' directory as an absolute path, once every filter of the bench is in it.
 fn built_filters_dir() -> Result<PathBuf> {
     let dir = std::path::absolute(toolkit::filters_dir())
@@ -226,6 +225,7 @@ fn built_filters_dir() -> Result<PathBuf> {
     }
 }
 
+/// The first of [`WASM_FILES`] that `dir` does not hold.
 fn missing_filter(dir: &Path) -> Option<PathBuf> {
     WASM_FILES
         .iter()
