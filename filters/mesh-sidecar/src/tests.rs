@@ -274,8 +274,9 @@ fn the_trace_section_bounds_spans_and_names_them_by_route() {
     );
 }
 
-/// The properties the span and the metrics read at the end of a sampled request come from one
-/// evaluation for both policies, where each read them one by one (nine property reads).
+/// The properties the span and the metrics read at the end of a sampled request, the response
+/// code among them, come from one evaluation for both policies, where each read them one by one
+/// (nine property reads, then a header read for the status).
 #[test]
 fn a_sampled_request_reads_its_end_of_stream_properties_in_one_call() {
     use meshwasm::testing::CountingHost;
@@ -305,6 +306,7 @@ fn a_sampled_request_reads_its_end_of_stream_properties_in_one_call() {
     stream.set_stream_property("response.flags", meshwasm::properties::encode_u64(0));
     stream.set_property_int("request.total_size", 180);
     stream.set_property_int("response.total_size", 140);
+    stream.set_property_int("response.code", 200);
     // The router's attempt count settles the retry budget on the response, as in Envoy.
     stream.set_map(
         MapKind::ResponseHeaders,
@@ -319,7 +321,9 @@ fn a_sampled_request_reads_its_end_of_stream_properties_in_one_call() {
     let log = c.take_names();
     assert_eq!(
         log.iter()
-            .filter(|call| call.starts_with("get_property") || call.starts_with("call_foreign"))
+            .filter(|call| ["get_property", "get_header", "call_foreign"]
+                .iter()
+                .any(|kind| call.starts_with(kind)))
             .collect::<Vec<_>>(),
         ["call_foreign_function expr_evaluate"],
         "{log:#?}"

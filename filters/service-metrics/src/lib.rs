@@ -105,6 +105,17 @@ impl Uses {
         .collect()
     }
 
+    /// The properties of the end of the stream that a stream may lack: the response code (a
+    /// stream reset before any response has none), which [`properties::response_status`]
+    /// then takes from the batch instead of a header read.
+    fn optional_log_properties(self) -> &'static [&'static str] {
+        if self.code {
+            &[properties::RESPONSE_CODE]
+        } else {
+            &[]
+        }
+    }
+
     fn of(labels: &[Label]) -> Uses {
         let has = |l: Label| labels.contains(&l);
         Uses {
@@ -228,7 +239,7 @@ impl ServiceMetrics {
             log_properties: PropertyBatch::new(
                 host,
                 &Uses::of(&cfg.labels).log_properties(cfg.reporter),
-                &[],
+                Uses::of(&cfg.labels).optional_log_properties(),
             ),
             labels: cfg.labels,
             requests,

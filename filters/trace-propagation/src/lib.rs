@@ -193,7 +193,13 @@ impl RootFilter for TracePropagation {
         let exporter = cfg.export.clone().map(|e| Exporter::new(e, &service, host));
         let span_properties = match (&exporter, cfg.direction) {
             (None, _) => PropertyBatch::new(host, &[], &[]),
-            (Some(_), direction) => PropertyBatch::new(host, &span_properties(direction), &[]),
+            // The status is an element of the same evaluation, not a header read of its own
+            // (optional: a stream reset before any response has none).
+            (Some(_), direction) => PropertyBatch::new(
+                host,
+                &span_properties(direction),
+                &[properties::RESPONSE_CODE],
+            ),
         };
         Ok(TracePropagation {
             service,
