@@ -299,7 +299,19 @@ fn is_dotted(path: &str, segments: &[&str]) -> bool {
 
 impl Host for Prefetched<'_> {
     fn property(&self, path: &[&str]) -> Option<Bytes> {
-        match self.batch.paths.iter().position(|p| is_dotted(p, path)) {
+        // The dotted length first: it tells most of a batch's paths apart without comparing
+        // their bytes.
+        let dotted_len = path
+            .iter()
+            .map(|s| s.len() + 1)
+            .sum::<usize>()
+            .saturating_sub(1);
+        match self
+            .batch
+            .paths
+            .iter()
+            .position(|p| p.len() == dotted_len && is_dotted(p, path))
+        {
             Some(i) if !self.failed => {
                 self.spans[i].map(|(start, end)| self.answer[start..end].to_vec())
             }

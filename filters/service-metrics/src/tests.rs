@@ -703,13 +703,14 @@ fn hostcalls_per_request_stay_low() {
     ]);
     assert_eq!(
         Uses::of(&lean_labels).log_properties(Reporter::Source),
-        ["request.total_size", "response.total_size"]
+        ["response.code", "request.total_size", "response.total_size"]
     );
     assert_eq!(
         Uses::of(&labels(&[])).log_properties(Reporter::Destination),
         [
             "xds.route_name",
             "request.protocol",
+            "response.code",
             "response.flags",
             "request.total_size",
             "response.total_size"

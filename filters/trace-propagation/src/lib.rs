@@ -193,13 +193,7 @@ impl RootFilter for TracePropagation {
         let exporter = cfg.export.clone().map(|e| Exporter::new(e, &service, host));
         let span_properties = match (&exporter, cfg.direction) {
             (None, _) => PropertyBatch::new(host, &[], &[]),
-            // The status is an element of the same evaluation, not a header read of its own
-            // (optional: a stream reset before any response has none).
-            (Some(_), direction) => PropertyBatch::new(
-                host,
-                &span_properties(direction),
-                &[properties::RESPONSE_CODE],
-            ),
+            (Some(_), direction) => PropertyBatch::new(host, &span_properties(direction), &[]),
         };
         Ok(TracePropagation {
             service,
@@ -370,13 +364,16 @@ impl TraceRequest {
 }
 
 /// The properties [`build_span`] reads, present on every proxied request (a local reply without
-/// an upstream reads them one by one: see [`meshwasm::batch`]).
-pub fn span_properties(direction: Direction) -> [&'static str; 5] {
+/// an upstream, or a stream reset before any response, reads them one by one: see
+/// [`meshwasm::batch`]). The response code among them spares the span a `:status` header read
+/// ([`properties::response_status`]).
+pub fn span_properties(direction: Direction) -> [&'static str; 6] {
     let remote = match direction {
         Direction::Outbound => "upstream.address",
         Direction::Inbound => "source.address",
     };
     [
+        properties::RESPONSE_CODE,
         "response.flags",
         remote,
         "xds.cluster_name",
