@@ -41,8 +41,13 @@ pub struct Args {
     /// 120 requests at (at least) 100 rps, unless --requests or --duration is given
     #[arg(long)]
     pub quick: bool,
-    /// Sidecars with the three policies in one module (envoy-configs/sidecar-one-module.yaml)
+    /// Sidecars with the three policies as three filters, a module each
+    /// (envoy-configs/sidecar.yaml), instead of the default: the three in one module
+    /// (envoy-configs/sidecar-one-module.yaml), the cheaper layout (BENCHMARKS.md)
     #[arg(long)]
+    pub three_modules: bool,
+    /// The default layout, kept so that earlier command lines still run
+    #[arg(long, hide = true, conflicts_with = "three_modules")]
     pub one_module: bool,
     /// Accepted and ignored here: building the filters is `cargo xtask demo`'s job, which skips
     /// it with --no-build; this binary never builds and runs the filters already in
@@ -88,6 +93,11 @@ impl Args {
         }
         Ok(self)
     }
+
+    /// Whether the sidecars run the three policies in one module (the default).
+    pub fn one_module(&self) -> bool {
+        !self.three_modules
+    }
 }
 
 #[cfg(test)]
@@ -106,7 +116,8 @@ mod tests {
         let o = parse(&[])?;
         assert_eq!(o.requests, Some(DEFAULT_REQUESTS));
         assert_eq!((o.rps, o.failure_rate), (DEFAULT_RPS, DEFAULT_FAILURE_RATE));
-        assert!(!o.keep_running && !o.quick && !o.one_module && !o.no_build);
+        assert!(!o.keep_running && !o.quick && !o.three_modules && !o.no_build);
+        assert!(o.one_module(), "one module is the default layout");
         let o = parse(&["--duration", "20s", "--rps", "10", "--keep-running"])?;
         assert_eq!(o.requests, None);
         assert_eq!(o.duration, Some(Duration::from_secs(20)));
@@ -134,7 +145,9 @@ mod tests {
         assert!(parse(&["--duration", "-1"]).is_err());
         assert!(parse(&["--duration", "0"]).is_err());
         assert!(parse(&["--loud"]).is_err());
-        assert!(parse(&["--one-module"])?.one_module);
+        assert!(!parse(&["--three-modules"])?.one_module());
+        assert!(parse(&["--one-module"])?.one_module());
+        assert!(parse(&["--one-module", "--three-modules"]).is_err());
         assert!(parse(&["--no-build"])?.no_build);
         Ok(())
     }
@@ -150,7 +163,7 @@ mod tests {
             "--failure-rate",
             "--keep-running",
             "--quick",
-            "--one-module",
+            "--three-modules",
             "--no-build",
         ] {
             assert!(help.contains(flag), "{flag} missing from:\n{help}");

@@ -52,7 +52,8 @@ pub struct DemoOptions {
     pub keep_running: bool,
     /// Draw a progress bar on stderr.
     pub progress_bar: bool,
-    /// Sidecars with the three policies in one module (`envoy-configs/sidecar-one-module.yaml`).
+    /// Sidecars with the three policies in one module (`envoy-configs/sidecar-one-module.yaml`,
+    /// the default of `cargo xtask demo`), else as three filters (`envoy-configs/sidecar.yaml`).
     pub one_module: bool,
 }
 
@@ -128,6 +129,17 @@ pub fn run(options: &DemoOptions, out: &mut dyn Write) -> Result<Report, String>
             "starting the mesh: frontend -> orders -> inventory (2 instances, {:.0}% of inventory requests fail with 503)",
             100.0 * options.failure_rate
         ),
+    );
+    say(
+        out,
+        if options.one_module {
+            "  sidecars: envoy-configs/sidecar-one-module.yaml, the three policies in one module \
+             (mesh_sidecar.wasm; --three-modules for sidecar.yaml's three filters)"
+        } else {
+            "  sidecars: envoy-configs/sidecar.yaml, the three policies as three filters \
+             (trace_propagation, service_metrics, route_retries)"
+        }
+        .to_string(),
     );
     let mesh = Mesh::start(&MeshOptions {
         envoy: options.envoy.clone(),

@@ -43,7 +43,7 @@ fn run(args: &Args) -> Result<(), String> {
         failure_rate: args.failure_rate,
         keep_running: args.keep_running,
         progress_bar: std::io::stderr().is_terminal(),
-        one_module: args.one_module,
+        one_module: args.one_module(),
     };
     meshwasm_demo::run(&demo, &mut std::io::stdout()).map(|_| ())
 }

@@ -32,27 +32,29 @@ fn summary(text: &str, key: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {key}= in {line}"))
 }
 
+/// The demo as `cargo xtask demo` runs it: sidecars from `sidecar-one-module.yaml`, the three
+/// policies in one module (the default layout).
 #[test]
 fn demo_prints_a_trace_retries_and_the_service_graph() {
+    integration::wasm_path("mesh-sidecar");
+    check_demo(true);
+}
+
+/// The same demo with `--three-modules`: sidecars from `sidecar.yaml`, the three policies as
+/// three filters, give the same trace tree, retries and service graph.
+#[test]
+fn demo_with_the_three_policies_as_three_filters() {
     for wasm in ["trace-propagation", "service-metrics", "route-retries"] {
         integration::wasm_path(wasm);
     }
     check_demo(false);
 }
 
-/// The same demo with `--one-module`: sidecars from `sidecar-one-module.yaml` give the same
-/// trace tree, retries and service graph.
-#[test]
-fn demo_with_the_three_policies_in_one_module() {
-    integration::wasm_path("mesh-sidecar");
-    check_demo(true);
-}
-
 fn check_demo(one_module: bool) {
     let dir = out_dir(if one_module {
-        "demo-one-module"
-    } else {
         "demo"
+    } else {
+        "demo-three-modules"
     });
     let options = DemoOptions {
         envoy: find_envoy().unwrap(),
@@ -71,6 +73,16 @@ fn check_demo(one_module: bool) {
     let report = meshwasm_demo::run(&options, &mut out).unwrap();
     let text = String::from_utf8(out).unwrap();
     println!("{text}");
+    let layout = if one_module {
+        "sidecar-one-module.yaml"
+    } else {
+        "sidecar.yaml"
+    };
+    assert!(
+        text.lines()
+            .any(|l| l.trim_start().starts_with("sidecars: ") && l.contains(layout)),
+        "the demo says it runs {layout}:\n{text}"
+    );
 
     // One request's trace: a tree with spans of all three services, the client and server side
     // of each hop, inventory's attempts under orders' call. Spans are named by method and

@@ -75,7 +75,9 @@ pub const DERIVED: [Derived; 2] = [
 # environment variables. Its failure policy is the one they share: a failed VM lets requests
 # through with none of the policies (with three modules, only the failed one is skipped).
 # Everything else (listeners, routes, clusters, EDS, stats tags, command line, environment) is
-# sidecar.yaml's, and so is what its opening comment says about them.
+# sidecar.yaml's, and so is what its opening comment says about them. This is the sidecar to
+# deploy by default and the one `cargo xtask demo` runs: the cheaper layout
+# (envoy-configs/README.md, \"Which sidecar to deploy\").
 ",
     },
     Derived {
