@@ -52,8 +52,8 @@ enum Task {
     /// The whole suite, as CI runs it.
     ///
     /// fmt, clippy (host and wasm32), unit tests, wasm codec tests, bounded fuzzing, cargo deny,
-    /// the wasm build, Envoy config validation, a bench smoke run and the integration tests in
-    /// real Envoy. The last line is `xtask test: N passed, M failed`.
+    /// the wasm build, Envoy config validation, bench and instructions smoke runs and the
+    /// integration tests in real Envoy. The last line is `xtask test: N passed, M failed`.
     Test(test::Options),
     /// Run the cargo-fuzz targets in fuzz/ for a while each.
     Fuzz {

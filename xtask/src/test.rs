@@ -1,6 +1,6 @@
 //! `cargo xtask test`: every check CI runs, in order, failing fast: fmt, clippy (host and
-//! wasm32), unit tests, the wasm build, Envoy config validation, a bench smoke run, then the
-//! integration tests.
+//! wasm32), unit tests, the wasm build, Envoy config validation, a bench smoke run, an
+//! instructions smoke run (callgrind), then the integration tests.
 
 use std::process::ExitCode;
 
@@ -134,6 +134,28 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
             ])
             .env("ENVOY_BIN", &envoy_bin))
     })?;
+    // The counted measure (`cargo xtask bench --instructions`): no filter and the empty wasm
+    // filter under callgrind (valgrind from Debian when missing), a minute; its counts are
+    // checked for sanity, not for their values.
+    steps.run(
+        "instructions smoke (meshwasm-bench --instructions --only wasm-noop)",
+        || {
+            run(cargo()
+                .args([
+                    "run",
+                    "--quiet",
+                    "-p",
+                    "meshwasm-bench",
+                    "--bin",
+                    "meshwasm-bench",
+                    "--",
+                    "--instructions",
+                    "--only",
+                    "wasm-noop",
+                ])
+                .env("ENVOY_BIN", &envoy_bin))
+        },
+    )?;
     let (prometheus, promtool) = steps.run("prometheus and promtool", crate::prometheus::ensure)?;
     steps.run("integration tests", || {
         let filters_dir = std::path::absolute(target_dir().join("filters"))

@@ -157,6 +157,7 @@ pub fn run(only: &[String], command: &str) -> Result<()> {
         let row = callgrind.count(&s.key, &s.label, s, None, Some(&upstream))?;
         rows.push(row);
     }
+    sane(&rows)?;
     let mut probes = Vec::new();
     if !kinds.is_empty() {
         let (key, floor, config) = cost::probe_scenario(None, 0);
@@ -183,6 +184,31 @@ pub fn run(only: &[String], command: &str) -> Result<()> {
         out.display(),
         started.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Whether the counts can be what they claim: every Envoy executed instructions for each
+/// request, and no scenario counted less than no filter (every one adds work to the same
+/// requests; the count repeats within about 1.5%). A count that fails this is a broken
+/// measurement (a dump taken at the wrong time, requests not served), not a finding.
+fn sane(rows: &[Counted]) -> Result<()> {
+    let baseline = rows.iter().find(|r| r.key == "baseline");
+    for r in rows {
+        if r.per_request.instructions.is_nan() || r.per_request.instructions <= 1_000.0 {
+            return Err(format!(
+                "{}: {:.0} instructions per request: the count did not see the requests",
+                r.key, r.per_request.instructions
+            ));
+        }
+        if let Some(b) = baseline {
+            if r.per_request.instructions < 0.97 * b.per_request.instructions {
+                return Err(format!(
+                    "{}: {:.0} instructions per request, below no filter's {:.0}",
+                    r.key, r.per_request.instructions, b.per_request.instructions
+                ));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -489,6 +515,26 @@ mod tests {
         assert_eq!(Events::parse("events: Ir\n"), None);
         assert_eq!(Events::parse("events: Ir Dr\ntotals: 4 x\n"), None);
         Ok(())
+    }
+
+    #[test]
+    fn refuses_counts_that_cannot_be_right() {
+        let row = |key: &str, instructions: f64| Counted {
+            key: key.to_string(),
+            label: String::new(),
+            per_request: Events {
+                instructions,
+                ..Events::default()
+            },
+            idle_per_second: 0.0,
+        };
+        assert!(sane(&[row("baseline", 156_000.0), row("wasm-noop", 176_000.0)]).is_ok());
+        // Within the count's spread of no filter: still sane.
+        assert!(sane(&[row("baseline", 156_000.0), row("native-retries", 153_000.0)]).is_ok());
+        let below = sane(&[row("baseline", 156_000.0), row("mesh", 90_000.0)]);
+        assert!(below.is_err_and(|e| e.contains("below no filter")));
+        let none = sane(&[row("baseline", 0.0)]);
+        assert!(none.is_err_and(|e| e.contains("did not see the requests")));
     }
 
     #[test]
