@@ -13,7 +13,8 @@
 //! The values are exactly what the single reads give, or the single reads are made:
 //! - a CEL list is an error as a whole when one element is missing (`upstream.address` of a
 //!   local reply), so paths that are often absent are listed as optional and evaluated as
-//!   `has(p) ? [p] : []` (an absent one is an empty list); that doubles their price, so only
+//!   `has(p) ? [p] : []` (an absent one is an empty list); that costs about 2.5 times a required
+//!   element (6,600 Envoy instructions against 2,600, `sdk/docs/cost-model.md`), so only
 //!   those are;
 //! - when the evaluation fails anyway, or its answer is not a list of as many values of the
 //!   expected kinds, nothing is taken from it: the filter reads each property singly, as
