@@ -117,10 +117,9 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
         println!("\n==> integration tests: skipped (--skip-integration)");
         return Ok(());
     }
-    // A smoke check of `cargo xtask bench`: it runs and its numbers are sane; no targets.
-    // In the dev profile the unit tests already built: the smoke run checks that the bench
-    // works and its numbers are sane, not what they are.
-    steps.run("bench smoke (meshwasm-bench --smoke)", || {
+    // `meshwasm-bench` with `args`, in the dev profile the unit tests already built: the smoke
+    // runs check that the bench works and its numbers are sane, not what they are.
+    let bench = |args: &[&str]| {
         run(cargo()
             .args([
                 "run",
@@ -130,31 +129,19 @@ fn run_steps(options: &Options, steps: &mut Steps) -> Result<()> {
                 "--bin",
                 "meshwasm-bench",
                 "--",
-                "--smoke",
             ])
+            .args(args)
             .env("ENVOY_BIN", &envoy_bin))
+    };
+    // The timed bench: a quick run; no targets.
+    steps.run("bench smoke (meshwasm-bench --smoke)", || {
+        bench(&["--smoke"])
     })?;
     // The counted measure (`cargo xtask bench --instructions`): no filter and the empty wasm
-    // filter under callgrind (valgrind from Debian when missing), a minute; its counts are
-    // checked for sanity, not for their values.
+    // filter under callgrind (valgrind from Debian when missing), under a minute.
     steps.run(
         "instructions smoke (meshwasm-bench --instructions --only wasm-noop)",
-        || {
-            run(cargo()
-                .args([
-                    "run",
-                    "--quiet",
-                    "-p",
-                    "meshwasm-bench",
-                    "--bin",
-                    "meshwasm-bench",
-                    "--",
-                    "--instructions",
-                    "--only",
-                    "wasm-noop",
-                ])
-                .env("ENVOY_BIN", &envoy_bin))
-        },
+        || bench(&["--instructions", "--only", "wasm-noop"]),
     )?;
     let (prometheus, promtool) = steps.run("prometheus and promtool", crate::prometheus::ensure)?;
     steps.run("integration tests", || {
