@@ -79,8 +79,9 @@ fn check_demo(one_module: bool) {
         "sidecar.yaml"
     };
     assert!(
-        text.lines()
-            .any(|l| l.trim_start().starts_with("sidecars: ") && l.contains(layout)),
+        text.lines().any(|l| l
+            .trim_start()
+            .starts_with(&format!("sidecars: envoy-configs/{layout},"))),
         "the demo says it runs {layout}:\n{text}"
     );
 
