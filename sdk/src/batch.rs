@@ -302,11 +302,7 @@ impl Host for Prefetched<'_> {
     fn property(&self, path: &[&str]) -> Option<Bytes> {
         // The dotted length first: it tells most of a batch's paths apart without comparing
         // their bytes.
-        let dotted_len = path
-            .iter()
-            .map(|s| s.len() + 1)
-            .sum::<usize>()
-            .saturating_sub(1);
+        let dotted_len = crate::compose::key_len(path);
         match self
             .batch
             .paths

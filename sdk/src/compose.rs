@@ -121,8 +121,9 @@ impl Remembered {
     }
 }
 
-/// The length of a property path's key: its segments and a separator between each two.
-fn key_len(path: &[&str]) -> usize {
+/// The length of a property path's key: its segments and a separator between each two (so also
+/// the length of the dotted path, `response.code`).
+pub(crate) fn key_len(path: &[&str]) -> usize {
     path.iter().map(|s| s.len()).sum::<usize>() + path.len().saturating_sub(1)
 }
 
